@@ -1,0 +1,49 @@
+// capnsplice/deadline.h — when a blocking call must give up.
+#pragma once
+
+#include <chrono>
+#include <optional>
+
+namespace capnsplice {
+
+/// A point in time (steady clock) after which a blocking call throws Timeout,
+/// or "never". Value type, cheap to copy.
+class Deadline {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  /// Blocks for as long as it takes.
+  static Deadline never() noexcept { return Deadline(); }
+
+  /// Does not block at all: only what is possible right now.
+  static Deadline immediate() noexcept { return Deadline(Clock::time_point::min()); }
+
+  /// Gives up `timeout` from now.
+  static Deadline after(std::chrono::nanoseconds timeout) noexcept {
+    return Deadline(Clock::now() + timeout);
+  }
+
+  /// `never()` for an empty optional, else `after(*timeout)`.
+  static Deadline after(std::optional<std::chrono::nanoseconds> timeout) noexcept {
+    return timeout ? after(*timeout) : never();
+  }
+
+  bool is_never() const noexcept { return !at_; }
+  bool expired() const noexcept { return at_ && Clock::now() >= *at_; }
+
+  /// Time left (zero when expired); only meaningful when !is_never().
+  std::chrono::nanoseconds remaining() const noexcept {
+    if (!at_) return std::chrono::nanoseconds::max();
+    auto left = *at_ - Clock::now();
+    return left.count() > 0 ? std::chrono::duration_cast<std::chrono::nanoseconds>(left)
+                            : std::chrono::nanoseconds::zero();
+  }
+
+ private:
+  Deadline() noexcept = default;
+  explicit Deadline(Clock::time_point at) noexcept : at_(at) {}
+
+  std::optional<Clock::time_point> at_;
+};
+
+}  // namespace capnsplice

@@ -1,0 +1,106 @@
+// capnsplice/options.h — configuration of senders, receivers and channels.
+//
+// Every field has a measured default; most users change only `name` and perhaps the
+// receive limits. Setters return *this so options read as one expression:
+//
+//   auto options = capnsplice::ChannelOptions()
+//                      .with_name("plugin-3")
+//                      .with_max_message_bytes(256 << 20)
+//                      .with_send_timeout(std::chrono::seconds(5));
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace capnsplice {
+
+inline constexpr std::size_t KiB = 1024;
+inline constexpr std::size_t MiB = 1024 * KiB;
+
+/// Limits applied to every incoming frame before anything is allocated for it.
+/// Frames are untrusted input: a header that breaks a limit raises MessageTooLarge
+/// or MalformedFrame naming the numbers.
+struct ReceiveLimits {
+  /// Largest message accepted, segment table included.
+  std::size_t max_message_bytes = 64 * MiB;
+  /// Most segments in one message (Cap'n Proto's own reader allows 512).
+  std::uint32_t max_segments = 512;
+  /// Cap'n Proto's traversal limit, in words. 0 means max_message_bytes / 8, so a
+  /// message of the largest size can be read once in full.
+  std::uint64_t traversal_limit_words = 0;
+  /// Cap'n Proto's nesting limit.
+  int nesting_limit = 64;
+};
+
+/// How a sender puts a message on the pipe.
+enum class SendPath {
+  /// Copy below copy_threshold_bytes, vmsplice at or above it.
+  automatic,
+  /// Always writev (the kernel copies the bytes into the pipe).
+  copy,
+  /// Always vmsplice (the pipe references the pool's pages; no copy on send).
+  vmsplice,
+};
+
+/// Options of the sending side of a channel.
+struct SenderOptions {
+  /// Page-aligned pool the sender builds messages in. Kept small on purpose: a pool
+  /// that stays in cache is faster than a large one (see DESIGN.md, "Physics").
+  std::size_t pool_bytes = 4 * MiB;
+  /// Messages smaller than this go by writev, larger ones by vmsplice. Measured with
+  /// `capnsplice-bench --threshold-sweep`; see README "Tuning".
+  std::size_t copy_threshold_bytes = 16 * KiB;
+  SendPath path = SendPath::automatic;
+  /// How long send() (and building a message in a full pool) may wait for the
+  /// reader. Empty: wait as long as it takes (until the peer reads or closes).
+  std::optional<std::chrono::nanoseconds> send_timeout;
+};
+
+/// Options of the receiving side of a channel.
+struct ReceiverOptions {
+  /// Page-aligned ring that incoming bytes land in and messages are read from in
+  /// place. Larger messages are still received whole, in their own buffer.
+  std::size_t buffer_bytes = 4 * MiB;
+  ReceiveLimits limits;
+};
+
+/// Options of a channel: both directions plus the pipes.
+struct ChannelOptions {
+  /// Appears in every error message of the channel.
+  std::string name = "channel";
+  /// Capacity requested for each pipe with F_SETPIPE_SZ. 0: as large as
+  /// /proc/sys/fs/pipe-max-size allows (capped at 1 MiB, the measured sweet spot).
+  std::size_t pipe_bytes = 0;
+  SenderOptions sender;
+  ReceiverOptions receiver;
+
+  ChannelOptions& with_name(std::string value) { name = std::move(value); return *this; }
+  ChannelOptions& with_pipe_bytes(std::size_t value) { pipe_bytes = value; return *this; }
+  ChannelOptions& with_pool_bytes(std::size_t value) { sender.pool_bytes = value; return *this; }
+  ChannelOptions& with_receive_buffer_bytes(std::size_t value) {
+    receiver.buffer_bytes = value;
+    return *this;
+  }
+  ChannelOptions& with_copy_threshold_bytes(std::size_t value) {
+    sender.copy_threshold_bytes = value;
+    return *this;
+  }
+  ChannelOptions& with_send_path(SendPath value) { sender.path = value; return *this; }
+  ChannelOptions& with_send_timeout(std::chrono::nanoseconds value) {
+    sender.send_timeout = value;
+    return *this;
+  }
+  ChannelOptions& with_max_message_bytes(std::size_t value) {
+    receiver.limits.max_message_bytes = value;
+    return *this;
+  }
+  ChannelOptions& with_max_segments(std::uint32_t value) {
+    receiver.limits.max_segments = value;
+    return *this;
+  }
+};
+
+}  // namespace capnsplice

@@ -1,0 +1,58 @@
+// capnsplice/outgoing_message.h — a message being built for sending.
+#pragma once
+
+#include <capnp/message.h>
+
+#include <memory>
+
+namespace capnsplice {
+
+namespace detail {
+class SenderCore;
+}
+
+/// A Cap'n Proto message under construction, built directly in the sender's pool of
+/// page-aligned memory so that sending it needs no copy. Obtain one from
+/// Sender::new_message() or Channel::new_message(), fill it, then hand it over with
+/// send(std::move(message)); after that it is empty and cannot be touched.
+///
+///   auto message = channel.new_message();
+///   auto chunk = message.init_root<Chunk>();
+///   chunk.setSeq(7);
+///   channel.send(std::move(message));
+///
+/// Builders obtained from the message (`chunk` above) point into the pool: like any
+/// Cap'n Proto builder they must not be used once the message is sent or destroyed.
+/// Dropping a message without sending it returns its memory to the pool.
+class OutgoingMessage {
+ public:
+  /// An empty message (as left behind by a move).
+  OutgoingMessage() noexcept;
+  OutgoingMessage(OutgoingMessage&&) noexcept;
+  OutgoingMessage& operator=(OutgoingMessage&&) noexcept;
+  ~OutgoingMessage();
+
+  /// The underlying builder. Throws std::logic_error on an empty (sent) message.
+  capnp::MessageBuilder& builder();
+
+  template <typename Root>
+  typename Root::Builder init_root() {
+    return builder().initRoot<Root>();
+  }
+
+  template <typename Root>
+  typename Root::Builder get_root() {
+    return builder().getRoot<Root>();
+  }
+
+  /// False once the message was sent (moved from).
+  explicit operator bool() const noexcept { return builder_ != nullptr; }
+
+ private:
+  friend class detail::SenderCore;
+  explicit OutgoingMessage(std::unique_ptr<capnp::MessageBuilder> builder) noexcept;
+
+  std::unique_ptr<capnp::MessageBuilder> builder_;
+};
+
+}  // namespace capnsplice

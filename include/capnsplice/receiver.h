@@ -1,0 +1,81 @@
+// capnsplice/receiver.h — reads Cap'n Proto messages from a pipe, in place.
+//
+// A Receiver owns the read end of a pipe (or any readable descriptor). Each read
+// takes as many bytes as are ready — often many messages — into a page-aligned
+// ring (vmsplice in the read direction for pipes, read() otherwise). Frames are
+// parsed where they landed and handed out as ReceivedMessage views: one copy from
+// the sender's pages to here, none after.
+//
+// Frame headers are untrusted: segment count, each size and the total are checked
+// against ReceiveLimits before anything is allocated (MalformedFrame,
+// MessageTooLarge). End of stream between messages is PeerClosed; inside a message,
+// TruncatedMessage.
+//
+// Threads: one thread receives at a time; messages may be used anywhere.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "capnsplice/deadline.h"
+#include "capnsplice/error.h"
+#include "capnsplice/options.h"
+#include "capnsplice/received_message.h"
+#include "capnsplice/unique_fd.h"
+
+namespace capnsplice {
+
+namespace detail {
+class ReceiverCore;
+}
+
+/// Counters of one receiver.
+struct ReceiverStats {
+  std::uint64_t messages = 0;
+  std::uint64_t bytes = 0;           ///< frame bytes, segment tables included
+  std::uint64_t reads = 0;           ///< read system calls that returned data
+  std::uint64_t own_buffer_messages = 0;  ///< frames that did not fit in the ring
+};
+
+class Receiver {
+ public:
+  /// Takes ownership of `fd`. `context` prefixes error messages ("channel 'x': receive").
+  /// The descriptor's flags are left as they are.
+  explicit Receiver(UniqueFd fd, ReceiverOptions options = {}, std::string context = "receive");
+  Receiver(Receiver&&) noexcept;
+  Receiver& operator=(Receiver&&) noexcept;
+  ~Receiver();
+
+  /// Blocks until a whole message is there. Throws PeerClosed, TruncatedMessage,
+  /// MessageTooLarge, MalformedFrame or SystemError.
+  ReceivedMessage receive();
+
+  /// Like receive(), but throws Timeout once `deadline` passes.
+  ReceivedMessage receive(Deadline deadline);
+
+  /// Like receive(), but throws Timeout after `timeout`.
+  ReceivedMessage receive_for(std::chrono::nanoseconds timeout) {
+    return receive(Deadline::after(timeout));
+  }
+
+  /// A message if one is complete now (reading once without blocking), else empty.
+  /// Errors are thrown as by receive().
+  std::optional<ReceivedMessage> try_receive();
+
+  /// True when a whole message is already buffered: poll() on fd() would not report it.
+  /// After poll() says readable, call try_receive() until it returns empty.
+  bool has_buffered_message();
+
+  /// The descriptor to poll for POLLIN (or add to epoll).
+  int fd() const noexcept;
+
+  ReceiverStats stats() const;
+
+ private:
+  std::unique_ptr<detail::ReceiverCore> core_;
+};
+
+}  // namespace capnsplice

@@ -1,0 +1,86 @@
+// capnsplice/sender.h — writes Cap'n Proto messages into a pipe.
+//
+// A Sender owns the write end of a pipe (or any writable descriptor) and a pool of
+// page-aligned memory that its messages are built in. Each message goes out as
+// standard Cap'n Proto stream framing, in one gather list:
+//
+//   * small messages by writev: the kernel copies them, the pool memory is free at once;
+//   * large messages by vmsplice: the pipe references the pool's pages, nothing is
+//     copied on this side, and the pages are reused only after the reader consumed
+//     them (FIONREAD on the pipe says so).
+//
+// A closed peer is an Error with code PeerClosed, never a SIGPIPE death; the
+// process's signal dispositions are left alone.
+//
+// Threads: one thread sends at a time. Messages may be built on other threads.
+#pragma once
+
+#include <capnp/message.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "capnsplice/deadline.h"
+#include "capnsplice/error.h"
+#include "capnsplice/options.h"
+#include "capnsplice/outgoing_message.h"
+#include "capnsplice/unique_fd.h"
+
+namespace capnsplice {
+
+namespace detail {
+class SenderCore;
+}
+
+/// Counters of one sender, for tests, tuning and the benchmark.
+struct SenderStats {
+  std::uint64_t messages = 0;
+  std::uint64_t bytes = 0;  ///< frame bytes written, segment tables included
+  std::uint64_t copied_messages = 0;
+  std::uint64_t spliced_messages = 0;
+  std::uint64_t dedicated_allocations = 0;  ///< requests the pool's ring could not serve
+  std::uint64_t waits_for_reader = 0;       ///< times building waited for a full pool
+};
+
+class Sender {
+ public:
+  /// Takes ownership of `fd`. `context` prefixes error messages ("channel 'x': send").
+  /// The descriptor's O_NONBLOCK flag is left as it is; with a blocking descriptor a
+  /// copy write can block past a deadline while the reader makes room.
+  explicit Sender(UniqueFd fd, SenderOptions options = {}, std::string context = "send");
+  Sender(Sender&&) noexcept;
+  Sender& operator=(Sender&&) noexcept;
+  ~Sender();
+
+  /// A new message built in this sender's pool.
+  OutgoingMessage new_message();
+
+  /// Sends and consumes `message`; waits for room until the options' send_timeout.
+  /// Throws PeerClosed, Timeout or SystemError. If the deadline passes or the peer
+  /// goes away after part of the message was written, the stream is cut mid-message:
+  /// the sender closes itself and the reader sees TruncatedMessage.
+  void send(OutgoingMessage&& message);
+  void send(OutgoingMessage&& message, Deadline deadline);
+
+  /// Sends a message built with any other builder (capnp::MallocMessageBuilder, ...)
+  /// by copy. The builder can be reused or destroyed as soon as this returns.
+  void send_copy(capnp::MessageBuilder& message);
+  void send_copy(capnp::MessageBuilder& message, Deadline deadline);
+  void send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+                 Deadline deadline);
+
+  /// Closes the write end: the reader gets the messages already sent, then end of
+  /// stream. Further sends throw PeerClosed.
+  void close();
+
+  /// The descriptor written to (-1 after close()).
+  int fd() const noexcept;
+
+  SenderStats stats() const;
+
+ private:
+  std::unique_ptr<detail::SenderCore> core_;
+};
+
+}  // namespace capnsplice

@@ -1,0 +1,48 @@
+#include "capnsplice/error.h"
+
+#include <cerrno>
+#include <cstring>
+
+namespace capnsplice {
+
+std::string_view to_string(ErrorCode code) noexcept {
+  switch (code) {
+    case ErrorCode::PeerClosed: return "PeerClosed";
+    case ErrorCode::Timeout: return "Timeout";
+    case ErrorCode::MessageTooLarge: return "MessageTooLarge";
+    case ErrorCode::MalformedFrame: return "MalformedFrame";
+    case ErrorCode::TruncatedMessage: return "TruncatedMessage";
+    case ErrorCode::SystemError: return "SystemError";
+  }
+  return "Unknown";
+}
+
+namespace {
+std::string compose(ErrorCode code, std::string_view context, std::string_view detail) {
+  std::string text;
+  text.reserve(context.size() + detail.size() + 24);
+  if (!context.empty()) {
+    text.append(context).append(": ");
+  }
+  text.append(detail).append(" [").append(to_string(code)).append("]");
+  return text;
+}
+}  // namespace
+
+Error::Error(ErrorCode code, std::string_view context, std::string_view detail, int sys_errno)
+    : std::runtime_error(compose(code, context, detail)),
+      code_(code),
+      sys_errno_(sys_errno),
+      detail_(detail) {}
+
+void throw_system_error(std::string_view context, std::string_view call) {
+  throw_system_error(context, call, errno);
+}
+
+void throw_system_error(std::string_view context, std::string_view call, int err) {
+  std::string detail(call);
+  detail.append(" failed: ").append(std::strerror(err));
+  throw Error(ErrorCode::SystemError, context, detail, err);
+}
+
+}  // namespace capnsplice

@@ -1,0 +1,62 @@
+// Page-aligned memory mappings owned by RAII handles (internal).
+#pragma once
+
+#include <cstddef>
+#include <string_view>
+#include <utility>
+
+namespace capnsplice::detail {
+
+/// Owns one mmap()ed region and unmaps it when destroyed. Move-only.
+///
+/// Unmapping is safe even while a pipe still holds pages of the region after
+/// vmsplice: the pipe owns page references, so the bytes stay intact until read.
+class MappedMemory {
+ public:
+  MappedMemory() noexcept = default;
+  MappedMemory(MappedMemory&& other) noexcept
+      : base_(std::exchange(other.base_, nullptr)),
+        mapping_bytes_(std::exchange(other.mapping_bytes_, 0)),
+        data_(std::exchange(other.data_, nullptr)),
+        size_(std::exchange(other.size_, 0)) {}
+  MappedMemory& operator=(MappedMemory&& other) noexcept;
+  MappedMemory(const MappedMemory&) = delete;
+  MappedMemory& operator=(const MappedMemory&) = delete;
+  ~MappedMemory() { unmap(); }
+
+  /// Zero-filled private memory of at least `bytes` (rounded up to pages). With
+  /// `huge_pages`, aligned to 2 MiB and advised MADV_HUGEPAGE so the kernel can
+  /// back it with transparent huge pages. Throws SystemError naming `context`.
+  static MappedMemory anonymous(std::size_t bytes, bool huge_pages, std::string_view context);
+
+  /// A ring of `bytes` (a multiple of the page size) mapped twice, back to back:
+  /// data()[i] and data()[i + bytes] are the same byte, so any run of up to
+  /// `bytes` bytes starting inside the first copy is contiguous in memory.
+  ///
+  ///   virtual:  [ copy A: 0 .. bytes ) [ copy B: bytes .. 2*bytes )
+  ///                   \________ same memfd pages ________/
+  static MappedMemory mirrored(std::size_t bytes, std::string_view context);
+
+  std::byte* data() const noexcept { return data_; }
+  /// Usable size (for mirrored memory: the size of one copy).
+  std::size_t size() const noexcept { return size_; }
+  explicit operator bool() const noexcept { return data_ != nullptr; }
+
+ private:
+  void unmap() noexcept;
+
+  void* base_ = nullptr;
+  std::size_t mapping_bytes_ = 0;
+  std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+/// The system page size.
+std::size_t page_size() noexcept;
+
+/// Rounds `bytes` up to a multiple of `alignment` (a power of two).
+constexpr std::size_t round_up(std::size_t bytes, std::size_t alignment) noexcept {
+  return (bytes + alignment - 1) & ~(alignment - 1);
+}
+
+}  // namespace capnsplice::detail

@@ -1,0 +1,22 @@
+#include "capnsplice/outgoing_message.h"
+
+#include <stdexcept>
+
+namespace capnsplice {
+
+OutgoingMessage::OutgoingMessage() noexcept = default;
+OutgoingMessage::OutgoingMessage(OutgoingMessage&&) noexcept = default;
+OutgoingMessage& OutgoingMessage::operator=(OutgoingMessage&&) noexcept = default;
+OutgoingMessage::~OutgoingMessage() = default;
+
+OutgoingMessage::OutgoingMessage(std::unique_ptr<capnp::MessageBuilder> builder) noexcept
+    : builder_(std::move(builder)) {}
+
+capnp::MessageBuilder& OutgoingMessage::builder() {
+  if (!builder_) {
+    throw std::logic_error("capnsplice::OutgoingMessage used after it was sent or moved from");
+  }
+  return *builder_;
+}
+
+}  // namespace capnsplice

@@ -1,0 +1,188 @@
+#include "pipe_io.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <ctime>
+
+#include "capnsplice/error.h"
+
+namespace capnsplice::detail {
+
+SigpipeGuard::SigpipeGuard() noexcept {
+  sigset_t block;
+  sigemptyset(&block);
+  sigaddset(&block, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &block, &previous_mask_);
+  was_blocked_ = sigismember(&previous_mask_, SIGPIPE) == 1;
+}
+
+SigpipeGuard::~SigpipeGuard() {
+  if (was_blocked_) return;  // The caller blocks SIGPIPE itself; leave its pending set alone.
+  if (broken_pipe_) {
+    // EPIPE raised a thread-directed SIGPIPE that is now pending: take it before
+    // unblocking, or it would be delivered (and kill the process) on unblock.
+    sigset_t pipe_only;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    const timespec no_wait{0, 0};
+    while (sigtimedwait(&pipe_only, nullptr, &no_wait) < 0 && errno == EINTR) {
+    }
+  }
+  pthread_sigmask(SIG_SETMASK, &previous_mask_, nullptr);
+}
+
+void IovCursor::advance(std::size_t bytes) noexcept {
+  while (bytes > 0 && count > 0) {
+    if (bytes >= iov->iov_len) {
+      bytes -= iov->iov_len;
+      ++iov;
+      --count;
+    } else {
+      iov->iov_base = static_cast<char*>(iov->iov_base) + bytes;
+      iov->iov_len -= bytes;
+      bytes = 0;
+    }
+  }
+  // Skip empty entries so empty() is exact.
+  while (count > 0 && iov->iov_len == 0) {
+    ++iov;
+    --count;
+  }
+}
+
+WaitResult wait_for(int fd, short events, Deadline deadline, int interrupt_fd) {
+  pollfd fds[2] = {{fd, events, 0}, {interrupt_fd, POLLIN, 0}};
+  const nfds_t count = interrupt_fd >= 0 ? 2 : 1;
+  for (;;) {
+    timespec timeout{};
+    timespec* timeout_ptr = nullptr;
+    if (!deadline.is_never()) {
+      auto left = deadline.remaining();
+      timeout.tv_sec = static_cast<time_t>(left.count() / 1'000'000'000);
+      timeout.tv_nsec = static_cast<long>(left.count() % 1'000'000'000);
+      timeout_ptr = &timeout;
+    }
+    int ready = ::ppoll(fds, count, timeout_ptr, nullptr);
+    if (ready < 0) {
+      if (errno == EINTR) continue;
+      throw_system_error("", "ppoll");
+    }
+    if (ready == 0) return WaitResult::timed_out;
+    if (count == 2 && fds[1].revents != 0) return WaitResult::interrupted;
+    return WaitResult::ready;
+  }
+}
+
+std::size_t write_some(int fd, WriteMethod method, const IovCursor& cursor,
+                       std::string_view context, SigpipeGuard& guard) {
+  const auto count = static_cast<int>(std::min<std::size_t>(cursor.count, IOV_MAX));
+  for (;;) {
+    ssize_t written = method == WriteMethod::vmsplice
+                          ? ::vmsplice(fd, cursor.iov, count, SPLICE_F_NONBLOCK)
+                          : ::writev(fd, cursor.iov, count);
+    if (written >= 0) return static_cast<std::size_t>(written);
+    switch (errno) {
+      case EINTR:
+        continue;
+      case EAGAIN:
+        return 0;
+      case EPIPE:
+        guard.saw_broken_pipe();
+        throw Error(ErrorCode::PeerClosed, context, "peer closed its receiving end");
+      default:
+        throw_system_error(context, method == WriteMethod::vmsplice ? "vmsplice" : "writev");
+    }
+  }
+}
+
+void write_all(int fd, WriteMethod method, IovCursor cursor, Deadline deadline,
+               std::string_view context, SigpipeGuard& guard) {
+  while (!cursor.empty()) {
+    std::size_t written = write_some(fd, method, cursor, context, guard);
+    if (written > 0) {
+      cursor.advance(written);
+      continue;
+    }
+    if (wait_for(fd, POLLOUT, deadline) == WaitResult::timed_out) {
+      throw Error(ErrorCode::Timeout, context,
+                  "the reader did not make room in the pipe before the deadline");
+    }
+  }
+}
+
+long read_some(int fd, bool is_pipe, std::byte* buffer, std::size_t bytes,
+               std::string_view context) {
+  for (;;) {
+    ssize_t got;
+    if (is_pipe) {
+      iovec target{buffer, bytes};
+      got = ::vmsplice(fd, &target, 1, SPLICE_F_NONBLOCK);
+    } else {
+      got = ::read(fd, buffer, bytes);
+    }
+    if (got >= 0) return static_cast<long>(got);
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) return -1;
+    throw_system_error(context, is_pipe ? "vmsplice (read)" : "read");
+  }
+}
+
+std::size_t pipe_queued_bytes(int fd, std::string_view context) {
+  int queued = 0;
+  if (::ioctl(fd, FIONREAD, &queued) != 0) throw_system_error(context, "ioctl(FIONREAD)");
+  return static_cast<std::size_t>(queued);
+}
+
+namespace {
+std::size_t pipe_max_size() {
+  std::size_t limit = 1024 * 1024;
+  if (FILE* file = std::fopen("/proc/sys/fs/pipe-max-size", "re")) {
+    unsigned long value = 0;
+    if (std::fscanf(file, "%lu", &value) == 1 && value > 0) limit = value;
+    std::fclose(file);
+  }
+  return limit;
+}
+}  // namespace
+
+std::size_t set_pipe_capacity(int fd, std::size_t wanted) {
+  static const std::size_t kernel_limit = pipe_max_size();
+  constexpr std::size_t kSweetSpot = 1024 * 1024;
+  std::size_t size = wanted != 0 ? wanted : std::min(kernel_limit, kSweetSpot);
+  // The per-user pipe budget (pipe-user-pages-soft) can refuse large pipes with
+  // EPERM; halve until the kernel agrees, and keep whatever the pipe has otherwise.
+  while (size >= 4096) {
+    if (::fcntl(fd, F_SETPIPE_SZ, static_cast<int>(size)) >= 0) break;
+    size /= 2;
+  }
+  int now = ::fcntl(fd, F_GETPIPE_SZ);
+  return now > 0 ? static_cast<std::size_t>(now) : 0;
+}
+
+bool is_pipe(int fd) noexcept {
+  struct stat info {};
+  return ::fstat(fd, &info) == 0 && S_ISFIFO(info.st_mode);
+}
+
+bool is_nonblocking(int fd) noexcept {
+  int flags = ::fcntl(fd, F_GETFL);
+  return flags >= 0 && (flags & O_NONBLOCK) != 0;
+}
+
+void set_nonblocking(int fd, std::string_view context) {
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    throw_system_error(context, "fcntl(O_NONBLOCK)");
+  }
+}
+
+}  // namespace capnsplice::detail

@@ -1,0 +1,95 @@
+// System-call layer shared by senders and receivers (internal).
+//
+// Every function here retries EINTR, turns EPIPE into PeerClosed and other failures
+// into SystemError naming the call, and never lets SIGPIPE reach the process.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <csignal>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "capnsplice/deadline.h"
+
+namespace capnsplice::detail {
+
+/// Blocks SIGPIPE in the calling thread while alive, swallows the SIGPIPE that a
+/// write to a reader-less pipe raised, and restores the thread's mask. The process's
+/// signal dispositions are never touched. Costs two system calls; hold one guard
+/// around a whole batch of writes, not one per write.
+class SigpipeGuard {
+ public:
+  SigpipeGuard() noexcept;
+  ~SigpipeGuard();
+  SigpipeGuard(const SigpipeGuard&) = delete;
+  SigpipeGuard& operator=(const SigpipeGuard&) = delete;
+
+  /// Records that a write failed with EPIPE, so a SIGPIPE is pending to swallow.
+  void saw_broken_pipe() noexcept { broken_pipe_ = true; }
+
+ private:
+  sigset_t previous_mask_;
+  bool was_blocked_ = false;
+  bool broken_pipe_ = false;
+};
+
+/// How bytes go into the pipe.
+enum class WriteMethod {
+  copy,      ///< writev: the kernel copies the bytes; memory is reusable on return.
+  vmsplice,  ///< the pipe references the pages; memory must stay untouched until read.
+};
+
+/// A gather list being written, advanced past the bytes already written.
+struct IovCursor {
+  iovec* iov;
+  std::size_t count;
+
+  bool empty() const noexcept { return count == 0; }
+  void advance(std::size_t bytes) noexcept;
+};
+
+/// What a wait ended with.
+enum class WaitResult { ready, timed_out, interrupted };
+
+/// Waits until `fd` is ready for `events` (POLLIN / POLLOUT; hang-up and error count
+/// as ready so the following call reports them), the deadline passes, or
+/// `interrupt_fd` (if >= 0) becomes readable.
+WaitResult wait_for(int fd, short events, Deadline deadline, int interrupt_fd = -1);
+
+/// Writes the whole gather list with `method`, looping on partial writes, EINTR and
+/// EAGAIN (waiting for room until `deadline`). Uses SPLICE_F_NONBLOCK for vmsplice, so
+/// only copy writes to a blocking descriptor can block past the deadline.
+/// Throws PeerClosed when the reader is gone, Timeout, or SystemError.
+void write_all(int fd, WriteMethod method, IovCursor cursor, Deadline deadline,
+               std::string_view context, SigpipeGuard& guard);
+
+/// One attempt to write part of the gather list. Returns bytes written, or 0 when the
+/// pipe is full (EAGAIN). Throws PeerClosed or SystemError.
+std::size_t write_some(int fd, WriteMethod method, const IovCursor& cursor,
+                       std::string_view context, SigpipeGuard& guard);
+
+/// One attempt to read up to `bytes` into `buffer` without blocking: vmsplice in the
+/// read direction for pipes, read() otherwise. Returns bytes read, 0 at end of stream,
+/// or -1 when nothing is ready. Throws SystemError.
+long read_some(int fd, bool is_pipe, std::byte* buffer, std::size_t bytes,
+               std::string_view context);
+
+/// Bytes written into the pipe and not yet read (ioctl FIONREAD). Works on either end.
+std::size_t pipe_queued_bytes(int fd, std::string_view context);
+
+/// Raises the pipe's capacity towards `wanted` (0: as large as pipe-max-size allows,
+/// capped at 1 MiB) and returns the capacity it has now.
+std::size_t set_pipe_capacity(int fd, std::size_t wanted);
+
+/// True when `fd` is a pipe or FIFO.
+bool is_pipe(int fd) noexcept;
+
+/// True when `fd` has O_NONBLOCK set.
+bool is_nonblocking(int fd) noexcept;
+
+/// Sets O_NONBLOCK on `fd`. Throws SystemError.
+void set_nonblocking(int fd, std::string_view context);
+
+}  // namespace capnsplice::detail

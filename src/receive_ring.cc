@@ -1,0 +1,25 @@
+#include "receive_ring.h"
+
+namespace capnsplice::detail {
+
+std::uint64_t ReceiveRing::lease(std::uint64_t begin) {
+  std::lock_guard lock(mutex_);
+  leases_.push_back({begin, false});
+  return first_id_ + leases_.size() - 1;
+}
+
+void ReceiveRing::release(std::uint64_t lease_id) {
+  std::lock_guard lock(mutex_);
+  leases_[static_cast<std::size_t>(lease_id - first_id_)].released = true;
+  while (!leases_.empty() && leases_.front().released) {
+    leases_.pop_front();
+    ++first_id_;
+  }
+}
+
+std::uint64_t ReceiveRing::oldest_leased_or(std::uint64_t parse) {
+  std::lock_guard lock(mutex_);
+  return leases_.empty() ? parse : leases_.front().begin;
+}
+
+}  // namespace capnsplice::detail

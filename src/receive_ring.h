@@ -1,0 +1,65 @@
+// The receiver's buffer (internal): a mirrored ring that messages are read from in place.
+//
+//   positions (monotonic, in bytes; the byte at position p lives at p % capacity):
+//
+//        oldest lease          parse                 head
+//             v                  v                     v
+//   ..........[ msg ][ msg ][ msg ][ partial frame ]...........free...........
+//             <---- leased: ReceivedMessages view these bytes ---->
+//
+// The memory is mapped twice back to back (MappedMemory::mirrored), so a frame that
+// wraps past the end of the ring is still contiguous: Cap'n Proto reads it in place,
+// and reads land in one contiguous run of free space.
+//
+// Each ReceivedMessage holds a lease on its frame's bytes and a shared_ptr to the
+// ring, so the memory outlives the Receiver if messages do. Leases are released in
+// any order and from any thread; space comes back in stream order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string_view>
+
+#include "mapped_memory.h"
+
+namespace capnsplice::detail {
+
+class ReceiveRing {
+ public:
+  ReceiveRing(std::size_t capacity, std::string_view context)
+      : memory_(MappedMemory::mirrored(capacity, context)) {}
+
+  std::size_t capacity() const noexcept { return memory_.size(); }
+
+  /// The byte at ring position `position`; up to capacity() bytes from there are
+  /// contiguous.
+  std::byte* at(std::uint64_t position) const noexcept {
+    return memory_.data() + position % memory_.size();
+  }
+
+  /// Marks the bytes from `begin` on (up to the next lease, or parse) as viewed by a
+  /// message; returns the lease id.
+  std::uint64_t lease(std::uint64_t begin);
+
+  /// The message holding `lease_id` is gone.
+  void release(std::uint64_t lease_id);
+
+  /// The start of the oldest leased byte, or `parse` when nothing is leased (every
+  /// byte before `parse` is then reusable).
+  std::uint64_t oldest_leased_or(std::uint64_t parse);
+
+ private:
+  struct Lease {
+    std::uint64_t begin;
+    bool released;
+  };
+
+  MappedMemory memory_;
+  std::mutex mutex_;
+  std::deque<Lease> leases_;  // in stream order; front has id first_id_
+  std::uint64_t first_id_ = 0;
+};
+
+}  // namespace capnsplice::detail

@@ -1,0 +1,30 @@
+#include "capnsplice/received_message.h"
+
+#include <stdexcept>
+
+#include "received_message_state.h"
+
+namespace capnsplice {
+
+ReceivedMessage::ReceivedMessage() noexcept = default;
+ReceivedMessage::ReceivedMessage(ReceivedMessage&&) noexcept = default;
+ReceivedMessage& ReceivedMessage::operator=(ReceivedMessage&&) noexcept = default;
+ReceivedMessage::~ReceivedMessage() = default;
+
+ReceivedMessage::ReceivedMessage(std::unique_ptr<detail::ReceivedMessageState> state) noexcept
+    : state_(std::move(state)) {}
+
+capnp::MessageReader& ReceivedMessage::reader() {
+  if (!state_) throw std::logic_error("capnsplice::ReceivedMessage is empty (moved from)");
+  return *state_->reader;
+}
+
+kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> ReceivedMessage::segments() const {
+  return state_ ? state_->segments : nullptr;
+}
+
+std::size_t ReceivedMessage::frame_bytes() const noexcept {
+  return state_ ? state_->frame_bytes : 0;
+}
+
+}  // namespace capnsplice

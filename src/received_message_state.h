@@ -1,0 +1,44 @@
+// What a ReceivedMessage owns (internal).
+#pragma once
+
+#include <capnp/message.h>
+
+#include <array>
+#include <memory>
+#include <optional>
+
+#include "receive_ring.h"
+
+namespace capnsplice::detail {
+
+struct ReceivedMessageState {
+  /// Either a lease on the ring...
+  std::shared_ptr<ReceiveRing> ring;
+  std::uint64_t lease_id = 0;
+  /// ...or a buffer of its own (frames that did not fit in the ring).
+  std::unique_ptr<capnp::word[]> own_buffer;
+
+  std::size_t frame_bytes = 0;
+  std::array<kj::ArrayPtr<const capnp::word>, 4> inline_segments;
+  std::unique_ptr<kj::ArrayPtr<const capnp::word>[]> heap_segments;
+  kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments;
+  std::optional<capnp::SegmentArrayMessageReader> reader;
+
+  ReceivedMessageState() = default;
+  ReceivedMessageState(const ReceivedMessageState&) = delete;
+  ReceivedMessageState& operator=(const ReceivedMessageState&) = delete;
+
+  ~ReceivedMessageState() {
+    reader.reset();
+    if (ring) ring->release(lease_id);
+  }
+
+  /// Room for `count` segment views.
+  kj::ArrayPtr<const capnp::word>* segment_slots(std::uint32_t count) {
+    if (count <= inline_segments.size()) return inline_segments.data();
+    heap_segments = std::make_unique<kj::ArrayPtr<const capnp::word>[]>(count);
+    return heap_segments.get();
+  }
+};
+
+}  // namespace capnsplice::detail

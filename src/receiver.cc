@@ -1,0 +1,242 @@
+#include "capnsplice/receiver.h"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "capnsplice/error.h"
+#include "capnsplice/frame.h"
+#include "pipe_io.h"
+#include "received_message_state.h"
+
+namespace capnsplice {
+namespace detail {
+
+class ReceiverCore {
+ public:
+  ReceiverCore(UniqueFd fd, ReceiverOptions options, std::string context)
+      : fd_(std::move(fd)),
+        options_(options),
+        context_(std::move(context)),
+        pipe_(is_pipe(fd_.get())),
+        // read() on a blocking non-pipe descriptor would block: ask poll() first.
+        poll_before_read_(!pipe_ && !is_nonblocking(fd_.get())) {
+    const ReceiveLimits& limits = options_.limits;
+    reader_options_.traversalLimitInWords = limits.traversal_limit_words != 0
+                                                ? limits.traversal_limit_words
+                                                : limits.max_message_bytes / sizeof(capnp::word);
+    reader_options_.nestingLimit = limits.nesting_limit;
+  }
+
+  ReceivedMessage receive(Deadline deadline) {
+    for (;;) {
+      if (auto message = take_buffered()) return std::move(*message);
+      if (end_of_stream_) throw_end_of_stream();
+      if (read_more() == ReadOutcome::would_block &&
+          wait_for(fd_.get(), POLLIN, deadline) == WaitResult::timed_out) {
+        throw Error(ErrorCode::Timeout, context_, "no message arrived before the deadline");
+      }
+    }
+  }
+
+  std::optional<ReceivedMessage> try_receive() {
+    if (auto message = take_buffered()) return message;
+    if (!end_of_stream_) read_more();
+    if (auto message = take_buffered()) return message;
+    if (end_of_stream_) throw_end_of_stream();
+    return std::nullopt;
+  }
+
+  bool has_buffered_message() {
+    if (own_) return own_->probe.header_complete && own_->have == own_->needed;
+    const std::size_t available = static_cast<std::size_t>(head_ - parse_);
+    if (available < 8) return false;
+    try {
+      FrameProbe probe = probe_frame(ring_->at(parse_), available, options_.limits, context_);
+      return probe.header_complete && available >= probe.bytes_needed;
+    } catch (const Error&) {
+      return true;  // receive() has an error to report right away
+    }
+  }
+
+  int fd() const noexcept { return fd_.get(); }
+  ReceiverStats stats() const { return stats_; }
+
+ private:
+  enum class ReadOutcome { data, end_of_stream, would_block };
+
+  /// A frame assembled outside the ring: too large for it, or the ring is full of
+  /// messages the application still holds.
+  struct OwnFrame {
+    std::unique_ptr<capnp::word[]> buffer;
+    std::size_t have = 0;    // bytes received so far
+    std::size_t needed = 0;  // bytes to have before probing again (or the whole frame)
+    FrameProbe probe;
+
+    std::byte* bytes() const noexcept { return reinterpret_cast<std::byte*>(buffer.get()); }
+  };
+
+  std::optional<ReceivedMessage> take_buffered();
+  ReadOutcome read_more();
+  void start_own_frame(const FrameProbe& probe);
+  void grow_own_frame(std::size_t bytes);
+  void compact_if_idle();
+  ReceivedMessage make_message(std::unique_ptr<ReceivedMessageState> state,
+                               const std::byte* frame, const FrameProbe& probe);
+  [[noreturn]] void throw_end_of_stream() const;
+
+  UniqueFd fd_;
+  ReceiverOptions options_;
+  std::string context_;
+  bool pipe_;
+  bool poll_before_read_;
+  capnp::ReaderOptions reader_options_;
+  std::shared_ptr<ReceiveRing> ring_;
+  std::uint64_t parse_ = 0;  // start of the next frame
+  std::uint64_t head_ = 0;   // end of the bytes read
+  std::optional<OwnFrame> own_;
+  bool end_of_stream_ = false;
+  ReceiverStats stats_;
+};
+
+std::optional<ReceivedMessage> ReceiverCore::take_buffered() {
+  if (own_) {
+    while (own_->have == own_->needed && !own_->probe.header_complete) {
+      own_->probe = probe_frame(own_->bytes(), own_->have, options_.limits, context_);
+      own_->needed = own_->probe.bytes_needed;
+      grow_own_frame(own_->needed);
+    }
+    if (own_->have < own_->needed) return std::nullopt;
+    auto state = std::make_unique<ReceivedMessageState>();
+    state->own_buffer = std::move(own_->buffer);
+    FrameProbe probe = own_->probe;
+    own_.reset();
+    ++stats_.own_buffer_messages;
+    const std::byte* frame = reinterpret_cast<const std::byte*>(state->own_buffer.get());
+    return make_message(std::move(state), frame, probe);
+  }
+
+  const std::size_t available = static_cast<std::size_t>(head_ - parse_);
+  if (available == 0) return std::nullopt;
+  const FrameProbe probe = probe_frame(ring_->at(parse_), available, options_.limits, context_);
+  if (probe.header_complete && available >= probe.bytes_needed) {
+    auto state = std::make_unique<ReceivedMessageState>();
+    state->ring = ring_;
+    state->lease_id = ring_->lease(parse_);
+    const std::byte* frame = ring_->at(parse_);
+    parse_ += probe.bytes_needed;
+    return make_message(std::move(state), frame, probe);
+  }
+  // Incomplete. If the ring cannot hold what is needed from `parse_` on — the frame
+  // is larger than the ring, or messages still held fill it — continue outside it.
+  const std::size_t room =
+      ring_->capacity() - static_cast<std::size_t>(parse_ - ring_->oldest_leased_or(parse_));
+  if (probe.bytes_needed > room) start_own_frame(probe);
+  return std::nullopt;
+}
+
+ReceivedMessage ReceiverCore::make_message(std::unique_ptr<ReceivedMessageState> state,
+                                           const std::byte* frame, const FrameProbe& probe) {
+  auto* slots = state->segment_slots(probe.segment_count);
+  frame_segments(frame, probe, slots);
+  state->segments = kj::arrayPtr(slots, probe.segment_count);
+  state->frame_bytes = probe.bytes_needed;
+  state->reader.emplace(state->segments, reader_options_);
+  ++stats_.messages;
+  stats_.bytes += probe.bytes_needed;
+  return ReceivedMessage(std::move(state));
+}
+
+void ReceiverCore::start_own_frame(const FrameProbe& probe) {
+  // probe_frame() has checked the sizes against the limits: `needed` is bounded.
+  own_.emplace();
+  own_->probe = probe;
+  grow_own_frame(probe.bytes_needed);
+  own_->needed = probe.bytes_needed;
+  own_->have = static_cast<std::size_t>(head_ - parse_);
+  std::memcpy(own_->bytes(), ring_->at(parse_), own_->have);
+  head_ = parse_;  // those bytes now live in the frame's own buffer
+}
+
+void ReceiverCore::grow_own_frame(std::size_t bytes) {
+  const std::size_t words = (bytes + sizeof(capnp::word) - 1) / sizeof(capnp::word);
+  auto bigger = std::unique_ptr<capnp::word[]>(new capnp::word[words]);
+  if (own_->buffer) std::memcpy(bigger.get(), own_->buffer.get(), own_->have);
+  own_->buffer = std::move(bigger);
+}
+
+void ReceiverCore::compact_if_idle() {
+  // When every message has been dropped, move a small partial frame to the ring's
+  // start: reads then keep landing in the same, cache-warm bytes.
+  constexpr std::size_t kMaxMove = 128 * 1024;
+  const std::size_t offset = static_cast<std::size_t>(parse_ % ring_->capacity());
+  if (offset == 0 || ring_->oldest_leased_or(parse_) != parse_) return;
+  const std::size_t partial = static_cast<std::size_t>(head_ - parse_);
+  if (partial > kMaxMove || partial > offset || offset + partial > ring_->capacity()) return;
+  if (partial != 0) std::memcpy(ring_->at(0), ring_->at(parse_), partial);
+  parse_ = 0;
+  head_ = partial;
+}
+
+ReceiverCore::ReadOutcome ReceiverCore::read_more() {
+  std::byte* target;
+  std::size_t length;
+  if (own_) {
+    target = own_->bytes() + own_->have;
+    length = own_->needed - own_->have;
+  } else {
+    if (!ring_) ring_ = std::make_shared<ReceiveRing>(options_.buffer_bytes, context_);
+    compact_if_idle();
+    const std::uint64_t oldest = ring_->oldest_leased_or(parse_);
+    target = ring_->at(head_);
+    length = ring_->capacity() - static_cast<std::size_t>(head_ - oldest);
+  }
+  if (poll_before_read_ && wait_for(fd_.get(), POLLIN, Deadline::immediate()) ==
+                               WaitResult::timed_out) {
+    return ReadOutcome::would_block;
+  }
+  const long got = read_some(fd_.get(), pipe_, target, length, context_);
+  if (got < 0) return ReadOutcome::would_block;
+  if (got == 0) {
+    end_of_stream_ = true;
+    return ReadOutcome::end_of_stream;
+  }
+  ++stats_.reads;
+  (own_ ? own_->have : head_) += static_cast<std::size_t>(got);
+  return ReadOutcome::data;
+}
+
+void ReceiverCore::throw_end_of_stream() const {
+  const std::size_t partial = own_ ? own_->have : static_cast<std::size_t>(head_ - parse_);
+  if (partial == 0) {
+    throw Error(ErrorCode::PeerClosed, context_, "peer closed the channel (end of stream)");
+  }
+  std::string detail = "stream ended " + std::to_string(partial) + " bytes into a frame";
+  if (own_ && own_->probe.header_complete) {
+    detail += " of " + std::to_string(own_->probe.bytes_needed) + " bytes";
+  } else if (!own_ && ring_ && partial >= 8) {
+    FrameProbe probe = probe_frame(ring_->at(parse_), partial, options_.limits, context_);
+    if (probe.header_complete) detail += " of " + std::to_string(probe.bytes_needed) + " bytes";
+  }
+  detail += "; the peer stopped mid-message";
+  throw Error(ErrorCode::TruncatedMessage, context_, detail);
+}
+
+}  // namespace detail
+
+Receiver::Receiver(UniqueFd fd, ReceiverOptions options, std::string context)
+    : core_(std::make_unique<detail::ReceiverCore>(std::move(fd), options, std::move(context))) {}
+Receiver::Receiver(Receiver&&) noexcept = default;
+Receiver& Receiver::operator=(Receiver&&) noexcept = default;
+Receiver::~Receiver() = default;
+
+ReceivedMessage Receiver::receive() { return core_->receive(Deadline::never()); }
+ReceivedMessage Receiver::receive(Deadline deadline) { return core_->receive(deadline); }
+std::optional<ReceivedMessage> Receiver::try_receive() { return core_->try_receive(); }
+bool Receiver::has_buffered_message() { return core_->has_buffered_message(); }
+int Receiver::fd() const noexcept { return core_->fd(); }
+ReceiverStats Receiver::stats() const { return core_->stats(); }
+
+}  // namespace capnsplice

@@ -1,0 +1,246 @@
+#include "segment_pool.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "capnsplice/error.h"
+
+namespace capnsplice::detail {
+
+struct DedicatedBlock {
+  MappedMemory memory;
+  std::size_t dirty_bytes = 0;
+  std::uint64_t stream_end = 0;
+  bool in_flight = false;
+};
+
+namespace {
+
+constexpr std::size_t kWordBytes = 8;
+/// Reclaimed dedicated mappings kept for reuse.
+constexpr std::size_t kMaxSpareBlocks = 2;
+
+void zero(std::byte* data, std::size_t& dirty_bytes) {
+  if (dirty_bytes != 0) std::memset(data, 0, dirty_bytes);
+  dirty_bytes = 0;
+}
+
+}  // namespace
+
+SegmentPool::SegmentPool(std::size_t capacity, std::string context)
+    : capacity_(round_up(std::max<std::size_t>(capacity, 64 * 1024), page_size())),
+      context_(std::move(context)) {}
+
+SegmentPool::~SegmentPool() = default;
+
+std::size_t SegmentPool::greedy_floor() const noexcept {
+  // A greedy chunk smaller than this is not worth starting a message in while waiting
+  // for the reader could give a larger one.
+  return std::min<std::size_t>(64 * 1024, capacity_ / 4);
+}
+
+void SegmentPool::attach(ConsumptionSource* source) {
+  std::lock_guard lock(mutex_);
+  source_ = source;
+}
+
+PoolStats SegmentPool::stats() const {
+  std::lock_guard lock(mutex_);
+  return stats_;
+}
+
+SegmentPool::RingChunk& SegmentPool::ring_chunk(std::uint64_t id) {
+  return chunks_[static_cast<std::size_t>(id - first_id_)];
+}
+
+void SegmentPool::zero_dirty(RingChunk& chunk) {
+  zero(ring_.data() + chunk.begin % capacity_, chunk.dirty_bytes);
+}
+
+bool SegmentPool::oldest_chunk_in_flight() const {
+  if (!chunks_.empty()) return chunks_.front().state == State::in_flight;
+  return std::any_of(dedicated_.begin(), dedicated_.end(),
+                     [](const auto& block) { return block->in_flight; });
+}
+
+Chunk SegmentPool::allocate(std::size_t min_bytes, bool greedy, Deadline deadline) {
+  min_bytes = round_up(std::max<std::size_t>(min_bytes, kWordBytes), kWordBytes);
+  std::unique_lock lock(mutex_);
+  if (min_bytes > capacity_ / 2) return allocate_dedicated(min_bytes);
+  if (!ring_) ring_ = MappedMemory::anonymous(capacity_, /*huge_pages=*/true, context_);
+
+  const std::size_t wanted = greedy ? std::max(min_bytes, greedy_floor()) : min_bytes;
+  Chunk chunk;
+  for (;;) {
+    if (try_ring(wanted, greedy, chunk)) return chunk;
+    if (source_ == nullptr || !oldest_chunk_in_flight()) break;
+    // Only now ask the kernel: FIONREAD costs a system call, so the pool runs on its
+    // cached figure until it actually needs space.
+    ++stats_.consumption_queries;
+    reclaim(source_->consumed_bytes());
+    if (try_ring(wanted, greedy, chunk)) return chunk;
+    if (!oldest_chunk_in_flight()) break;
+    if (deadline.expired()) {
+      throw Error(ErrorCode::Timeout, context_,
+                  "the send pool (" + std::to_string(capacity_) +
+                      " bytes) is full of bytes the reader has not consumed, and the "
+                      "deadline passed");
+    }
+    ++stats_.waits_for_reader;
+    ConsumptionSource* source = source_;
+    lock.unlock();
+    source->wait_for_reader(deadline);
+    lock.lock();
+    if (source_ == nullptr) break;
+  }
+  // Waiting cannot help (builders hold the ring, or no reader to wait for): a greedy
+  // request settles for any run that fits, then a dedicated mapping.
+  if (greedy && try_ring(min_bytes, /*greedy=*/true, chunk)) return chunk;
+  return allocate_dedicated(wanted);
+}
+
+bool SegmentPool::try_ring(std::size_t wanted, bool greedy, Chunk& out) {
+  reclaim(last_consumed_);
+  const std::uint64_t used = head_ - tail_;
+  const std::size_t free_total = capacity_ - static_cast<std::size_t>(used);
+  const std::size_t head_offset = static_cast<std::size_t>(head_ % capacity_);
+  // Free space is one run from head to the ring's end, then one run from the ring's
+  // start up to tail.
+  const std::size_t run_at_head = std::min(capacity_ - head_offset, free_total);
+  const std::size_t run_after_wrap = free_total - run_at_head;
+
+  bool wrap;
+  if (greedy) {
+    if (std::max(run_at_head, run_after_wrap) < wanted) return false;
+    wrap = run_after_wrap > run_at_head;
+  } else if (run_at_head >= wanted) {
+    wrap = false;
+  } else if (run_after_wrap >= wanted) {
+    wrap = true;
+  } else {
+    return false;
+  }
+  if (wrap) {
+    // The rest of the ring becomes a filler chunk, free at once, so it comes back
+    // in order when the tail reaches it.
+    chunks_.push_back({head_, head_ + run_at_head, 0, 0, State::free});
+    head_ += run_at_head;
+  }
+  const std::size_t run = wrap ? run_after_wrap : run_at_head;
+  // Greedy chunks stop at half the ring, leaving room for the next message while
+  // this one is in flight.
+  const std::size_t size = greedy ? std::max(wanted, std::min(run, capacity_ / 2)) : wanted;
+  chunks_.push_back({head_, head_ + size, size, 0, State::building});
+  out.data = ring_.data() + head_ % capacity_;
+  out.bytes = size;
+  out.id = first_id_ + chunks_.size() - 1;
+  out.dedicated = nullptr;
+  head_ += size;
+  ++stats_.ring_allocations;
+  return true;
+}
+
+Chunk SegmentPool::allocate_dedicated(std::size_t min_bytes) {
+  ++stats_.dedicated_allocations;
+  // Reuse a reclaimed mapping of a fitting size: not smaller, not wastefully larger.
+  auto fits = [min_bytes](const auto& block) {
+    const std::size_t size = block->memory.size();
+    return size >= min_bytes && size <= std::max(4 * min_bytes, std::size_t{4} << 20);
+  };
+  std::unique_ptr<DedicatedBlock> block;
+  if (auto spare = std::find_if(spare_.begin(), spare_.end(), fits); spare != spare_.end()) {
+    block = std::move(*spare);
+    spare_.erase(spare);
+  } else {
+    block = std::make_unique<DedicatedBlock>();
+    block->memory =
+        MappedMemory::anonymous(min_bytes, /*huge_pages=*/min_bytes >= (2 << 20), context_);
+  }
+  block->dirty_bytes = block->memory.size();
+  block->in_flight = false;
+  Chunk chunk{block->memory.data(), block->memory.size(), 0, block.get()};
+  dedicated_.push_back(std::move(block));
+  return chunk;
+}
+
+void SegmentPool::finish_building(const Chunk& chunk, std::size_t used_bytes) {
+  std::lock_guard lock(mutex_);
+  if (chunk.dedicated != nullptr) {
+    chunk.dedicated->dirty_bytes = used_bytes;
+    return;
+  }
+  RingChunk& ring = ring_chunk(chunk.id);
+  ring.dirty_bytes = used_bytes;
+  const bool newest = chunk.id == first_id_ + chunks_.size() - 1 && ring.end == head_;
+  if (newest) {
+    // Nothing after it: hand the unused (still zero) tail straight back.
+    ring.end = ring.begin + round_up(used_bytes, kWordBytes);
+    head_ = ring.end;
+  }
+}
+
+void SegmentPool::release(const Chunk& chunk) {
+  std::lock_guard lock(mutex_);
+  if (chunk.dedicated != nullptr) {
+    auto it = std::find_if(dedicated_.begin(), dedicated_.end(),
+                           [&](const auto& block) { return block.get() == chunk.dedicated; });
+    zero((*it)->memory.data(), (*it)->dirty_bytes);
+    if (spare_.size() < kMaxSpareBlocks) spare_.push_back(std::move(*it));
+    dedicated_.erase(it);
+    return;
+  }
+  RingChunk& ring = ring_chunk(chunk.id);
+  zero_dirty(ring);
+  ring.state = State::free;
+  reclaim(last_consumed_);
+}
+
+void SegmentPool::release_after(const Chunk& chunk, std::uint64_t stream_end) {
+  std::lock_guard lock(mutex_);
+  if (chunk.dedicated != nullptr) {
+    chunk.dedicated->in_flight = true;
+    chunk.dedicated->stream_end = stream_end;
+    return;
+  }
+  RingChunk& ring = ring_chunk(chunk.id);
+  ring.state = State::in_flight;
+  ring.stream_end = stream_end;
+}
+
+void SegmentPool::reclaim(std::uint64_t consumed) {
+#ifdef CAPNSPLICE_TESTING_EARLY_RECLAIM
+  // Deliberately broken build used only by the pitfall-detection test: treats every
+  // byte as consumed the moment it is written, so vmspliced pages get reused (and
+  // zeroed, and overwritten) while the pipe still references them.
+  consumed = ~std::uint64_t{0};
+#endif
+  last_consumed_ = std::max(last_consumed_, consumed);
+  while (!chunks_.empty()) {
+    RingChunk& front = chunks_.front();
+    if (front.state == State::building) break;
+    if (front.state == State::in_flight) {
+      if (front.stream_end > last_consumed_) break;
+      zero_dirty(front);
+    }
+    tail_ = front.end;
+    chunks_.pop_front();
+    ++first_id_;
+  }
+  if (chunks_.empty()) {
+    // Start over at the ring's beginning: the memory there is the most likely to be
+    // in cache.
+    head_ = tail_ = 0;
+  }
+  for (auto it = dedicated_.begin(); it != dedicated_.end();) {
+    DedicatedBlock& block = **it;
+    if (!block.in_flight || block.stream_end > last_consumed_) {
+      ++it;
+      continue;
+    }
+    zero(block.memory.data(), block.dirty_bytes);
+    if (spare_.size() < kMaxSpareBlocks) spare_.push_back(std::move(*it));
+    it = dedicated_.erase(it);
+  }
+}
+
+}  // namespace capnsplice::detail

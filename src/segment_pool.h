@@ -1,0 +1,142 @@
+// The sender's segment pool (internal): where outgoing messages are built.
+//
+// One page-aligned ring (MADV_HUGEPAGE) hands out chunks at `head` and takes them
+// back at `tail`, in allocation order:
+//
+//        tail                                            head
+//         v                                                v
+//   ......[ sent, in the pipe ][ sent ][ filler ][ building ]..... free, all zero .....
+//         ^ oldest chunk the pipe (or a builder) may still read
+//
+// A chunk comes back when its builder is dropped unsent, when it was sent by copy
+// (writev returned), or when it was vmspliced and the reader has consumed every byte
+// of it. Only the kernel is trusted for the last one: consumed = written − queued,
+// where queued is ioctl(FIONREAD) on the pipe (see ConsumptionSource). Until then the
+// chunk is never handed out again — bytes given to vmsplice must stay untouched.
+//
+// Free memory is kept zeroed, as Cap'n Proto's allocateSegment() requires: when a
+// chunk comes back, the bytes that were written to it are cleared. A chunk is taken
+// greedily (the largest contiguous free run, up to half the ring) so most messages
+// are one segment; at send time the unused tail of the newest chunk is trimmed back.
+//
+// Requests the ring cannot serve — larger than half of it, or while builders hold it —
+// get a dedicated mapping, reclaimed by the same consumption rule. Up to two
+// reclaimed dedicated mappings are kept for reuse, so a stream of large messages does
+// not map and fault in fresh memory each time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "capnsplice/deadline.h"
+#include "mapped_memory.h"
+
+namespace capnsplice::detail {
+
+/// Tells the pool how far the reader has got. Implemented by the sender, which alone
+/// knows how many bytes it wrote into the pipe.
+class ConsumptionSource {
+ public:
+  virtual ~ConsumptionSource() = default;
+  /// Stream bytes the reader has taken out of the pipe, per the kernel. Never more
+  /// than the truth (it may be less).
+  virtual std::uint64_t consumed_bytes() = 0;
+  /// Blocks until the reader has probably consumed more, or briefly; throws Timeout
+  /// when `deadline` passes and PeerClosed when the reader is gone.
+  virtual void wait_for_reader(Deadline deadline) = 0;
+};
+
+/// A dedicated mapping for a request the ring could not serve.
+struct DedicatedBlock;
+
+/// One allocation handed to a message builder.
+struct Chunk {
+  std::byte* data = nullptr;
+  std::size_t bytes = 0;
+  /// Ring chunk id (when `dedicated` is null).
+  std::uint64_t id = 0;
+  DedicatedBlock* dedicated = nullptr;
+};
+
+/// Counters for tests and the benchmark.
+struct PoolStats {
+  std::uint64_t ring_allocations = 0;
+  std::uint64_t dedicated_allocations = 0;
+  std::uint64_t waits_for_reader = 0;
+  std::uint64_t consumption_queries = 0;
+};
+
+class SegmentPool {
+ public:
+  /// `capacity` bytes of ring, mapped on first use. `context` names the channel in errors.
+  SegmentPool(std::size_t capacity, std::string context);
+  ~SegmentPool();
+  SegmentPool(const SegmentPool&) = delete;
+  SegmentPool& operator=(const SegmentPool&) = delete;
+
+  /// Connects the pool to the sender that writes its chunks (nullptr disconnects: chunks
+  /// in flight are then never reused, and new requests get dedicated memory).
+  void attach(ConsumptionSource* source);
+
+  /// At least `min_bytes` of zeroed, 8-byte aligned memory. `greedy` takes the largest
+  /// free run instead (for segments that will grow, trimmed at send). Waits for the
+  /// reader while in-flight bytes are what fills the ring, until `deadline` (Timeout).
+  Chunk allocate(std::size_t min_bytes, bool greedy, Deadline deadline);
+
+  /// The builder is done: only the first `used_bytes` were written. Gives the unused
+  /// tail back when the chunk is the newest one.
+  void finish_building(const Chunk& chunk, std::size_t used_bytes);
+
+  /// The chunk may be reused (unsent, or sent by copy).
+  void release(const Chunk& chunk);
+
+  /// The chunk was vmspliced; reusable once consumed_bytes() reaches `stream_end`.
+  void release_after(const Chunk& chunk, std::uint64_t stream_end);
+
+  std::size_t capacity() const noexcept { return capacity_; }
+  PoolStats stats() const;
+
+ private:
+  enum class State : std::uint8_t { building, in_flight, free };
+  struct RingChunk {
+    std::uint64_t begin;  // monotonic ring position
+    std::uint64_t end;
+    std::size_t dirty_bytes;  // bytes from `begin` that may be non-zero
+    std::uint64_t stream_end;
+    State state;
+  };
+
+  /// Carves a chunk of at least `wanted` bytes (greedy: the larger free run, up to
+  /// half the ring) out of the ring; false when no run is large enough.
+  bool try_ring(std::size_t wanted, bool greedy, Chunk& out);
+  std::size_t greedy_floor() const noexcept;
+  Chunk allocate_dedicated(std::size_t min_bytes);
+  /// Takes back every chunk whose bytes the reader consumed (`consumed`).
+  void reclaim(std::uint64_t consumed);
+  /// True when waiting for the reader can free ring space: the oldest chunk is in flight.
+  bool oldest_chunk_in_flight() const;
+  RingChunk& ring_chunk(std::uint64_t id);
+  void zero_dirty(RingChunk& chunk);
+
+  const std::size_t capacity_;
+  const std::string context_;
+
+  mutable std::mutex mutex_;
+  MappedMemory ring_;
+  std::deque<RingChunk> chunks_;  // allocation order; front has id first_id_
+  std::uint64_t first_id_ = 0;
+  std::uint64_t head_ = 0;
+  std::uint64_t tail_ = 0;
+  std::vector<std::unique_ptr<DedicatedBlock>> dedicated_;  // in use or in flight
+  std::vector<std::unique_ptr<DedicatedBlock>> spare_;      // reclaimed, zeroed
+  std::uint64_t last_consumed_ = 0;
+  ConsumptionSource* source_ = nullptr;
+  PoolStats stats_;
+};
+
+}  // namespace capnsplice::detail
