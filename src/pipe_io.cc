@@ -173,6 +173,19 @@ bool is_pipe(int fd) noexcept {
   return ::fstat(fd, &info) == 0 && S_ISFIFO(info.st_mode);
 }
 
+void require_access_mode(int fd, bool for_writing, std::string_view context) {
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0) throw_system_error(context, "fcntl(F_GETFL)");
+  const int mode = flags & O_ACCMODE;
+  const bool ok = mode == O_RDWR || mode == (for_writing ? O_WRONLY : O_RDONLY);
+  if (!ok) {
+    throw Error(ErrorCode::SystemError, context,
+                for_writing ? "descriptor is not open for writing (the read end of a pipe?)"
+                            : "descriptor is not open for reading (the write end of a pipe?)",
+                EBADF);
+  }
+}
+
 bool is_nonblocking(int fd) noexcept {
   int flags = ::fcntl(fd, F_GETFL);
   return flags >= 0 && (flags & O_NONBLOCK) != 0;

@@ -86,6 +86,11 @@ std::size_t set_pipe_capacity(int fd, std::size_t wanted);
 /// True when `fd` is a pipe or FIFO.
 bool is_pipe(int fd) noexcept;
 
+/// Throws SystemError (EBADF) unless `fd` is open for reading (`for_writing` false) or
+/// writing. vmsplice picks its direction from the descriptor's mode, so a wrong end
+/// would silently move bytes the other way.
+void require_access_mode(int fd, bool for_writing, std::string_view context);
+
 /// True when `fd` has O_NONBLOCK set.
 bool is_nonblocking(int fd) noexcept;
 

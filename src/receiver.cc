@@ -26,8 +26,9 @@ class ReceiverCore {
     const ReceiveLimits& limits = options_.limits;
     reader_options_.traversalLimitInWords = limits.traversal_limit_words != 0
                                                 ? limits.traversal_limit_words
-                                                : limits.max_message_bytes / sizeof(capnp::word);
+                                                : 4 * (limits.max_message_bytes / sizeof(capnp::word));
     reader_options_.nestingLimit = limits.nesting_limit;
+    require_access_mode(fd_.get(), /*for_writing=*/false, context_);
   }
 
   ReceivedMessage receive(Deadline deadline) {

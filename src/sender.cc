@@ -23,6 +23,7 @@ class SenderCore final : public ConsumptionSource {
         context_(std::move(context)),
         pipe_(is_pipe(fd_.get())),
         pool_(std::make_shared<SegmentPool>(options.pool_bytes, context_)) {
+    require_access_mode(fd_.get(), /*for_writing=*/true, context_);
     pool_->attach(this);
   }
 

@@ -28,8 +28,9 @@ struct ReceiveLimits {
   std::size_t max_message_bytes = 64 * MiB;
   /// Most segments in one message (Cap'n Proto's own reader allows 512).
   std::uint32_t max_segments = 512;
-  /// Cap'n Proto's traversal limit, in words. 0 means max_message_bytes / 8, so a
-  /// message of the largest size can be read once in full.
+  /// Cap'n Proto's traversal limit, in words: how much reading one message may do
+  /// (Cap'n Proto counts every get of a struct or list again). 0 means
+  /// 4 * max_message_bytes / 8: a message of the largest size can be read four times.
   std::uint64_t traversal_limit_words = 0;
   /// Cap'n Proto's nesting limit.
   int nesting_limit = 64;

@@ -1,0 +1,170 @@
+// Messages of every size and shape arrive intact, in one process and across fork().
+#include <catch2/catch.hpp>
+
+#include <capnp/message.h>
+
+#include <thread>
+#include <vector>
+
+#include "capnsplice/channel.h"
+#include "support/blob.h"
+#include "test.capnp.h"
+
+namespace {
+
+using namespace capnsplice;
+using namespace capnsplice::testing;
+
+const std::vector<std::size_t> kSizes = {0,       1,       63,          64,
+                                         4096,    16383,   16384,       65536,
+                                         1 << 20, 3 << 20, 5 << 20 | 7, 32 << 20};
+
+/// Sends every size from a thread and checks each on arrival.
+void round_trip_all_sizes(ChannelOptions options, unsigned parts = 0) {
+  auto [near, far] = Channel::pair(options);
+  std::thread sender([&near = near, parts] {
+    Random random(1);
+    for (std::size_t i = 0; i < kSizes.size(); ++i) send_blob(near, i, kSizes[i], random, parts);
+  });
+  for (std::size_t i = 0; i < kSizes.size(); ++i) {
+    auto blob = far.receive_as<test::Blob>();
+    INFO("size " << kSizes[i]);
+    CHECK(blob->getSeq() == i);
+    CHECK(blob_size(blob.root()) == (parts == 0 ? kSizes[i] : kSizes[i] / parts * parts));
+    CHECK(blob_intact(blob.root()));
+  }
+  sender.join();
+}
+
+}  // namespace
+
+TEST_CASE("messages from empty to 32 MiB round-trip intact on the automatic path") {
+  round_trip_all_sizes(ChannelOptions().with_max_message_bytes(64 * MiB));
+}
+
+TEST_CASE("messages from empty to 32 MiB round-trip intact when always copied") {
+  round_trip_all_sizes(ChannelOptions().with_send_path(SendPath::copy));
+}
+
+TEST_CASE("messages from empty to 32 MiB round-trip intact when always spliced") {
+  round_trip_all_sizes(ChannelOptions().with_send_path(SendPath::vmsplice));
+}
+
+TEST_CASE("multi-segment messages round-trip intact") {
+  // A small pool forces payload pieces into several segments.
+  round_trip_all_sizes(ChannelOptions().with_pool_bytes(256 * KiB), /*parts=*/7);
+}
+
+TEST_CASE("a message with no root at all arrives as an empty message") {
+  auto [near, far] = Channel::pair();
+  near.send(near.new_message());
+  auto message = far.receive();
+  CHECK(message.segments().size() == 1);
+  CHECK(message.frame_bytes() == 16);  // segment table + null root pointer
+  auto blob = message.root<test::Blob>();
+  CHECK(blob.getSeq() == 0);
+  CHECK_FALSE(blob.hasData());
+}
+
+TEST_CASE("large pooled messages arrive with more than one segment") {
+  auto [near, far] = Channel::pair(ChannelOptions().with_pool_bytes(256 * KiB));
+  std::thread sender([&near = near] {
+    Random random(2);
+    send_blob(near, 0, 600 * KiB, random, /*parts=*/6);
+  });
+  auto message = far.receive();
+  sender.join();
+  CHECK(message.segments().size() > 1);
+  CHECK(blob_intact(message.root<test::Blob>()));
+}
+
+TEST_CASE("a multi-segment message from a MallocMessageBuilder round-trips by copy") {
+  auto [near, far] = Channel::pair();
+  // One-word first segment and fixed growth: every object lands in a new segment.
+  capnp::MallocMessageBuilder builder(1, capnp::AllocationStrategy::FIXED_SIZE);
+  Random random(3);
+  auto blob = builder.initRoot<test::Blob>();
+  fill_blob(blob, 5, 3000, random, /*parts=*/10);
+  REQUIRE(builder.getSegmentsForOutput().size() > 10);
+  near.send_copy(builder);
+  auto received = far.receive();
+  CHECK(received.segments().size() == builder.getSegmentsForOutput().size());
+  CHECK(blob_intact(received.root<test::Blob>()));
+  CHECK(received.root<test::Blob>().getSeq() == 5);
+}
+
+TEST_CASE("received segments are 8-byte aligned views of the receive buffer") {
+  auto [near, far] = Channel::pair();
+  Random random(4);
+  for (int i = 0; i < 100; ++i) send_blob(near, i, 1 + random.below(300), random);
+  for (int i = 0; i < 100; ++i) {
+    auto message = far.receive();
+    for (auto segment : message.segments()) {
+      CHECK(reinterpret_cast<std::uintptr_t>(segment.begin()) % 8 == 0);
+    }
+  }
+}
+
+TEST_CASE("one read brings many small messages") {
+  auto [near, far] = Channel::pair();
+  Random random(5);
+  for (int i = 0; i < 1000; ++i) send_blob(near, i, 40, random);
+  for (int i = 0; i < 1000; ++i) CHECK(far.receive_as<test::Blob>()->getSeq() == i);
+  CHECK(far.receiver().stats().reads < 10);
+  CHECK(far.receiver().stats().messages == 1000);
+}
+
+TEST_CASE("both directions of a channel carry messages at once") {
+  auto [left, right] = Channel::pair();
+  constexpr int kCount = 2000;
+  auto pump = [](Channel& channel, std::uint64_t seed) {
+    Random random(seed);
+    for (int i = 0; i < kCount; ++i) send_blob(channel, i, random.below(70000), random);
+  };
+  std::thread left_sender(pump, std::ref(left), 6);
+  std::thread right_sender(pump, std::ref(right), 7);
+  auto drain = [](Channel& channel) {
+    int intact = 0;
+    for (int i = 0; i < kCount; ++i) {
+      auto blob = channel.receive_as<test::Blob>();
+      intact += blob->getSeq() == static_cast<std::uint64_t>(i) && blob_intact(blob.root());
+    }
+    return intact;
+  };
+  int left_intact = 0;
+  std::thread left_receiver([&] { left_intact = drain(left); });
+  int right_intact = drain(right);
+  left_sender.join();
+  right_sender.join();
+  left_receiver.join();
+  CHECK(left_intact == kCount);
+  CHECK(right_intact == kCount);
+}
+
+TEST_CASE("messages of every size cross fork() in both directions") {
+  auto [parent, child] = Channel::pair(ChannelOptions().with_name("fork"));
+  pid_t pid = fork_child([&child = child, &parent = parent] {
+    { Channel dropped = std::move(parent); }  // the child keeps only its end
+    // Echo each message back, checking it on the way.
+    for (std::size_t i = 0; i < kSizes.size(); ++i) {
+      auto message = child.receive();
+      auto blob = message.root<test::Blob>();
+      if (!blob_intact(blob) || blob.getSeq() != i) return 1;
+      child.sender().send_copy(message.segments(), Deadline::never());
+    }
+    return 0;
+  });
+  { Channel dropped = std::move(child); }  // the parent keeps only its end
+  std::thread sender([&parent = parent] {
+    Random random(8);
+    for (std::size_t i = 0; i < kSizes.size(); ++i) send_blob(parent, i, kSizes[i], random);
+  });
+  for (std::size_t i = 0; i < kSizes.size(); ++i) {
+    auto blob = parent.receive_as<test::Blob>();
+    CHECK(blob->getSeq() == i);
+    CHECK(blob_size(blob.root()) == kSizes[i]);
+    CHECK(blob_intact(blob.root()));
+  }
+  sender.join();
+  CHECK(wait_child(pid) == 0);
+}

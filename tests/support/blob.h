@@ -1,0 +1,57 @@
+// Building and checking test.capnp Blob messages with checksummed payloads.
+#pragma once
+
+#include <capnp/message.h>
+
+#include "capnsplice/channel.h"
+#include "test.capnp.h"
+#include "test_support.h"
+
+namespace capnsplice::testing {
+
+/// Fills `blob` with `size` random bytes (split into `parts` Data pieces when > 0) and
+/// their checksum.
+inline void fill_blob(test::Blob::Builder blob, std::uint64_t seq, std::size_t size,
+                      Random& random, unsigned parts = 0) {
+  blob.setSeq(seq);
+  if (parts == 0) {
+    auto data = blob.initData(static_cast<unsigned>(size));
+    random.fill(data);
+    blob.setChecksum(checksum(data));
+    return;
+  }
+  auto list = blob.initParts(parts);
+  std::uint64_t sum = 0;
+  for (unsigned i = 0; i < parts; ++i) {
+    auto data = list.init(i, static_cast<unsigned>(size / parts));
+    random.fill(data);
+    sum += checksum(data);
+  }
+  blob.setChecksum(sum);
+}
+
+/// Recomputes the checksum of a received blob.
+inline bool blob_intact(test::Blob::Reader blob) {
+  if (!blob.hasParts()) return checksum(blob.getData()) == blob.getChecksum();
+  std::uint64_t sum = 0;
+  for (auto part : blob.getParts()) sum += checksum(part);
+  return sum == blob.getChecksum();
+}
+
+/// Builds a blob in the channel's pool and sends it.
+inline void send_blob(Channel& channel, std::uint64_t seq, std::size_t size, Random& random,
+                      unsigned parts = 0) {
+  auto message = channel.new_message();
+  fill_blob(message.init_root<test::Blob>(), seq, size, random, parts);
+  channel.send(std::move(message));
+}
+
+/// Payload bytes of a blob.
+inline std::size_t blob_size(test::Blob::Reader blob) {
+  if (!blob.hasParts()) return blob.getData().size();
+  std::size_t total = 0;
+  for (auto part : blob.getParts()) total += part.size();
+  return total;
+}
+
+}  // namespace capnsplice::testing

@@ -1,0 +1,24 @@
+# Schemas used only by the tests.
+@0xe3b1c7d2a9f04b65;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("capnsplice::test");
+
+# A payload with a checksum the receiver recomputes.
+struct Blob {
+  seq @0 :UInt64;
+  checksum @1 :UInt64;
+  data @2 :Data;
+  parts @3 :List(Data);
+}
+
+# The verdict a child process sends back to the test.
+struct Report {
+  messages @0 :UInt64;
+  bytes @1 :UInt64;
+  mismatches @2 :UInt64;
+  outOfOrder @3 :UInt64;
+  frameErrors @4 :UInt64;  # the stream itself was corrupt: reading stopped
+}
+
+struct Empty {}
