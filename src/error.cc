@@ -13,6 +13,7 @@ std::string_view to_string(ErrorCode code) noexcept {
     case ErrorCode::MalformedFrame: return "MalformedFrame";
     case ErrorCode::TruncatedMessage: return "TruncatedMessage";
     case ErrorCode::SystemError: return "SystemError";
+    case ErrorCode::Interrupted: return "Interrupted";
   }
   return "Unknown";
 }

@@ -1,6 +1,8 @@
 #include "capnsplice/receiver.h"
 
 #include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -29,17 +31,36 @@ class ReceiverCore {
                                                 : 4 * (limits.max_message_bytes / sizeof(capnp::word));
     reader_options_.nestingLimit = limits.nesting_limit;
     require_access_mode(fd_.get(), /*for_writing=*/false, context_);
+    wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!wake_fd_) throw_system_error(context_, "eventfd");
   }
 
   ReceivedMessage receive(Deadline deadline) {
+    bool spun = false;
     for (;;) {
       if (auto message = take_buffered()) return std::move(*message);
       if (end_of_stream_) throw_end_of_stream();
-      if (read_more() == ReadOutcome::would_block &&
-          wait_for(fd_.get(), POLLIN, deadline) == WaitResult::timed_out) {
-        throw Error(ErrorCode::Timeout, context_, "no message arrived before the deadline");
+      if (read_more() != ReadOutcome::would_block) continue;
+      if (!spun) {
+        spun = true;
+        if (spin_until_data(deadline)) continue;
+      }
+      switch (wait_for(fd_.get(), POLLIN, deadline, wake_fd_.get())) {
+        case WaitResult::ready:
+          break;
+        case WaitResult::timed_out:
+          throw Error(ErrorCode::Timeout, context_, "no message arrived before the deadline");
+        case WaitResult::interrupted:
+          std::uint64_t count;
+          static_cast<void>(::read(wake_fd_.get(), &count, sizeof count));
+          throw Error(ErrorCode::Interrupted, context_, "receive was interrupted");
       }
     }
+  }
+
+  void interrupt() {
+    const std::uint64_t one = 1;
+    static_cast<void>(::write(wake_fd_.get(), &one, sizeof one));
   }
 
   std::optional<ReceivedMessage> try_receive() {
@@ -80,6 +101,9 @@ class ReceiverCore {
   };
 
   std::optional<ReceivedMessage> take_buffered();
+  /// Keeps reading without blocking for up to options_.spin_before_block; true once
+  /// bytes (or end of stream) arrived.
+  bool spin_until_data(Deadline deadline);
   ReadOutcome read_more();
   void start_own_frame(const FrameProbe& probe);
   void grow_own_frame(std::size_t bytes);
@@ -89,6 +113,7 @@ class ReceiverCore {
   [[noreturn]] void throw_end_of_stream() const;
 
   UniqueFd fd_;
+  UniqueFd wake_fd_;  // eventfd: interrupt() makes it readable
   ReceiverOptions options_;
   std::string context_;
   bool pipe_;
@@ -181,6 +206,15 @@ void ReceiverCore::compact_if_idle() {
   head_ = partial;
 }
 
+bool ReceiverCore::spin_until_data(Deadline deadline) {
+  if (options_.spin_before_block.count() <= 0) return false;
+  const auto stop = std::chrono::steady_clock::now() + options_.spin_before_block;
+  while (std::chrono::steady_clock::now() < stop && !deadline.expired()) {
+    if (read_more() != ReadOutcome::would_block) return true;
+  }
+  return false;
+}
+
 ReceiverCore::ReadOutcome ReceiverCore::read_more() {
   std::byte* target;
   std::size_t length;
@@ -233,6 +267,7 @@ Receiver::Receiver(Receiver&&) noexcept = default;
 Receiver& Receiver::operator=(Receiver&&) noexcept = default;
 Receiver::~Receiver() = default;
 
+void Receiver::interrupt() { core_->interrupt(); }
 ReceivedMessage Receiver::receive() { return core_->receive(Deadline::never()); }
 ReceivedMessage Receiver::receive(Deadline deadline) { return core_->receive(deadline); }
 std::optional<ReceivedMessage> Receiver::try_receive() { return core_->try_receive(); }

@@ -102,6 +102,9 @@ class Channel {
   int receive_fd() const noexcept { return receiver_.fd(); }
   bool has_buffered_message() { return receiver_.has_buffered_message(); }
 
+  /// Makes a receive() blocked in another thread throw Interrupted.
+  void interrupt_receive() { receiver_.interrupt(); }
+
   // --- Parts ---------------------------------------------------------------------
 
   Sender& sender() noexcept { return sender_; }

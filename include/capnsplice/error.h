@@ -10,6 +10,7 @@
 //   MalformedFrame    the frame header is not valid Cap'n Proto stream framing.
 //   TruncatedMessage  the stream ended inside a message (the peer died mid-send).
 //   SystemError       a system call failed; sys_errno() says which errno.
+//   Interrupted       another thread called interrupt(); the channel is intact.
 //
 // Non-blocking calls do not throw when nothing is ready: try_receive() returns an
 // empty std::optional. Errors inside message *content* (a bad pointer deep in a
@@ -30,6 +31,7 @@ enum class ErrorCode {
   MalformedFrame,
   TruncatedMessage,
   SystemError,
+  Interrupted,
 };
 
 /// The name of a code as written in error messages ("PeerClosed", ...).

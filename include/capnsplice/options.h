@@ -65,6 +65,10 @@ struct ReceiverOptions {
   /// Page-aligned ring that incoming bytes land in and messages are read from in
   /// place. Larger messages are still received whole, in their own buffer.
   std::size_t buffer_bytes = 4 * MiB;
+  /// Before a blocking receive goes to sleep in the kernel, it keeps trying to read for
+  /// this long: a reply that comes back within it costs no wake-up (tens of µs here).
+  /// An idle receiver sleeps after this and uses no CPU. Zero: block at once.
+  std::chrono::nanoseconds spin_before_block = std::chrono::microseconds(20);
   ReceiveLimits limits;
 };
 
@@ -96,6 +100,10 @@ struct ChannelOptions {
   }
   ChannelOptions& with_max_message_bytes(std::size_t value) {
     receiver.limits.max_message_bytes = value;
+    return *this;
+  }
+  ChannelOptions& with_spin_before_block(std::chrono::nanoseconds value) {
+    receiver.spin_before_block = value;
     return *this;
   }
   ChannelOptions& with_max_segments(std::uint32_t value) {

@@ -69,6 +69,10 @@ class Receiver {
   /// After poll() says readable, call try_receive() until it returns empty.
   bool has_buffered_message();
 
+  /// Wakes the thread blocked in receive() on this receiver (or the next receive() that
+  /// would block): it throws Interrupted. Safe to call from any thread.
+  void interrupt();
+
   /// The descriptor to poll for POLLIN (or add to epoll).
   int fd() const noexcept;
 
