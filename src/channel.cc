@@ -45,4 +45,12 @@ std::pair<Channel, Channel> Channel::pair(ChannelOptions options) {
   return {std::move(a), std::move(b)};
 }
 
+std::pair<Channel, RemoteEnd> Channel::pair_with_remote_end(ChannelOptions options) {
+  Pipe to_remote = make_pipe(options);
+  Pipe from_remote = make_pipe(options);
+  RemoteEnd remote{std::move(to_remote.read_end), std::move(from_remote.write_end)};
+  Channel local = from_fds(std::move(from_remote.read_end), std::move(to_remote.write_end), options);
+  return {std::move(local), std::move(remote)};
+}
+
 }  // namespace capnsplice

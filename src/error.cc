@@ -14,6 +14,8 @@ std::string_view to_string(ErrorCode code) noexcept {
     case ErrorCode::TruncatedMessage: return "TruncatedMessage";
     case ErrorCode::SystemError: return "SystemError";
     case ErrorCode::Interrupted: return "Interrupted";
+    case ErrorCode::PeerRefused: return "PeerRefused";
+    case ErrorCode::IncompatiblePeer: return "IncompatiblePeer";
   }
   return "Unknown";
 }

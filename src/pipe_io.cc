@@ -104,21 +104,6 @@ std::size_t write_some(int fd, WriteMethod method, const IovCursor& cursor,
   }
 }
 
-void write_all(int fd, WriteMethod method, IovCursor cursor, Deadline deadline,
-               std::string_view context, SigpipeGuard& guard) {
-  while (!cursor.empty()) {
-    std::size_t written = write_some(fd, method, cursor, context, guard);
-    if (written > 0) {
-      cursor.advance(written);
-      continue;
-    }
-    if (wait_for(fd, POLLOUT, deadline) == WaitResult::timed_out) {
-      throw Error(ErrorCode::Timeout, context,
-                  "the reader did not make room in the pipe before the deadline");
-    }
-  }
-}
-
 long read_some(int fd, bool is_pipe, std::byte* buffer, std::size_t bytes,
                std::string_view context) {
   for (;;) {

@@ -58,13 +58,6 @@ enum class WaitResult { ready, timed_out, interrupted };
 /// `interrupt_fd` (if >= 0) becomes readable.
 WaitResult wait_for(int fd, short events, Deadline deadline, int interrupt_fd = -1);
 
-/// Writes the whole gather list with `method`, looping on partial writes, EINTR and
-/// EAGAIN (waiting for room until `deadline`). Uses SPLICE_F_NONBLOCK for vmsplice, so
-/// only copy writes to a blocking descriptor can block past the deadline.
-/// Throws PeerClosed when the reader is gone, Timeout, or SystemError.
-void write_all(int fd, WriteMethod method, IovCursor cursor, Deadline deadline,
-               std::string_view context, SigpipeGuard& guard);
-
 /// One attempt to write part of the gather list. Returns bytes written, or 0 when the
 /// pipe is full (EAGAIN). Throws PeerClosed or SystemError.
 std::size_t write_some(int fd, WriteMethod method, const IovCursor& cursor,

@@ -1,5 +1,7 @@
 #include "receive_ring.h"
 
+#include <utility>
+
 namespace capnsplice::detail {
 
 std::uint64_t ReceiveRing::lease(std::uint64_t begin) {
@@ -15,6 +17,20 @@ void ReceiveRing::release(std::uint64_t lease_id) {
     leases_.pop_front();
     ++first_id_;
   }
+}
+
+FrameBuffer ReceiveRing::take_frame_buffer(std::size_t bytes) {
+  {
+    std::lock_guard lock(mutex_);
+    if (spare_.bytes >= bytes) return std::exchange(spare_, FrameBuffer{});
+  }
+  const std::size_t words = (bytes + sizeof(capnp::word) - 1) / sizeof(capnp::word);
+  return {std::unique_ptr<capnp::word[]>(new capnp::word[words]), words * sizeof(capnp::word)};
+}
+
+void ReceiveRing::give_back(FrameBuffer buffer) {
+  std::lock_guard lock(mutex_);
+  if (buffer.bytes > spare_.bytes) spare_ = std::move(buffer);
 }
 
 std::uint64_t ReceiveRing::oldest_leased_or(std::uint64_t parse) {

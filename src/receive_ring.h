@@ -16,15 +16,26 @@
 // any order and from any thread; space comes back in stream order.
 #pragma once
 
+#include <capnp/common.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <string_view>
 
 #include "mapped_memory.h"
 
 namespace capnsplice::detail {
+
+/// Memory of its own for a frame that does not fit in the ring.
+struct FrameBuffer {
+  std::unique_ptr<capnp::word[]> words;
+  std::size_t bytes = 0;
+
+  std::byte* data() const noexcept { return reinterpret_cast<std::byte*>(words.get()); }
+};
 
 class ReceiveRing {
  public:
@@ -50,6 +61,14 @@ class ReceiveRing {
   /// byte before `parse` is then reusable).
   std::uint64_t oldest_leased_or(std::uint64_t parse);
 
+  /// A frame buffer of at least `bytes` (uninitialised): the one last given back if it
+  /// is large enough, so a stream of large messages does not fault in fresh memory for
+  /// each one.
+  FrameBuffer take_frame_buffer(std::size_t bytes);
+
+  /// Keeps `buffer` for the next large frame (only one is kept: the largest).
+  void give_back(FrameBuffer buffer);
+
  private:
   struct Lease {
     std::uint64_t begin;
@@ -60,6 +79,7 @@ class ReceiveRing {
   std::mutex mutex_;
   std::deque<Lease> leases_;  // in stream order; front has id first_id_
   std::uint64_t first_id_ = 0;
+  FrameBuffer spare_;
 };
 
 }  // namespace capnsplice::detail

@@ -12,11 +12,12 @@
 namespace capnsplice::detail {
 
 struct ReceivedMessageState {
-  /// Either a lease on the ring...
   std::shared_ptr<ReceiveRing> ring;
-  std::uint64_t lease_id = 0;
-  /// ...or a buffer of its own (frames that did not fit in the ring).
-  std::unique_ptr<capnp::word[]> own_buffer;
+  /// Either a lease on the ring...
+  std::optional<std::uint64_t> lease_id;
+  /// ...or a buffer of its own (frames that did not fit in the ring), given back to the
+  /// ring for reuse afterwards.
+  FrameBuffer own_buffer;
 
   std::size_t frame_bytes = 0;
   std::array<kj::ArrayPtr<const capnp::word>, 4> inline_segments;
@@ -30,7 +31,11 @@ struct ReceivedMessageState {
 
   ~ReceivedMessageState() {
     reader.reset();
-    if (ring) ring->release(lease_id);
+    if (lease_id) {
+      ring->release(*lease_id);
+    } else if (own_buffer.words) {
+      ring->give_back(std::move(own_buffer));
+    }
   }
 
   /// Room for `count` segment views.

@@ -92,12 +92,12 @@ class ReceiverCore {
   /// A frame assembled outside the ring: too large for it, or the ring is full of
   /// messages the application still holds.
   struct OwnFrame {
-    std::unique_ptr<capnp::word[]> buffer;
+    FrameBuffer buffer;
     std::size_t have = 0;    // bytes received so far
     std::size_t needed = 0;  // bytes to have before probing again (or the whole frame)
     FrameProbe probe;
 
-    std::byte* bytes() const noexcept { return reinterpret_cast<std::byte*>(buffer.get()); }
+    std::byte* bytes() const noexcept { return buffer.data(); }
   };
 
   std::optional<ReceivedMessage> take_buffered();
@@ -136,11 +136,12 @@ std::optional<ReceivedMessage> ReceiverCore::take_buffered() {
     }
     if (own_->have < own_->needed) return std::nullopt;
     auto state = std::make_unique<ReceivedMessageState>();
+    state->ring = ring_;
     state->own_buffer = std::move(own_->buffer);
     FrameProbe probe = own_->probe;
     own_.reset();
     ++stats_.own_buffer_messages;
-    const std::byte* frame = reinterpret_cast<const std::byte*>(state->own_buffer.get());
+    const std::byte* frame = state->own_buffer.data();
     return make_message(std::move(state), frame, probe);
   }
 
@@ -187,9 +188,9 @@ void ReceiverCore::start_own_frame(const FrameProbe& probe) {
 }
 
 void ReceiverCore::grow_own_frame(std::size_t bytes) {
-  const std::size_t words = (bytes + sizeof(capnp::word) - 1) / sizeof(capnp::word);
-  auto bigger = std::unique_ptr<capnp::word[]>(new capnp::word[words]);
-  if (own_->buffer) std::memcpy(bigger.get(), own_->buffer.get(), own_->have);
+  if (own_->buffer.bytes >= bytes) return;
+  FrameBuffer bigger = ring_->take_frame_buffer(bytes);
+  if (own_->have != 0) std::memcpy(bigger.data(), own_->bytes(), own_->have);
   own_->buffer = std::move(bigger);
 }
 
@@ -210,7 +211,16 @@ bool ReceiverCore::spin_until_data(Deadline deadline) {
   if (options_.spin_before_block.count() <= 0) return false;
   const auto stop = std::chrono::steady_clock::now() + options_.spin_before_block;
   while (std::chrono::steady_clock::now() < stop && !deadline.expired()) {
-    if (read_more() != ReadOutcome::would_block) return true;
+    // Spin on poll(), which looks at the pipe without taking its lock: spinning on
+    // reads would contend for that lock with the writer on the other core.
+    switch (wait_for(fd_.get(), POLLIN, Deadline::immediate(), wake_fd_.get())) {
+      case WaitResult::ready:
+        return true;
+      case WaitResult::interrupted:
+        return false;  // the blocking wait reports it
+      case WaitResult::timed_out:
+        break;
+    }
   }
   return false;
 }

@@ -39,9 +39,14 @@ std::size_t SegmentPool::greedy_floor() const noexcept {
   return std::min<std::size_t>(64 * 1024, capacity_ / 4);
 }
 
-void SegmentPool::attach(ConsumptionSource* source) {
+void SegmentPool::attach(std::weak_ptr<ConsumptionSource> source) {
   std::lock_guard lock(mutex_);
-  source_ = source;
+  source_ = std::move(source);
+}
+
+void SegmentPool::query_and_reclaim(ConsumptionSource& source) {
+  ++stats_.consumption_queries;
+  reclaim(source.consumed_bytes());
 }
 
 PoolStats SegmentPool::stats() const {
@@ -58,26 +63,43 @@ void SegmentPool::zero_dirty(RingChunk& chunk) {
 }
 
 bool SegmentPool::oldest_chunk_in_flight() const {
-  if (!chunks_.empty()) return chunks_.front().state == State::in_flight;
-  return std::any_of(dedicated_.begin(), dedicated_.end(),
-                     [](const auto& block) { return block->in_flight; });
+  return !chunks_.empty() && chunks_.front().state == State::in_flight;
 }
 
 Chunk SegmentPool::allocate(std::size_t min_bytes, bool greedy, Deadline deadline) {
   min_bytes = round_up(std::max<std::size_t>(min_bytes, kWordBytes), kWordBytes);
   std::unique_lock lock(mutex_);
-  if (min_bytes > capacity_ / 2) return allocate_dedicated(min_bytes);
+  if (min_bytes > capacity_ / 2) {
+    // Too large for the ring. Let earlier large messages the reader has finished with
+    // come back first, so their mappings are reused rather than new ones faulted in.
+    const bool large_in_flight = std::any_of(dedicated_.begin(), dedicated_.end(),
+                                             [](const auto& block) { return block->in_flight; });
+    if (auto source = source_.lock(); source && large_in_flight) {
+      query_and_reclaim(*source);
+    }
+    return allocate_dedicated(min_bytes);
+  }
   if (!ring_) ring_ = MappedMemory::anonymous(capacity_, /*huge_pages=*/true, context_);
 
   const std::size_t wanted = greedy ? std::max(min_bytes, greedy_floor()) : min_bytes;
+  bool flushed = false;
   Chunk chunk;
   for (;;) {
     if (try_ring(wanted, greedy, chunk)) return chunk;
-    if (source_ == nullptr || !oldest_chunk_in_flight()) break;
+    auto source = source_.lock();
+    if (!source) break;
+    if (!flushed) {
+      // Queued messages hold chunks that only come back once written: write them.
+      flushed = true;
+      lock.unlock();
+      const bool wrote = source->flush_queued(deadline);
+      lock.lock();
+      if (wrote) continue;
+    }
+    if (!oldest_chunk_in_flight()) break;
     // Only now ask the kernel: FIONREAD costs a system call, so the pool runs on its
     // cached figure until it actually needs space.
-    ++stats_.consumption_queries;
-    reclaim(source_->consumed_bytes());
+    query_and_reclaim(*source);
     if (try_ring(wanted, greedy, chunk)) return chunk;
     if (!oldest_chunk_in_flight()) break;
     if (deadline.expired()) {
@@ -87,11 +109,9 @@ Chunk SegmentPool::allocate(std::size_t min_bytes, bool greedy, Deadline deadlin
                       "deadline passed");
     }
     ++stats_.waits_for_reader;
-    ConsumptionSource* source = source_;
     lock.unlock();
     source->wait_for_reader(deadline);
     lock.lock();
-    if (source_ == nullptr) break;
   }
   // Waiting cannot help (builders hold the ring, or no reader to wait for): a greedy
   // request settles for any run that fits, then a dedicated mapping.

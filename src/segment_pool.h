@@ -40,14 +40,19 @@ namespace capnsplice::detail {
 
 /// Tells the pool how far the reader has got. Implemented by the sender, which alone
 /// knows how many bytes it wrote into the pipe.
+///
+/// The pool calls consumed_bytes() with its lock held, and the other two without.
 class ConsumptionSource {
  public:
   virtual ~ConsumptionSource() = default;
   /// Stream bytes the reader has taken out of the pipe, per the kernel. Never more
   /// than the truth (it may be less).
   virtual std::uint64_t consumed_bytes() = 0;
-  /// Blocks until the reader has probably consumed more, or briefly; throws Timeout
-  /// when `deadline` passes and PeerClosed when the reader is gone.
+  /// Writes messages that were queued but not yet written, whose chunks the pool cannot
+  /// reclaim until they are. Returns false when there were none.
+  virtual bool flush_queued(Deadline deadline) = 0;
+  /// Blocks until the reader has probably consumed more, or briefly; throws PeerClosed
+  /// when the reader is gone. Returns at the deadline at the latest.
   virtual void wait_for_reader(Deadline deadline) = 0;
 };
 
@@ -79,9 +84,10 @@ class SegmentPool {
   SegmentPool(const SegmentPool&) = delete;
   SegmentPool& operator=(const SegmentPool&) = delete;
 
-  /// Connects the pool to the sender that writes its chunks (nullptr disconnects: chunks
-  /// in flight are then never reused, and new requests get dedicated memory).
-  void attach(ConsumptionSource* source);
+  /// Connects the pool to the sender that writes its chunks (an empty pointer
+  /// disconnects: chunks in flight are then never reused, and new requests get
+  /// dedicated memory). The pool keeps only a weak reference.
+  void attach(std::weak_ptr<ConsumptionSource> source);
 
   /// At least `min_bytes` of zeroed, 8-byte aligned memory. `greedy` takes the largest
   /// free run instead (for segments that will grow, trimmed at send). Waits for the
@@ -116,6 +122,8 @@ class SegmentPool {
   bool try_ring(std::size_t wanted, bool greedy, Chunk& out);
   std::size_t greedy_floor() const noexcept;
   Chunk allocate_dedicated(std::size_t min_bytes);
+  /// Asks the kernel how far the reader got and takes back what it consumed.
+  void query_and_reclaim(ConsumptionSource& source);
   /// Takes back every chunk whose bytes the reader consumed (`consumed`).
   void reclaim(std::uint64_t consumed);
   /// True when waiting for the reader can free ring space: the oldest chunk is in flight.
@@ -135,7 +143,7 @@ class SegmentPool {
   std::vector<std::unique_ptr<DedicatedBlock>> dedicated_;  // in use or in flight
   std::vector<std::unique_ptr<DedicatedBlock>> spare_;      // reclaimed, zeroed
   std::uint64_t last_consumed_ = 0;
-  ConsumptionSource* source_ = nullptr;
+  std::weak_ptr<ConsumptionSource> source_;
   PoolStats stats_;
 };
 

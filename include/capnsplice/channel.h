@@ -30,11 +30,22 @@
 
 namespace capnsplice {
 
+/// The other end of a channel as raw descriptors, to hand to another process (an
+/// exec'd child, or a client through SCM_RIGHTS). Both are blocking and close-on-exec.
+struct RemoteEnd {
+  UniqueFd receive_fd;  ///< read end of the pipe this Channel sends into
+  UniqueFd send_fd;     ///< write end of the pipe this Channel receives from
+};
+
 class Channel {
  public:
   /// Two connected ends. All four descriptors are close-on-exec; each pipe's capacity
   /// is raised with F_SETPIPE_SZ (options.pipe_bytes).
   static std::pair<Channel, Channel> pair(ChannelOptions options = {});
+
+  /// One end as a Channel, the other as raw descriptors for another process. The remote
+  /// end is left blocking, so a plain Cap'n Proto peer can use it as it is.
+  static std::pair<Channel, RemoteEnd> pair_with_remote_end(ChannelOptions options = {});
 
   /// An end made of existing descriptors: `receive_fd` (read end of the incoming pipe)
   /// and `send_fd` (write end of the outgoing pipe). The send descriptor is switched
@@ -56,6 +67,11 @@ class Channel {
   void send(OutgoingMessage&& message, Deadline deadline) {
     sender_.send(std::move(message), deadline);
   }
+
+  /// Adds the message to the outgoing batch; flush() or the next send() writes the batch
+  /// in one system call. Flush before waiting for a reply to a queued request.
+  void queue(OutgoingMessage&& message) { sender_.queue(std::move(message)); }
+  void flush() { sender_.flush(); }
 
   /// Sends a message built with any builder, by copy.
   void send_copy(capnp::MessageBuilder& message) { sender_.send_copy(message); }

@@ -23,6 +23,13 @@ class Deadline {
     return Deadline(Clock::now() + timeout);
   }
 
+  /// Gives up `timeout` from now, for any duration type: `Deadline::after(10s)` would
+  /// otherwise be ambiguous between the two overloads around this one.
+  template <typename Rep, typename Period>
+  static Deadline after(std::chrono::duration<Rep, Period> timeout) noexcept {
+    return after(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+  }
+
   /// `never()` for an empty optional, else `after(*timeout)`.
   static Deadline after(std::optional<std::chrono::nanoseconds> timeout) noexcept {
     return timeout ? after(*timeout) : never();
@@ -34,6 +41,7 @@ class Deadline {
   /// Time left (zero when expired); only meaningful when !is_never().
   std::chrono::nanoseconds remaining() const noexcept {
     if (!at_) return std::chrono::nanoseconds::max();
+    if (expired()) return std::chrono::nanoseconds::zero();  // immediate() would overflow
     auto left = *at_ - Clock::now();
     return left.count() > 0 ? std::chrono::duration_cast<std::chrono::nanoseconds>(left)
                             : std::chrono::nanoseconds::zero();

@@ -11,6 +11,10 @@
 //   TruncatedMessage  the stream ended inside a message (the peer died mid-send).
 //   SystemError       a system call failed; sys_errno() says which errno.
 //   Interrupted       another thread called interrupt(); the channel is intact.
+//   PeerRefused       the other side refused the connection (another user, not allowed).
+//   IncompatiblePeer  the peer's hello does not match (protocol, application, limits).
+//
+// PeerClosed and TruncatedMessage both mean the peer is gone: Error::peer_gone().
 //
 // Non-blocking calls do not throw when nothing is ready: try_receive() returns an
 // empty std::optional. Errors inside message *content* (a bad pointer deep in a
@@ -32,6 +36,8 @@ enum class ErrorCode {
   TruncatedMessage,
   SystemError,
   Interrupted,
+  PeerRefused,
+  IncompatiblePeer,
 };
 
 /// The name of a code as written in error messages ("PeerClosed", ...).
@@ -48,6 +54,12 @@ class Error : public std::runtime_error {
   Error(ErrorCode code, std::string_view context, std::string_view detail, int sys_errno = 0);
 
   ErrorCode code() const noexcept { return code_; }
+
+  /// True when the peer is gone: it closed its end or died, between messages
+  /// (PeerClosed) or in the middle of one (TruncatedMessage).
+  bool peer_gone() const noexcept {
+    return code_ == ErrorCode::PeerClosed || code_ == ErrorCode::TruncatedMessage;
+  }
 
   /// The errno of the failed system call for SystemError, else 0.
   int sys_errno() const noexcept { return sys_errno_; }

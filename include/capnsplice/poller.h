@@ -1,0 +1,95 @@
+// capnsplice/poller.h — wait on many channels at once from one thread (epoll).
+//
+// A host serving N plugins registers each plugin's channel under a key of its choosing
+// and sleeps in wait() until some of them have messages or were closed:
+//
+//   capnsplice::Poller poller;
+//   for (std::uint64_t i = 0; i < plugins.size(); ++i) poller.add(plugins[i].channel, i);
+//   for (;;) {
+//     for (const capnsplice::PollEvent& event : poller.wait()) {
+//       try {
+//         while (auto message = event.channel->try_receive()) handle(event.key, *message);
+//       } catch (const capnsplice::Error& error) {
+//         if (!error.peer_gone()) throw;
+//         poller.remove(*event.channel);  // plugin `event.key` exited or crashed
+//       }
+//     }
+//   }
+//
+// Drain each reported channel with try_receive() until it returns empty: one read can
+// bring many messages, and a message already in the receiver's buffer does not make
+// the descriptor readable. wait() checks every channel's buffer (has_buffered_message())
+// before it sleeps, so a message left there is reported again rather than forgotten.
+//
+// Threads: one thread calls add/remove/wait; wake() may be called from any thread.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "capnsplice/channel.h"
+#include "capnsplice/deadline.h"
+#include "capnsplice/unique_fd.h"
+
+namespace capnsplice {
+
+/// One ready channel (or descriptor) reported by Poller::wait().
+struct PollEvent {
+  std::uint64_t key = 0;       ///< the key it was added with
+  Channel* channel = nullptr;  ///< null for a descriptor added with add(int, key)
+  int fd = -1;                 ///< the descriptor polled (the channel's receive_fd())
+  /// Messages or bytes are waiting: call try_receive() until it returns empty.
+  bool readable = false;
+  /// The peer closed its sending side or died: after the messages still buffered,
+  /// receiving throws PeerClosed (or TruncatedMessage if it died mid-message).
+  bool hung_up = false;
+};
+
+class Poller {
+ public:
+  /// Throws SystemError when epoll or eventfd cannot be created.
+  Poller();
+  Poller(Poller&&) noexcept = default;
+  Poller& operator=(Poller&&) noexcept = default;
+
+  /// Watches `channel`'s receiving side under `key`. The channel must stay at its address
+  /// (not be moved or destroyed) until remove(). Adding a channel twice throws SystemError
+  /// (EEXIST).
+  void add(Channel& channel, std::uint64_t key);
+
+  /// Watches any descriptor for POLLIN under `key`: a RendezvousListener's fd(), a
+  /// ChildProcess's exit_fd(). The descriptor must stay open until remove().
+  void add(int fd, std::uint64_t key);
+
+  /// Stops watching. Removing what is not watched does nothing.
+  void remove(Channel& channel) { remove(channel.receive_fd()); }
+  void remove(int fd);
+
+  /// Number of channels and descriptors watched.
+  std::size_t size() const noexcept { return entries_.size(); }
+
+  /// Waits until a watched channel has a message or was closed, a descriptor is
+  /// readable, wake() is called or `deadline` passes. Returns the ready ones (empty on
+  /// timeout or wake-up); the view is valid until the next wait().
+  std::span<const PollEvent> wait(Deadline deadline = Deadline::never());
+
+  /// Makes a wait() in another thread (or the next one) return at once. Thread-safe.
+  void wake();
+
+ private:
+  struct Entry {
+    Channel* channel;
+    std::uint64_t key;
+  };
+  void watch(int fd, Entry entry);
+  PollEvent& event_for(int fd, const Entry& entry);
+
+  UniqueFd epoll_;
+  UniqueFd wake_;  // eventfd
+  std::unordered_map<int, Entry> entries_;
+  std::vector<PollEvent> events_;
+};
+
+}  // namespace capnsplice

@@ -1,0 +1,89 @@
+// capnsplice/process.h — start a child process with a channel to it.
+//
+// Parent:
+//
+//   capnsplice::Child child = capnsplice::spawn({
+//       .program = "/usr/lib/app/worker",
+//       .arguments = {"--verbose"},
+//       .channel = capnsplice::ChannelOptions().with_name("worker"),
+//   });
+//   child.channel.send_struct<Job>([](Job::Builder job) { job.setId(1); });
+//   auto result = child.channel.receive_as<Result>();
+//   child.channel.close_sending();
+//   child.process.wait();
+//
+// Child (the worker's main):
+//
+//   capnsplice::Channel parent = capnsplice::child_channel(
+//       capnsplice::ChannelOptions().with_name("parent"));
+//
+// The child inherits exactly its two pipe ends (as descriptors 3 and 4, named in the
+// CAPNSPLICE_CHANNEL environment variable) besides stdin, stdout and stderr: every
+// descriptor capnsplice opens is close-on-exec, and spawn() closes any other inherited
+// descriptor in the child. When the parent dies, the child's receive reports PeerClosed,
+// and the other way round.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "capnsplice/channel.h"
+#include "capnsplice/child_process.h"
+#include "capnsplice/options.h"
+
+namespace capnsplice {
+
+/// The environment variable that tells a spawned child its descriptors:
+/// "<receive fd>,<send fd>", e.g. "3,4".
+inline constexpr std::string_view kChannelVariable = "CAPNSPLICE_CHANNEL";
+
+/// The descriptor numbers a spawned child finds its channel at.
+inline constexpr int kChildReceiveFd = 3;
+inline constexpr int kChildSendFd = 4;
+
+/// A started child: the parent's end of the channel and the process handle.
+/// The channel is declared last so it is closed first: the child sees end of stream
+/// before its handle (if not waited for) kills and reaps it.
+struct Child {
+  ChildProcess process;
+  Channel channel;
+};
+
+/// What to start and how.
+struct SpawnOptions {
+  /// Path of the executable; a name without '/' is searched in PATH.
+  std::string program;
+  /// Arguments after argv[0] (argv[0] is `program`).
+  std::vector<std::string> arguments;
+  /// "NAME=value" entries added to (or replacing those of) the parent's environment.
+  std::vector<std::string> environment;
+  /// The parent's end of the channel; its name also names the child in errors.
+  ChannelOptions channel;
+};
+
+/// Starts `options.program` with posix_spawn (safe in a multi-threaded parent) and a
+/// channel to it. The child gets its pipe ends as blocking descriptors 3 and 4 and an
+/// empty signal mask; descriptors 5 and up are closed in it. Throws SystemError naming
+/// the program when it cannot be started (ENOENT, EACCES, ...).
+Child spawn(const SpawnOptions& options);
+
+/// Forks and runs `body` in the child with the child's end of a new channel; the child
+/// exits with body's return value (70 after an uncaught exception, printed to stderr).
+/// The child closes the parent's end of this channel. Everything else the parent had
+/// open is inherited as fork() always does — including other channels' ends, which then
+/// stay open while this child lives (their peers see no end of stream): prefer spawn()
+/// for long-lived children. In a multi-threaded parent, `body` runs in a copy of the
+/// process where only the forking thread exists (no locks held by other threads may be
+/// taken). stdio buffers are flushed before the fork so output is not duplicated.
+Child fork_with_channel(const std::function<int(Channel&)>& body, ChannelOptions options = {});
+
+/// Opens the channel a parent made with spawn(), from CAPNSPLICE_CHANNEL. Call it once,
+/// early in main() (it unsets the variable, which is not thread-safe). The descriptors
+/// are made close-on-exec so the child's own children do not inherit them. Throws
+/// SystemError (EINVAL/EBADF) when the variable is missing or does not name two pipe
+/// ends open in the right directions.
+Channel child_channel(ChannelOptions options = ChannelOptions().with_name("parent"));
+
+}  // namespace capnsplice

@@ -1,0 +1,224 @@
+#include "capnsplice/process.h"
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <string>
+#include <utility>
+
+#include "capnsplice/error.h"
+#include "pipe_io.h"
+
+extern char** environ;
+
+namespace capnsplice {
+namespace {
+
+/// posix_spawn_file_actions_t, destroyed when done.
+class FileActions {
+ public:
+  explicit FileActions(const std::string& context) : context_(context) {
+    check(::posix_spawn_file_actions_init(&actions_), "posix_spawn_file_actions_init");
+  }
+  ~FileActions() { ::posix_spawn_file_actions_destroy(&actions_); }
+  FileActions(const FileActions&) = delete;
+  FileActions& operator=(const FileActions&) = delete;
+
+  void dup2(int from, int to) {
+    check(::posix_spawn_file_actions_adddup2(&actions_, from, to), "adddup2");
+  }
+  void close_from(int first) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+    check(::posix_spawn_file_actions_addclosefrom_np(&actions_, first), "addclosefrom_np");
+#else
+    static_cast<void>(first);  // close-on-exec still keeps capnsplice's own descriptors out
+#endif
+  }
+  const posix_spawn_file_actions_t* get() const noexcept { return &actions_; }
+
+ private:
+  void check(int result, const char* call) const {
+    if (result != 0) throw_system_error(context_, call, result);
+  }
+  posix_spawn_file_actions_t actions_;
+  const std::string& context_;
+};
+
+/// posix_spawnattr_t that starts the child with an empty signal mask: a thread that
+/// spawns while it blocks signals (as a send does with SIGPIPE) must not pass that on.
+class SpawnAttributes {
+ public:
+  explicit SpawnAttributes(const std::string& context) {
+    if (int result = ::posix_spawnattr_init(&attributes_); result != 0) {
+      throw_system_error(context, "posix_spawnattr_init", result);
+    }
+    sigset_t empty;
+    sigemptyset(&empty);
+    ::posix_spawnattr_setsigmask(&attributes_, &empty);
+    ::posix_spawnattr_setflags(&attributes_, POSIX_SPAWN_SETSIGMASK);
+  }
+  ~SpawnAttributes() { ::posix_spawnattr_destroy(&attributes_); }
+  SpawnAttributes(const SpawnAttributes&) = delete;
+  SpawnAttributes& operator=(const SpawnAttributes&) = delete;
+  const posix_spawnattr_t* get() const noexcept { return &attributes_; }
+
+ private:
+  posix_spawnattr_t attributes_;
+};
+
+/// Strings kept alive next to the char* array exec wants.
+class StringArray {
+ public:
+  void add(std::string value) { strings_.push_back(std::move(value)); }
+  char* const* get() {
+    pointers_.clear();
+    for (auto& value : strings_) pointers_.push_back(value.data());
+    pointers_.push_back(nullptr);
+    return pointers_.data();
+  }
+
+ private:
+  std::vector<std::string> strings_;
+  std::vector<char*> pointers_;
+};
+
+std::string_view variable_name(std::string_view entry) {
+  return entry.substr(0, entry.find('='));
+}
+
+/// The parent's environment, minus what `extra` overrides and any old channel variable,
+/// plus `extra` and the channel variable.
+StringArray child_environment(const std::vector<std::string>& extra) {
+  StringArray environment;
+  for (char** entry = environ; entry != nullptr && *entry != nullptr; ++entry) {
+    std::string_view name = variable_name(*entry);
+    bool replaced = name == kChannelVariable;
+    for (const auto& added : extra) replaced = replaced || variable_name(added) == name;
+    if (!replaced) environment.add(*entry);
+  }
+  for (const auto& added : extra) environment.add(added);
+  environment.add(std::string(kChannelVariable) + "=" + std::to_string(kChildReceiveFd) + "," +
+                  std::to_string(kChildSendFd));
+  return environment;
+}
+
+/// A close-on-exec copy of `fd` numbered above the child's channel descriptors, so the
+/// dup2 actions can neither overwrite one another nor meet a source equal to its target.
+UniqueFd duplicate_above_targets(int fd, const std::string& context) {
+  UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, kChildSendFd + 1));
+  if (!copy) throw_system_error(context, "fcntl(F_DUPFD_CLOEXEC)");
+  return copy;
+}
+
+[[noreturn]] void run_forked_child(Channel parent_end, Channel& own_end,
+                                   const std::function<int(Channel&)>& body) {
+  int code = 70;
+  try {
+    { Channel closing = std::move(parent_end); }
+    code = body(own_end);
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "capnsplice: forked child failed: %s\n", error.what());
+  } catch (...) {
+    std::fprintf(stderr, "capnsplice: forked child failed with an unknown exception\n");
+  }
+  std::fflush(nullptr);
+  ::_exit(code);
+}
+
+/// Parses "<receive fd>,<send fd>".
+std::pair<int, int> parse_channel_variable(std::string_view value, const std::string& context) {
+  int fds[2] = {-1, -1};
+  const char* at = value.data();
+  const char* end = value.data() + value.size();
+  for (int i = 0; i < 2; ++i) {
+    auto [next, error] = std::from_chars(at, end, fds[i]);
+    const bool separator_ok = i == 0 ? (next != end && *next == ',') : next == end;
+    if (error != std::errc() || fds[i] < 0 || !separator_ok) {
+      throw Error(ErrorCode::SystemError, context,
+                  std::string(kChannelVariable) + "='" + std::string(value) +
+                      "' is not '<receive fd>,<send fd>'",
+                  EINVAL);
+    }
+    at = next + 1;
+  }
+  return {fds[0], fds[1]};
+}
+
+/// Takes an inherited descriptor: checks it is an open pipe, makes it close-on-exec.
+UniqueFd adopt_inherited(int fd, const std::string& context) {
+  if (::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
+    throw_system_error(context, "descriptor " + std::to_string(fd) + " from " +
+                                    std::string(kChannelVariable) + ": fcntl");
+  }
+  UniqueFd owned(fd);
+  if (!detail::is_pipe(fd)) {
+    throw Error(ErrorCode::SystemError, context,
+                "descriptor " + std::to_string(fd) + " is not a pipe", EINVAL);
+  }
+  return owned;
+}
+
+}  // namespace
+
+Child spawn(const SpawnOptions& options) {
+  const std::string context = "spawn '" + options.program + "'";
+  auto [local, remote] = Channel::pair_with_remote_end(options.channel);
+  UniqueFd receive_source = duplicate_above_targets(remote.receive_fd.get(), context);
+  UniqueFd send_source = duplicate_above_targets(remote.send_fd.get(), context);
+
+  FileActions actions(context);
+  actions.dup2(receive_source.get(), kChildReceiveFd);
+  actions.dup2(send_source.get(), kChildSendFd);
+  actions.close_from(kChildSendFd + 1);
+  SpawnAttributes attributes(context);
+
+  StringArray argv;
+  argv.add(options.program);
+  for (const auto& argument : options.arguments) argv.add(argument);
+  StringArray environment = child_environment(options.environment);
+
+  pid_t pid = -1;
+  const bool search = options.program.find('/') == std::string::npos;
+  const int result =
+      search ? ::posix_spawnp(&pid, options.program.c_str(), actions.get(), attributes.get(),
+                              argv.get(), environment.get())
+             : ::posix_spawn(&pid, options.program.c_str(), actions.get(), attributes.get(),
+                             argv.get(), environment.get());
+  if (result != 0) throw_system_error(context, search ? "posix_spawnp" : "posix_spawn", result);
+  // The parent's copies of the child's ends close here (remote, *_source).
+  return Child{ChildProcess(pid, options.channel.name), std::move(local)};
+}
+
+Child fork_with_channel(const std::function<int(Channel&)>& body, ChannelOptions options) {
+  const std::string name = options.name;
+  auto [local, remote] = Channel::pair(std::move(options));
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) throw_system_error("fork '" + name + "'", "fork");
+  if (pid == 0) run_forked_child(std::move(local), remote, body);
+  { Channel closing = std::move(remote); }
+  return Child{ChildProcess(pid, name), std::move(local)};
+}
+
+Channel child_channel(ChannelOptions options) {
+  const std::string context = "channel '" + options.name + "': open";
+  const std::string variable(kChannelVariable);
+  const char* value = std::getenv(variable.c_str());
+  if (value == nullptr) {
+    throw Error(ErrorCode::SystemError, context,
+                variable + " is not set: this process was not started by capnsplice::spawn()",
+                EINVAL);
+  }
+  auto [receive_fd, send_fd] = parse_channel_variable(value, context);
+  UniqueFd receive_end = adopt_inherited(receive_fd, context);
+  UniqueFd send_end = adopt_inherited(send_fd, context);
+  ::unsetenv(variable.c_str());
+  return Channel::from_fds(std::move(receive_end), std::move(send_end), std::move(options));
+}
+
+}  // namespace capnsplice

@@ -1,0 +1,63 @@
+#include "capnsplice/request.h"
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "capnsplice/error.h"
+
+namespace capnsplice {
+
+RequestTracker::RequestTracker(Channel& channel, ResponseId response_id)
+    : channel_(channel), response_id_(std::move(response_id)) {}
+
+std::optional<ReceivedMessage> RequestTracker::take_queued(std::optional<std::uint64_t> id) {
+  auto found = id ? std::find_if(queue_.begin(), queue_.end(),
+                                 [id](const Queued& queued) { return queued.response_to == id; })
+                  : queue_.begin();
+  if (found == queue_.end()) return std::nullopt;
+  ReceivedMessage message = std::move(found->message);
+  queue_.erase(found);
+  return message;
+}
+
+ReceivedMessage RequestTracker::call(std::uint64_t id, OutgoingMessage&& request,
+                                     Deadline deadline, const OtherMessageHandler& on_other) {
+  channel_.send(std::move(request), deadline);
+  return await(id, deadline, on_other);
+}
+
+ReceivedMessage RequestTracker::await(std::uint64_t id, Deadline deadline,
+                                      const OtherMessageHandler& on_other) {
+  if (auto queued = take_queued(id)) return std::move(*queued);
+  for (;;) {
+    ReceivedMessage message;
+    try {
+      message = channel_.receive(deadline);
+    } catch (const Error& error) {
+      if (error.code() != ErrorCode::Timeout) throw;
+      throw Error(ErrorCode::Timeout,
+                  "channel '" + channel_.name() + "': request " + std::to_string(id),
+                  "no response arrived before the deadline");
+    }
+    const std::optional<std::uint64_t> answers = response_id_(message);
+    if (answers == id) return message;
+    if (on_other && !answers) {
+      on_other(std::move(message));
+    } else {
+      queue_.push_back({answers, std::move(message)});
+    }
+  }
+}
+
+ReceivedMessage RequestTracker::receive(Deadline deadline) {
+  if (auto queued = take_queued(std::nullopt)) return std::move(*queued);
+  return channel_.receive(deadline);
+}
+
+std::optional<ReceivedMessage> RequestTracker::try_receive() {
+  if (auto queued = take_queued(std::nullopt)) return queued;
+  return channel_.try_receive();
+}
+
+}  // namespace capnsplice

@@ -1,0 +1,305 @@
+#include "sender_core.h"
+
+#include <poll.h>
+
+#include <array>
+#include <ctime>
+
+#include "capnsplice/error.h"
+#include "capnsplice/frame.h"
+
+namespace capnsplice::detail {
+
+namespace {
+
+/// A batch is written once it holds this many bytes or frames, whatever the caller
+/// queues next: more would not make the system call cheaper, only the pipe fuller.
+constexpr std::size_t kBatchBytes = 256 * 1024;
+constexpr std::size_t kBatchFrames = 256;
+
+/// Appends the gather entries of one frame: its table, then each segment. When the
+/// table sits right before segment 0 both go as one entry. Returns the frame's bytes.
+std::size_t append_frame(std::vector<iovec>& gather, std::byte* table, std::size_t table_bytes,
+                         bool table_adjacent,
+                         kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
+  std::size_t frame_bytes = table_bytes;
+  if (!table_adjacent) gather.push_back({table, table_bytes});
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    const std::size_t bytes = segments[i].size() * sizeof(capnp::word);
+    if (i == 0 && table_adjacent) {
+      gather.push_back({table, table_bytes + bytes});
+    } else {
+      gather.push_back({const_cast<capnp::word*>(segments[i].begin()), bytes});
+    }
+    frame_bytes += bytes;
+  }
+  return frame_bytes;
+}
+
+}  // namespace
+
+SenderCore::SenderCore(UniqueFd fd, SenderOptions options, std::string context)
+    : fd_(std::move(fd)),
+      options_(options),
+      context_(std::move(context)),
+      pipe_(is_pipe(fd_.get())),
+      pool_(std::make_shared<SegmentPool>(options.pool_bytes, context_)) {
+  require_access_mode(fd_.get(), /*for_writing=*/true, context_);
+}
+
+SenderCore::~SenderCore() {
+  std::lock_guard lock(mutex_);
+  if (fd_ && !queued_.empty()) {
+    // Write what the pipe takes right now; a destructor must not wait for the reader.
+    try {
+      flush_locked(Deadline::immediate());
+    } catch (const Error&) {
+    }
+  }
+  abandon_queue(0, 0);
+  close_locked();
+}
+
+OutgoingMessage SenderCore::new_message() {
+  return OutgoingMessage(std::make_unique<PooledMessageBuilder>(pool_, options_.send_timeout));
+}
+
+WriteMethod SenderCore::choose_method(std::size_t frame_bytes) const noexcept {
+  if (!pipe_) return WriteMethod::copy;
+  switch (options_.path) {
+    case SendPath::copy:
+      return WriteMethod::copy;
+    case SendPath::vmsplice:
+      return WriteMethod::vmsplice;
+    case SendPath::automatic:
+      break;
+  }
+  return frame_bytes < options_.copy_threshold_bytes ? WriteMethod::copy : WriteMethod::vmsplice;
+}
+
+void SenderCore::ensure_open() const {
+  if (!fd_) throw Error(ErrorCode::PeerClosed, context_, "this end was closed for sending");
+}
+
+SenderStats SenderCore::stats() const {
+  SenderStats result;
+  {
+    std::lock_guard lock(mutex_);
+    result = stats_;
+  }
+  const PoolStats pool = pool_->stats();
+  result.dedicated_allocations = pool.dedicated_allocations;
+  result.waits_for_reader = pool.waits_for_reader;
+  return result;
+}
+
+// --- Queueing ------------------------------------------------------------------------
+
+void SenderCore::queue(OutgoingMessage&& message, Deadline deadline) {
+  // Take ownership first: whatever happens next, the caller's message is consumed.
+  std::unique_ptr<capnp::MessageBuilder> owned = std::move(message.builder_);
+  if (!owned) throw std::logic_error("capnsplice: sending an empty OutgoingMessage");
+  std::unique_ptr<PooledMessageBuilder> builder(static_cast<PooledMessageBuilder*>(owned.release()));
+  if (builder->pool() != pool_) {
+    // Built in another sender's pool, which cannot see this pipe's progress: the bytes
+    // must be copied rather than spliced. The builder goes back to its pool after.
+    send_copy(builder->segments_for_output(), deadline);
+    return;
+  }
+  // Finish the frame before taking the lock: it may allocate from the pool, and a full
+  // pool calls flush_queued(), which takes the lock.
+  auto segments = builder->segments_for_output();
+  const std::size_t table_bytes = segment_table_bytes(segments.size());
+  const bool table_adjacent = table_bytes <= PooledMessageBuilder::kTableRoomBytes;
+  std::byte* table = table_adjacent ? builder->first_segment_start() - table_bytes
+                                    : builder->allocate_table(table_bytes);
+  builder->finish_building();
+  write_segment_table(segments, table);
+
+  std::lock_guard lock(mutex_);
+  ensure_open();
+  const std::size_t bytes = append_frame(gather_, table, table_bytes, table_adjacent, segments);
+  queued_.push_back({std::move(builder), bytes, gather_.size(), choose_method(bytes)});
+  queued_bytes_ += bytes;
+  queued_frames_.store(queued_.size(), std::memory_order_relaxed);
+  if (queued_bytes_ >= kBatchBytes || queued_.size() >= kBatchFrames) flush_locked(deadline);
+}
+
+void SenderCore::send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+                           Deadline deadline) {
+  if (segments.size() == 0) {
+    throw std::logic_error("capnsplice: a message without segments cannot be framed");
+  }
+  // 512 segments (Cap'n Proto's reader limit) need a 2 KiB table; larger goes to the heap.
+  std::array<std::byte, 2056> stack_table;
+  std::vector<std::byte> heap_table;
+  const std::size_t table_bytes = segment_table_bytes(segments.size());
+  std::byte* table = stack_table.data();
+  if (table_bytes > stack_table.size()) {
+    heap_table.resize(table_bytes);
+    table = heap_table.data();
+  }
+  write_segment_table(segments, table);
+
+  std::lock_guard lock(mutex_);
+  ensure_open();
+  // The caller may reuse its builder once this returns: queue behind the batch and
+  // write everything now.
+  const std::size_t bytes = append_frame(gather_, table, table_bytes, false, segments);
+  queued_.push_back({nullptr, bytes, gather_.size(), WriteMethod::copy});
+  queued_bytes_ += bytes;
+  queued_frames_.store(queued_.size(), std::memory_order_relaxed);
+  flush_locked(deadline);
+}
+
+// --- Writing -------------------------------------------------------------------------
+
+void SenderCore::flush(Deadline deadline) {
+  std::lock_guard lock(mutex_);
+  flush_locked(deadline);
+}
+
+bool SenderCore::flush_queued(Deadline deadline) {
+  if (queued_frames_.load(std::memory_order_relaxed) == 0) return false;
+  std::lock_guard lock(mutex_);
+  if (queued_.empty()) return false;
+  flush_locked(deadline);
+  return true;
+}
+
+void SenderCore::flush_locked(Deadline deadline) {
+  if (queued_.empty()) return;
+  ensure_open();
+  SigpipeGuard guard;  // one pair of mask changes for the whole batch
+  std::size_t written_frames = 0;
+  std::size_t partial_bytes = 0;  // bytes of queued_[written_frames] already written
+  try {
+    while (written_frames < queued_.size()) {
+      written_frames = write_run(written_frames, deadline, guard, partial_bytes);
+    }
+  } catch (const Error& error) {
+    const std::size_t total = queued_.size();
+    abandon_queue(written_frames, partial_bytes);
+    std::string detail = error.detail() + "; " + std::to_string(written_frames) + " of " +
+                         std::to_string(total) + " queued messages were written";
+    if (partial_bytes != 0) {
+      close_locked();  // a frame cut in the middle can be neither finished nor retracted
+      detail += "; the stream is cut mid-message, so this sender is closed";
+    }
+    throw Error(error.code(), context_, detail, error.sys_errno());
+  }
+  clear_queue();
+}
+
+std::size_t SenderCore::write_run(std::size_t first, Deadline deadline, SigpipeGuard& guard,
+                                  std::size_t& partial_bytes) {
+  const WriteMethod method = queued_[first].method;
+  std::size_t end = first;
+  while (end < queued_.size() && queued_[end].method == method) ++end;
+  const std::size_t iov_begin = first == 0 ? 0 : queued_[first - 1].iov_end;
+  IovCursor cursor{gather_.data() + iov_begin, queued_[end - 1].iov_end - iov_begin};
+  std::size_t done = first;
+  partial_bytes = 0;
+  while (!cursor.empty()) {
+    const std::size_t written = write_some(fd_.get(), method, cursor, context_, guard);
+    if (written == 0) {
+      if (wait_for(fd_.get(), POLLOUT, deadline) == WaitResult::timed_out) {
+        throw Error(ErrorCode::Timeout, context_,
+                    "the reader did not make room in the pipe before the deadline");
+      }
+      continue;
+    }
+    const std::uint64_t stream_end = written_.fetch_add(written, std::memory_order_release) + written;
+    cursor.advance(written);
+    partial_bytes += written;
+    while (done < end && partial_bytes >= queued_[done].bytes) {
+      partial_bytes -= queued_[done].bytes;
+      retire(queued_[done], stream_end - partial_bytes);
+      ++done;
+    }
+  }
+  return done;
+}
+
+void SenderCore::retire(QueuedFrame& frame, std::uint64_t stream_end) {
+  ++stats_.messages;
+  stats_.bytes += frame.bytes;
+  if (frame.method == WriteMethod::copy) {
+    ++stats_.copied_messages;
+    if (frame.builder) frame.builder->release_chunks();
+  } else {
+    ++stats_.spliced_messages;
+    frame.builder->release_chunks_after(stream_end);
+  }
+  frame.builder.reset();
+}
+
+void SenderCore::abandon_queue(std::size_t first_unwritten, std::size_t partial_bytes) {
+  for (std::size_t i = first_unwritten; i < queued_.size(); ++i) {
+    QueuedFrame& frame = queued_[i];
+    if (!frame.builder) continue;
+    const bool referenced_by_pipe =
+        i == first_unwritten && partial_bytes != 0 && frame.method == WriteMethod::vmsplice;
+    if (referenced_by_pipe) {
+      frame.builder->release_chunks_after(written_.load(std::memory_order_relaxed));
+    } else {
+      frame.builder->release_chunks();
+    }
+  }
+  clear_queue();
+}
+
+void SenderCore::clear_queue() noexcept {
+  queued_.clear();
+  gather_.clear();
+  queued_bytes_ = 0;
+  queued_frames_.store(0, std::memory_order_relaxed);
+}
+
+void SenderCore::close() {
+  std::lock_guard lock(mutex_);
+  if (!fd_) return;
+  try {
+    flush_locked(Deadline::after(options_.send_timeout));
+  } catch (...) {
+    close_locked();
+    throw;
+  }
+  close_locked();
+}
+
+void SenderCore::close_locked() {
+  pool_->attach({});  // waits for a FIONREAD in progress, so the descriptor is unused after
+  fd_.reset();
+}
+
+// --- What the pool asks --------------------------------------------------------------
+
+std::uint64_t SenderCore::consumed_bytes() {
+  // Load `written_` before asking for the queue length: bytes written in between then
+  // show up in `queued` only, which makes the result smaller, never larger.
+  const std::uint64_t written = written_.load(std::memory_order_acquire);
+  const std::uint64_t queued = pipe_queued_bytes(fd_.get(), context_);
+  return written > queued ? written - queued : 0;
+}
+
+void SenderCore::wait_for_reader(Deadline deadline) {
+  std::lock_guard lock(mutex_);
+  ensure_open();
+  pollfd probe{fd_.get(), POLLOUT, 0};
+  if (::poll(&probe, 1, 0) < 0) throw_system_error(context_, "poll");
+  if ((probe.revents & POLLERR) != 0) {
+    throw Error(ErrorCode::PeerClosed, context_, "peer closed its receiving end");
+  }
+  if ((probe.revents & POLLOUT) == 0) {
+    // The pipe is full: the kernel wakes us as soon as the reader frees a slot.
+    wait_for(fd_.get(), POLLOUT, deadline);
+    return;
+  }
+  // The pipe has room, so the reader is draining what is left and no kernel event
+  // marks its progress. Pause briefly; the pool asks FIONREAD again.
+  const timespec pause{0, 20'000};
+  ::nanosleep(&pause, nullptr);
+}
+
+}  // namespace capnsplice::detail

@@ -1,0 +1,190 @@
+#include "unix_socket.h"
+
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
+
+#include "capnsplice/error.h"
+#include "pipe_io.h"
+
+namespace capnsplice::detail {
+namespace {
+
+constexpr char kAccepted = 'A';
+constexpr char kRefused = 'R';
+constexpr std::size_t kMaxReason = 512;
+constexpr std::size_t kMaxFds = 2;
+
+std::string_view error_text(int err) { return std::strerror(err); }
+
+}  // namespace
+
+UnixAddress UnixAddress::parse(std::string_view name, std::string_view context) {
+  UnixAddress result;
+  result.address.sun_family = AF_UNIX;
+  result.abstract = !name.empty() && name.front() == '@';
+  const std::size_t room = sizeof(result.address.sun_path) - 1;  // NUL or leading 0
+  const std::string_view bytes = result.abstract ? name.substr(1) : name;
+  if (bytes.empty()) {
+    throw Error(ErrorCode::SystemError, context, "an empty rendezvous name", EINVAL);
+  }
+  if (bytes.size() > room) {
+    throw Error(ErrorCode::SystemError, context,
+                "the name is " + std::to_string(bytes.size()) + " bytes, sockets allow " +
+                    std::to_string(room),
+                ENAMETOOLONG);
+  }
+  char* path = result.address.sun_path;
+  std::memcpy(path + (result.abstract ? 1 : 0), bytes.data(), bytes.size());
+  result.length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + bytes.size() + 1);
+  if (!result.abstract) result.path = std::string(bytes);
+  return result;
+}
+
+SocketFile::SocketFile(std::string path, std::string_view context) : path_(std::move(path)) {
+  struct stat info {};
+  if (::lstat(path_.c_str(), &info) != 0) throw_system_error(context, "lstat");
+  device_ = info.st_dev;
+  inode_ = info.st_ino;
+}
+
+SocketFile::~SocketFile() {
+  struct stat info {};
+  if (::lstat(path_.c_str(), &info) == 0 && info.st_dev == device_ && info.st_ino == inode_) {
+    ::unlink(path_.c_str());
+  }
+}
+
+UniqueFd make_unix_socket(bool nonblocking, std::string_view context) {
+  UniqueFd socket(
+      ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0), 0));
+  if (!socket) throw_system_error(context, "socket");
+  return socket;
+}
+
+namespace {
+
+/// True when a socket file sits at the path and nobody accepts connections on it.
+bool stale_socket_file(const UnixAddress& address, std::string_view context) {
+  struct stat info {};
+  if (::lstat(address.path.c_str(), &info) != 0 || !S_ISSOCK(info.st_mode)) return false;
+  UniqueFd probe = make_unix_socket(/*nonblocking=*/true, context);
+  return ::connect(probe.get(), address.get(), address.length) != 0 && errno == ECONNREFUSED;
+}
+
+}  // namespace
+
+void bind_replacing_stale(int socket, const UnixAddress& address, std::string_view context) {
+  if (::bind(socket, address.get(), address.length) == 0) return;
+  const int err = errno;
+  if (err != EADDRINUSE) throw_system_error(context, "bind", err);
+  if (address.abstract || !stale_socket_file(address, context)) {
+    throw Error(ErrorCode::SystemError, context,
+                "bind failed: " + std::string(error_text(err)) +
+                    " (another host is listening on this name)",
+                err);
+  }
+  ::unlink(address.path.c_str());
+  if (::bind(socket, address.get(), address.length) != 0) throw_system_error(context, "bind");
+}
+
+PeerCredentials peer_credentials(int socket, std::string_view context) {
+  ucred credentials{};
+  socklen_t length = sizeof credentials;
+  if (::getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) {
+    throw_system_error(context, "getsockopt(SO_PEERCRED)");
+  }
+  return {credentials.pid, credentials.uid, credentials.gid};
+}
+
+bool uid_allowed(uid_t uid, const std::vector<uid_t>& allowed) noexcept {
+  return uid == ::geteuid() || std::find(allowed.begin(), allowed.end(), uid) != allowed.end();
+}
+
+std::string describe_allowed(const std::vector<uid_t>& allowed) {
+  std::string text = allowed.empty() ? "uid " : "uids ";
+  text += std::to_string(::geteuid());
+  for (uid_t uid : allowed) text += ", " + std::to_string(uid);
+  return text;
+}
+
+void send_handover(int socket, bool accepted, std::string_view reason,
+                   const std::vector<int>& fds, std::string_view context) {
+  std::string payload(1, accepted ? kAccepted : kRefused);
+  payload.append(reason.substr(0, kMaxReason));
+  iovec iov{payload.data(), payload.size()};
+  msghdr header{};
+  header.msg_iov = &iov;
+  header.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)] = {};
+  if (!fds.empty()) {
+    const std::size_t bytes = sizeof(int) * std::min(fds.size(), kMaxFds);
+    header.msg_control = control;
+    header.msg_controllen = CMSG_SPACE(bytes);
+    cmsghdr* message = CMSG_FIRSTHDR(&header);
+    message->cmsg_level = SOL_SOCKET;
+    message->cmsg_type = SCM_RIGHTS;
+    message->cmsg_len = CMSG_LEN(bytes);
+    std::memcpy(CMSG_DATA(message), fds.data(), bytes);
+  }
+  while (::sendmsg(socket, &header, MSG_NOSIGNAL) < 0) {
+    if (errno == EINTR) continue;
+    if (errno == EPIPE || errno == ECONNRESET) {
+      throw Error(ErrorCode::PeerClosed, context, "the client left before it got its channel");
+    }
+    throw_system_error(context, "sendmsg");
+  }
+}
+
+Handover receive_handover(int socket, Deadline deadline, std::string_view context) {
+  char payload[1 + kMaxReason];
+  iovec iov{payload, sizeof payload};
+  msghdr header{};
+  header.msg_iov = &iov;
+  header.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)] = {};
+  header.msg_control = control;
+  header.msg_controllen = sizeof control;
+  ssize_t got;
+  for (;;) {
+    if (wait_for(socket, POLLIN, deadline) == WaitResult::timed_out) {
+      throw Error(ErrorCode::Timeout, context, "the host did not hand over a channel in time");
+    }
+    got = ::recvmsg(socket, &header, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (got >= 0) break;
+    if (errno != EINTR && errno != EAGAIN) throw_system_error(context, "recvmsg");
+  }
+
+  Handover handover;
+  for (cmsghdr* message = CMSG_FIRSTHDR(&header); message != nullptr;
+       message = CMSG_NXTHDR(&header, message)) {
+    if (message->cmsg_level != SOL_SOCKET || message->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (message->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(message) + i * sizeof(int), sizeof fd);
+      handover.fds.emplace_back(fd);
+    }
+  }
+  if (got == 0) {
+    throw Error(ErrorCode::PeerClosed, context,
+                "the host closed the connection without handing over a channel");
+  }
+  handover.accepted = payload[0] == kAccepted;
+  handover.reason.assign(payload + 1, static_cast<std::size_t>(got) - 1);
+  const bool well_formed = (header.msg_flags & MSG_CTRUNC) == 0 &&
+                           (payload[0] == kRefused ||
+                            (handover.accepted && handover.fds.size() == kMaxFds));
+  if (!well_formed) {
+    throw Error(ErrorCode::IncompatiblePeer, context,
+                "the host's answer is not a capnsplice handover (" +
+                    std::to_string(handover.fds.size()) + " descriptors)");
+  }
+  return handover;
+}
+
+}  // namespace capnsplice::detail
