@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "pooled_message_builder.h"
+
 namespace capnsplice {
 
 OutgoingMessage::OutgoingMessage() noexcept = default;
@@ -17,6 +19,13 @@ capnp::MessageBuilder& OutgoingMessage::builder() {
     throw std::logic_error("capnsplice::OutgoingMessage used after it was sent or moved from");
   }
   return *builder_;
+}
+
+OutgoingMessage::DataBuffer OutgoingMessage::allocate_data(std::size_t size) {
+  auto& pooled = static_cast<detail::PooledMessageBuilder&>(builder());
+  DataBuffer buffer;
+  buffer.orphan = pooled.allocate_data(size, buffer.bytes);
+  return buffer;
 }
 
 }  // namespace capnsplice

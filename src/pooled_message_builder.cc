@@ -2,13 +2,17 @@
 
 #include <capnp/any.h>
 
+#include <cstring>
 #include <limits>
 
 namespace capnsplice::detail {
 
 PooledMessageBuilder::PooledMessageBuilder(
-    std::shared_ptr<SegmentPool> pool, std::optional<std::chrono::nanoseconds> allocation_timeout)
-    : pool_(std::move(pool)), allocation_timeout_(allocation_timeout) {}
+    std::shared_ptr<SegmentPool> segment_pool, std::shared_ptr<SegmentPool> data_pool,
+    std::optional<std::chrono::nanoseconds> allocation_timeout)
+    : segment_pool_(std::move(segment_pool)),
+      data_pool_(std::move(data_pool)),
+      allocation_timeout_(allocation_timeout) {}
 
 PooledMessageBuilder::~PooledMessageBuilder() noexcept(false) {
   if (released_) return;
@@ -16,21 +20,44 @@ PooledMessageBuilder::~PooledMessageBuilder() noexcept(false) {
   try {
     finish_building();
   } catch (...) {
-    // Reporting the written sizes failed; the pool then zeroes whole chunks.
+    // Reporting the written sizes failed; the pools then clear whole chunks.
   }
   release_chunks();
+}
+
+Chunk PooledMessageBuilder::allocate_from(SegmentPool& pool, std::size_t bytes, bool greedy) {
+  return pool.allocate(bytes, greedy, Deadline::after(allocation_timeout_));
 }
 
 kj::ArrayPtr<capnp::word> PooledMessageBuilder::allocateSegment(unsigned minimumSize) {
   const bool first = chunks_.empty();
   const std::size_t front = first ? kTableRoomBytes : 0;
-  Chunk chunk = pool_->allocate(std::size_t{minimumSize} * sizeof(capnp::word) + front,
-                                /*greedy=*/true, Deadline::after(allocation_timeout_));
-  chunks_.push_back(chunk);
+  Chunk chunk =
+      allocate_from(*segment_pool_, std::size_t{minimumSize} * sizeof(capnp::word) + front, true);
+  chunks_.push_back({chunk, segment_pool_.get(), front, 0, true});
   // Segment sizes travel as 32-bit word counts.
   const std::size_t words = std::min<std::size_t>((chunk.bytes - front) / sizeof(capnp::word),
                                                   std::numeric_limits<std::uint32_t>::max());
   return kj::arrayPtr(reinterpret_cast<capnp::word*>(chunk.data + front), words);
+}
+
+capnp::Orphan<capnp::Data> PooledMessageBuilder::allocate_data(std::size_t bytes,
+                                                               kj::ArrayPtr<kj::byte>& memory) {
+  // The orphanage allocates segment 0 first, so the external segment never becomes the
+  // root segment.
+  capnp::Orphanage orphanage = getOrphanage();
+  if (bytes == 0) {
+    memory = nullptr;  // an empty external segment would be dropped from the output
+    return orphanage.newOrphan<capnp::Data>(0);
+  }
+  const std::size_t padded = (bytes + 7) & ~std::size_t{7};
+  Chunk chunk = allocate_from(*data_pool_, padded, false);
+  chunks_.push_back({chunk, data_pool_.get(), 0, chunk.bytes, false});
+  // The padding is visible on the wire: it must be zero.
+  std::memset(chunk.data + bytes, 0, padded - bytes);
+  auto* start = reinterpret_cast<kj::byte*>(chunk.data);
+  memory = kj::arrayPtr(start, bytes);
+  return orphanage.referenceExternalData(capnp::Data::Reader(start, bytes));
 }
 
 kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> PooledMessageBuilder::segments_for_output() {
@@ -43,41 +70,44 @@ kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> PooledMessageBuilder::segmen
 }
 
 std::byte* PooledMessageBuilder::first_segment_start() const noexcept {
-  return chunks_.front().data + kTableRoomBytes;
+  return chunks_.front().chunk.data + kTableRoomBytes;
 }
 
 std::byte* PooledMessageBuilder::allocate_table(std::size_t bytes) {
-  Chunk chunk = pool_->allocate(bytes, /*greedy=*/false, Deadline::after(allocation_timeout_));
-  chunks_.push_back(chunk);
-  table_chunk_bytes_ = bytes;
+  Chunk chunk = allocate_from(*segment_pool_, bytes, false);
+  chunks_.push_back({chunk, segment_pool_.get(), 0, bytes, false});
   return chunk.data;
 }
 
 void PooledMessageBuilder::finish_building() {
   if (finished_) return;
   finished_ = true;
+  // Each capnp segment lives at the start of one of our segment chunks (after the
+  // table room for the first); find it to learn how much of the chunk was written.
   auto segments = getSegmentsForOutput();
-  for (std::size_t i = 0; i < chunks_.size(); ++i) {
-    std::size_t used;
-    if (i < segments.size()) {
-      used = segments[i].size() * sizeof(capnp::word) + (i == 0 ? kTableRoomBytes : 0);
-    } else if (i == segments.size() && table_chunk_bytes_ != 0) {
-      used = table_chunk_bytes_;
-    } else {
-      used = chunks_[i].bytes;  // unknown: let the pool clear all of it
+  for (OwnedChunk& owned : chunks_) {
+    if (!owned.is_segment) continue;
+    owned.used_bytes = owned.chunk.bytes;  // not found: let the pool clear all of it
+    const auto* start = reinterpret_cast<const capnp::word*>(owned.chunk.data + owned.front_bytes);
+    for (const auto& segment : segments) {
+      if (segment.begin() == start) {
+        owned.used_bytes = owned.front_bytes + segment.size() * sizeof(capnp::word);
+        break;
+      }
     }
-    pool_->finish_building(chunks_[i], used);
   }
+  for (const OwnedChunk& owned : chunks_)
+    owned.pool->finish_building(owned.chunk, owned.used_bytes);
 }
 
 void PooledMessageBuilder::release_chunks() {
   released_ = true;
-  for (const Chunk& chunk : chunks_) pool_->release(chunk);
+  for (const OwnedChunk& owned : chunks_) owned.pool->release(owned.chunk);
 }
 
 void PooledMessageBuilder::release_chunks_after(std::uint64_t stream_end) {
   released_ = true;
-  for (const Chunk& chunk : chunks_) pool_->release_after(chunk, stream_end);
+  for (const OwnedChunk& owned : chunks_) owned.pool->release_after(owned.chunk, stream_end);
 }
 
 }  // namespace capnsplice::detail

@@ -1,4 +1,4 @@
-// A capnp::MessageBuilder whose segments live in a SegmentPool (internal).
+// A capnp::MessageBuilder whose memory lives in the sender's pools (internal).
 //
 // Segment 0 starts kTableRoomBytes into its chunk, so the sender can write the
 // segment table right in front of it and the first gather entry covers both:
@@ -7,9 +7,14 @@
 //             ^ chunk.data                  ^ chunk.data + kTableRoomBytes
 //             <------- kTableRoomBytes ---->
 //   chunk i:  [ segment i words ................................. ]
+//
+// Segments come from the zeroed segment pool. Data buffers the caller fills itself
+// (allocate_data) come from the unzeroed data pool and join the message as external
+// segments of their own (capnp::Orphanage::referenceExternalData).
 #pragma once
 
 #include <capnp/message.h>
+#include <capnp/orphan.h>
 
 #include <chrono>
 #include <memory>
@@ -25,11 +30,16 @@ class PooledMessageBuilder final : public capnp::MessageBuilder {
   /// Room for the table of a message of up to 30 segments.
   static constexpr std::size_t kTableRoomBytes = 128;
 
-  PooledMessageBuilder(std::shared_ptr<SegmentPool> pool,
+  PooledMessageBuilder(std::shared_ptr<SegmentPool> segment_pool,
+                       std::shared_ptr<SegmentPool> data_pool,
                        std::optional<std::chrono::nanoseconds> allocation_timeout);
   ~PooledMessageBuilder() noexcept(false) override;
 
   kj::ArrayPtr<capnp::word> allocateSegment(unsigned minimumSize) override;
+
+  /// `bytes` of unzeroed memory for a Data value, and the orphan that puts it in the
+  /// message (zero padding up to the next word included).
+  capnp::Orphan<capnp::Data> allocate_data(std::size_t bytes, kj::ArrayPtr<kj::byte>& memory);
 
   /// The message's segments; gives an empty message its (null) root pointer first,
   /// since a frame must carry at least that.
@@ -41,23 +51,33 @@ class PooledMessageBuilder final : public capnp::MessageBuilder {
   /// Adds a chunk for a segment table that did not fit in front of segment 0.
   std::byte* allocate_table(std::size_t bytes);
 
-  /// Building is over: reports the written bytes of every chunk to the pool (which
+  /// Building is over: reports the written bytes of every chunk to its pool (which
   /// trims the newest chunk).
   void finish_building();
 
-  /// The pool may reuse every chunk now (not sent, or sent by copy).
+  /// The pools may reuse every chunk now (not sent, or sent by copy).
   void release_chunks();
 
-  /// The pool may reuse every chunk once the reader has consumed `stream_end` bytes.
+  /// The pools may reuse every chunk once the reader has consumed `stream_end` bytes.
   void release_chunks_after(std::uint64_t stream_end);
 
-  const std::shared_ptr<SegmentPool>& pool() const noexcept { return pool_; }
+  const std::shared_ptr<SegmentPool>& pool() const noexcept { return segment_pool_; }
 
  private:
-  std::shared_ptr<SegmentPool> pool_;
+  struct OwnedChunk {
+    Chunk chunk;
+    SegmentPool* pool;
+    std::size_t front_bytes;  // bytes before the segment proper (the table room)
+    std::size_t used_bytes;   // for chunks that are not capnp segments: all of it
+    bool is_segment;
+  };
+
+  Chunk allocate_from(SegmentPool& pool, std::size_t bytes, bool greedy);
+
+  std::shared_ptr<SegmentPool> segment_pool_;
+  std::shared_ptr<SegmentPool> data_pool_;
   std::optional<std::chrono::nanoseconds> allocation_timeout_;
-  std::vector<Chunk> chunks_;  // chunk i holds segment i; a spilled table comes last
-  std::size_t table_chunk_bytes_ = 0;  // bytes used in a separate table chunk, if any
+  std::vector<OwnedChunk> chunks_;
   bool finished_ = false;
   bool released_ = false;
 };

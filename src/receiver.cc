@@ -26,9 +26,9 @@ class ReceiverCore {
         // read() on a blocking non-pipe descriptor would block: ask poll() first.
         poll_before_read_(!pipe_ && !is_nonblocking(fd_.get())) {
     const ReceiveLimits& limits = options_.limits;
-    reader_options_.traversalLimitInWords = limits.traversal_limit_words != 0
-                                                ? limits.traversal_limit_words
-                                                : 4 * (limits.max_message_bytes / sizeof(capnp::word));
+    reader_options_.traversalLimitInWords =
+        limits.traversal_limit_words != 0 ? limits.traversal_limit_words
+                                          : 4 * (limits.max_message_bytes / sizeof(capnp::word));
     reader_options_.nestingLimit = limits.nesting_limit;
     require_access_mode(fd_.get(), /*for_writing=*/false, context_);
     wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -108,8 +108,8 @@ class ReceiverCore {
   void start_own_frame(const FrameProbe& probe);
   void grow_own_frame(std::size_t bytes);
   void compact_if_idle();
-  ReceivedMessage make_message(std::unique_ptr<ReceivedMessageState> state,
-                               const std::byte* frame, const FrameProbe& probe);
+  ReceivedMessage make_message(std::unique_ptr<ReceivedMessageState> state, const std::byte* frame,
+                               const FrameProbe& probe);
   [[noreturn]] void throw_end_of_stream() const;
 
   UniqueFd fd_;
@@ -238,8 +238,8 @@ ReceiverCore::ReadOutcome ReceiverCore::read_more() {
     target = ring_->at(head_);
     length = ring_->capacity() - static_cast<std::size_t>(head_ - oldest);
   }
-  if (poll_before_read_ && wait_for(fd_.get(), POLLIN, Deadline::immediate()) ==
-                               WaitResult::timed_out) {
+  if (poll_before_read_ &&
+      wait_for(fd_.get(), POLLIN, Deadline::immediate()) == WaitResult::timed_out) {
     return ReadOutcome::would_block;
   }
   const long got = read_some(fd_.get(), pipe_, target, length, context_);

@@ -20,16 +20,17 @@ constexpr std::size_t kWordBytes = 8;
 /// Reclaimed dedicated mappings kept for reuse.
 constexpr std::size_t kMaxSpareBlocks = 2;
 
-void zero(std::byte* data, std::size_t& dirty_bytes) {
-  if (dirty_bytes != 0) std::memset(data, 0, dirty_bytes);
-  dirty_bytes = 0;
-}
-
 }  // namespace
 
-SegmentPool::SegmentPool(std::size_t capacity, std::string context)
+SegmentPool::SegmentPool(std::size_t capacity, std::string context, Zeroing zeroing)
     : capacity_(round_up(std::max<std::size_t>(capacity, 64 * 1024), page_size())),
-      context_(std::move(context)) {}
+      context_(std::move(context)),
+      zeroing_(zeroing) {}
+
+void SegmentPool::clear(std::byte* data, std::size_t& dirty_bytes) const {
+  if (zeroing_ == Zeroing::zeroed && dirty_bytes != 0) std::memset(data, 0, dirty_bytes);
+  dirty_bytes = 0;
+}
 
 SegmentPool::~SegmentPool() = default;
 
@@ -59,7 +60,7 @@ SegmentPool::RingChunk& SegmentPool::ring_chunk(std::uint64_t id) {
 }
 
 void SegmentPool::zero_dirty(RingChunk& chunk) {
-  zero(ring_.data() + chunk.begin % capacity_, chunk.dirty_bytes);
+  clear(ring_.data() + chunk.begin % capacity_, chunk.dirty_bytes);
 }
 
 bool SegmentPool::oldest_chunk_in_flight() const {
@@ -204,7 +205,7 @@ void SegmentPool::release(const Chunk& chunk) {
   if (chunk.dedicated != nullptr) {
     auto it = std::find_if(dedicated_.begin(), dedicated_.end(),
                            [&](const auto& block) { return block.get() == chunk.dedicated; });
-    zero((*it)->memory.data(), (*it)->dirty_bytes);
+    clear((*it)->memory.data(), (*it)->dirty_bytes);
     if (spare_.size() < kMaxSpareBlocks) spare_.push_back(std::move(*it));
     dedicated_.erase(it);
     return;
@@ -257,7 +258,7 @@ void SegmentPool::reclaim(std::uint64_t consumed) {
       ++it;
       continue;
     }
-    zero(block.memory.data(), block.dirty_bytes);
+    clear(block.memory.data(), block.dirty_bytes);
     if (spare_.size() < kMaxSpareBlocks) spare_.push_back(std::move(*it));
     it = dedicated_.erase(it);
   }

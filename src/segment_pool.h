@@ -78,8 +78,12 @@ struct PoolStats {
 
 class SegmentPool {
  public:
+  /// Whether memory handed out is zero. Cap'n Proto segments need it; buffers the
+  /// caller fills completely (OutgoingMessage::allocate_data) do not, and skip the pass.
+  enum class Zeroing { zeroed, unzeroed };
+
   /// `capacity` bytes of ring, mapped on first use. `context` names the channel in errors.
-  SegmentPool(std::size_t capacity, std::string context);
+  SegmentPool(std::size_t capacity, std::string context, Zeroing zeroing = Zeroing::zeroed);
   ~SegmentPool();
   SegmentPool(const SegmentPool&) = delete;
   SegmentPool& operator=(const SegmentPool&) = delete;
@@ -130,9 +134,12 @@ class SegmentPool {
   bool oldest_chunk_in_flight() const;
   RingChunk& ring_chunk(std::uint64_t id);
   void zero_dirty(RingChunk& chunk);
+  /// Clears the first `dirty_bytes` at `data` (when this pool keeps memory zeroed).
+  void clear(std::byte* data, std::size_t& dirty_bytes) const;
 
   const std::size_t capacity_;
   const std::string context_;
+  const Zeroing zeroing_;
 
   mutable std::mutex mutex_;
   MappedMemory ring_;

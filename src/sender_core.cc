@@ -43,7 +43,9 @@ SenderCore::SenderCore(UniqueFd fd, SenderOptions options, std::string context)
       options_(options),
       context_(std::move(context)),
       pipe_(is_pipe(fd_.get())),
-      pool_(std::make_shared<SegmentPool>(options.pool_bytes, context_)) {
+      pool_(std::make_shared<SegmentPool>(options.pool_bytes, context_)),
+      data_pool_(std::make_shared<SegmentPool>(options.data_pool_bytes, context_,
+                                               SegmentPool::Zeroing::unzeroed)) {
   require_access_mode(fd_.get(), /*for_writing=*/true, context_);
 }
 
@@ -61,7 +63,8 @@ SenderCore::~SenderCore() {
 }
 
 OutgoingMessage SenderCore::new_message() {
-  return OutgoingMessage(std::make_unique<PooledMessageBuilder>(pool_, options_.send_timeout));
+  return OutgoingMessage(
+      std::make_unique<PooledMessageBuilder>(pool_, data_pool_, options_.send_timeout));
 }
 
 WriteMethod SenderCore::choose_method(std::size_t frame_bytes) const noexcept {
@@ -87,9 +90,11 @@ SenderStats SenderCore::stats() const {
     std::lock_guard lock(mutex_);
     result = stats_;
   }
-  const PoolStats pool = pool_->stats();
-  result.dedicated_allocations = pool.dedicated_allocations;
-  result.waits_for_reader = pool.waits_for_reader;
+  for (const auto* pool : {pool_.get(), data_pool_.get()}) {
+    const PoolStats stats = pool->stats();
+    result.dedicated_allocations += stats.dedicated_allocations;
+    result.waits_for_reader += stats.waits_for_reader;
+  }
   return result;
 }
 
@@ -99,7 +104,8 @@ void SenderCore::queue(OutgoingMessage&& message, Deadline deadline) {
   // Take ownership first: whatever happens next, the caller's message is consumed.
   std::unique_ptr<capnp::MessageBuilder> owned = std::move(message.builder_);
   if (!owned) throw std::logic_error("capnsplice: sending an empty OutgoingMessage");
-  std::unique_ptr<PooledMessageBuilder> builder(static_cast<PooledMessageBuilder*>(owned.release()));
+  std::unique_ptr<PooledMessageBuilder> builder(
+      static_cast<PooledMessageBuilder*>(owned.release()));
   if (builder->pool() != pool_) {
     // Built in another sender's pool, which cannot see this pipe's progress: the bytes
     // must be copied rather than spliced. The builder goes back to its pool after.
@@ -209,7 +215,8 @@ std::size_t SenderCore::write_run(std::size_t first, Deadline deadline, SigpipeG
       }
       continue;
     }
-    const std::uint64_t stream_end = written_.fetch_add(written, std::memory_order_release) + written;
+    const std::uint64_t stream_end =
+        written_.fetch_add(written, std::memory_order_release) + written;
     cursor.advance(written);
     partial_bytes += written;
     while (done < end && partial_bytes >= queued_[done].bytes) {
@@ -269,7 +276,9 @@ void SenderCore::close() {
 }
 
 void SenderCore::close_locked() {
-  pool_->attach({});  // waits for a FIONREAD in progress, so the descriptor is unused after
+  // attach() waits for a FIONREAD in progress, so the descriptor is unused after.
+  pool_->attach({});
+  data_pool_->attach({});
   fd_.reset();
 }
 

@@ -35,7 +35,10 @@ class SenderCore final : public ConsumptionSource {
   ~SenderCore() override;
 
   /// Connects the pool to this core; call once, right after construction.
-  void attach_pool(const std::shared_ptr<SenderCore>& self) { pool_->attach(self); }
+  void attach_pool(const std::shared_ptr<SenderCore>& self) {
+    pool_->attach(self);
+    data_pool_->attach(self);
+  }
 
   OutgoingMessage new_message();
 
@@ -46,8 +49,7 @@ class SenderCore final : public ConsumptionSource {
   void flush(Deadline deadline);
 
   /// Writes a copy of `segments` right away (after the queued messages).
-  void send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
-                 Deadline deadline);
+  void send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments, Deadline deadline);
 
   void close();
 
@@ -89,7 +91,8 @@ class SenderCore final : public ConsumptionSource {
   const SenderOptions options_;
   const std::string context_;
   const bool pipe_;
-  std::shared_ptr<SegmentPool> pool_;
+  std::shared_ptr<SegmentPool> pool_;       // Cap'n Proto segments, kept zeroed
+  std::shared_ptr<SegmentPool> data_pool_;  // buffers from allocate_data(), not zeroed
   /// Bytes written into the pipe since the start: the consumed figure's reference.
   std::atomic<std::uint64_t> written_{0};
 

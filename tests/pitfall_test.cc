@@ -64,12 +64,14 @@ int check_every_message(Channel& channel) {
   return 0;
 }
 
-/// Overwrites every byte the pool will hand out next with 0xA5, then drops it unsent.
+/// Overwrites every byte the pools will hand out next with 0xA5, then drops it unsent.
 void scribble_over_free_pool_memory(Channel& channel, Random& random) {
   auto scratch = channel.new_message();
   auto data =
       scratch.init_root<test::Blob>().initData(static_cast<unsigned>(1 + random.below(120 * KiB)));
   std::memset(data.begin(), 0xA5, data.size());
+  auto unzeroed = scratch.allocate_data(1 + random.below(120 * KiB));
+  std::memset(unzeroed.bytes.begin(), 0xA5, unzeroed.bytes.size());
 }
 
 }  // namespace
@@ -99,7 +101,13 @@ TEST_CASE("reused pool memory never changes a message the reader has not consume
       const std::size_t size = kind == 0   ? random.below(2 * KiB)
                                : kind == 1 ? 300 * KiB + random.below(400 * KiB)
                                            : 4 * KiB + random.below(200 * KiB);
-      send_blob(sender_end, sent, size, random);
+      if (random.below(3) == 0) {  // one in three filled in place (the data pool)
+        auto message = sender_end.new_message();
+        fill_blob_in_place(message, sent, size, random);
+        sender_end.send(std::move(message));
+      } else {
+        send_blob(sender_end, sent, size, random);
+      }
       ++sent;
       sent_bytes += size;
     }

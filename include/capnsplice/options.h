@@ -51,6 +51,8 @@ struct SenderOptions {
   /// Page-aligned pool the sender builds messages in. Kept small on purpose: a pool
   /// that stays in cache is faster than a large one (see DESIGN.md, "Physics").
   std::size_t pool_bytes = 4 * MiB;
+  /// Pool for OutgoingMessage::allocate_data() buffers (mapped on first use).
+  std::size_t data_pool_bytes = 4 * MiB;
   /// Messages smaller than this go by writev, larger ones by vmsplice. Measured with
   /// `capnsplice-bench --threshold-sweep`; see README "Tuning".
   std::size_t copy_threshold_bytes = 16 * KiB;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <capnp/message.h>
+#include <capnp/orphan.h>
 
 #include <memory>
 
@@ -44,6 +45,21 @@ class OutgoingMessage {
   typename Root::Builder get_root() {
     return builder().getRoot<Root>();
   }
+
+  /// Memory for a Data value that the caller fills completely, handed out without the
+  /// zeroing pass Cap'n Proto builders otherwise pay, and sent as a segment of its own
+  /// (spliced, never copied on this side). Adopt it into the message:
+  ///
+  ///   auto payload = message.allocate_data(size);
+  ///   read_frame_into(payload.bytes);               // fill every byte
+  ///   chunk.adoptPayload(std::move(payload.orphan));
+  ///
+  /// Bytes left unfilled are sent as whatever the memory held before.
+  struct DataBuffer {
+    kj::ArrayPtr<kj::byte> bytes;
+    capnp::Orphan<capnp::Data> orphan;
+  };
+  DataBuffer allocate_data(std::size_t size);
 
   /// False once the message was sent (moved from).
   explicit operator bool() const noexcept { return builder_ != nullptr; }

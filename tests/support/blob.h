@@ -38,6 +38,18 @@ inline bool blob_intact(test::Blob::Reader blob) {
   return sum == blob.getChecksum();
 }
 
+/// Fills `message` with a blob whose data comes from allocate_data(): filled in place,
+/// never zeroed, sent as a segment of its own.
+inline void fill_blob_in_place(OutgoingMessage& message, std::uint64_t seq, std::size_t size,
+                               Random& random) {
+  auto blob = message.init_root<test::Blob>();
+  blob.setSeq(seq);
+  auto data = message.allocate_data(size);
+  random.fill(data.bytes);
+  blob.setChecksum(checksum(data.bytes));
+  blob.adoptData(std::move(data.orphan));
+}
+
 /// Builds a blob in the channel's pool and sends it.
 inline void send_blob(Channel& channel, std::uint64_t seq, std::size_t size, Random& random,
                       unsigned parts = 0) {
