@@ -49,7 +49,8 @@ std::pair<Channel, RemoteEnd> Channel::pair_with_remote_end(ChannelOptions optio
   Pipe to_remote = make_pipe(options);
   Pipe from_remote = make_pipe(options);
   RemoteEnd remote{std::move(to_remote.read_end), std::move(from_remote.write_end)};
-  Channel local = from_fds(std::move(from_remote.read_end), std::move(to_remote.write_end), options);
+  Channel local =
+      from_fds(std::move(from_remote.read_end), std::move(to_remote.write_end), options);
   return {std::move(local), std::move(remote)};
 }
 

@@ -1,8 +1,7 @@
 #include "capnsplice/handshake.h"
 
-#include <unistd.h>
-
 #include <kj/exception.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <string>
@@ -51,8 +50,8 @@ std::string mismatch(const PeerHello& peer, const HelloOptions& options) {
   if (!options.application.empty() && (peer.application != options.application ||
                                        peer.application_version != options.application_version)) {
     return "the peer speaks application '" + peer.application + "' version " +
-           std::to_string(peer.application_version) + ", this end expects '" +
-           options.application + "' version " + std::to_string(options.application_version);
+           std::to_string(peer.application_version) + ", this end expects '" + options.application +
+           "' version " + std::to_string(options.application_version);
   }
   if (options.largest_message_sent > peer.max_message_bytes) {
     return "this end sends messages of up to " + std::to_string(options.largest_message_sent) +
@@ -82,12 +81,12 @@ PeerHello exchange_hello(Channel& channel, const HelloOptions& options) {
     reply = channel.receive(deadline);
   } catch (const Error& error) {
     if (error.code() != ErrorCode::Timeout) throw;
-    throw Error(ErrorCode::Timeout, context,
-                "the peer sent no hello within " +
-                    std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                       options.timeout)
-                                       .count()) +
-                    " ms");
+    throw Error(
+        ErrorCode::Timeout, context,
+        "the peer sent no hello within " +
+            std::to_string(
+                std::chrono::duration_cast<std::chrono::milliseconds>(options.timeout).count()) +
+            " ms");
   }
   PeerHello peer = read_hello(reply, context);
   if (std::string why = mismatch(peer, options); !why.empty()) {

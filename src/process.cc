@@ -87,9 +87,7 @@ class StringArray {
   std::vector<char*> pointers_;
 };
 
-std::string_view variable_name(std::string_view entry) {
-  return entry.substr(0, entry.find('='));
-}
+std::string_view variable_name(std::string_view entry) { return entry.substr(0, entry.find('=')); }
 
 /// The parent's environment, minus what `extra` overrides and any old channel variable,
 /// plus `extra` and the channel variable.
@@ -184,11 +182,10 @@ Child spawn(const SpawnOptions& options) {
 
   pid_t pid = -1;
   const bool search = options.program.find('/') == std::string::npos;
-  const int result =
-      search ? ::posix_spawnp(&pid, options.program.c_str(), actions.get(), attributes.get(),
-                              argv.get(), environment.get())
-             : ::posix_spawn(&pid, options.program.c_str(), actions.get(), attributes.get(),
-                             argv.get(), environment.get());
+  const int result = search ? ::posix_spawnp(&pid, options.program.c_str(), actions.get(),
+                                             attributes.get(), argv.get(), environment.get())
+                            : ::posix_spawn(&pid, options.program.c_str(), actions.get(),
+                                            attributes.get(), argv.get(), environment.get());
   if (result != 0) throw_system_error(context, search ? "posix_spawnp" : "posix_spawn", result);
   // The parent's copies of the child's ends close here (remote, *_source).
   return Child{ChildProcess(pid, options.channel.name), std::move(local)};

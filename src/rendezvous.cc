@@ -120,8 +120,8 @@ Connection connect_rendezvous(std::string_view name, const RendezvousOptions& op
     throw Error(ErrorCode::PeerRefused, context,
                 "the host refused this connection: " + handover.reason);
   }
-  Channel channel = Channel::from_fds(std::move(handover.fds[0]), std::move(handover.fds[1]),
-                                      options.channel);
+  Channel channel =
+      Channel::from_fds(std::move(handover.fds[0]), std::move(handover.fds[1]), options.channel);
   PeerHello hello = exchange_hello(channel, hello_options(options));
   return Connection{std::move(channel), host, std::move(hello)};
 }

@@ -21,8 +21,8 @@ std::optional<ReceivedMessage> RequestTracker::take_queued(std::optional<std::ui
   return message;
 }
 
-ReceivedMessage RequestTracker::call(std::uint64_t id, OutgoingMessage&& request,
-                                     Deadline deadline, const OtherMessageHandler& on_other) {
+ReceivedMessage RequestTracker::call(std::uint64_t id, OutgoingMessage&& request, Deadline deadline,
+                                     const OtherMessageHandler& on_other) {
   channel_.send(std::move(request), deadline);
   return await(id, deadline, on_other);
 }

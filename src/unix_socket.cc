@@ -112,8 +112,8 @@ std::string describe_allowed(const std::vector<uid_t>& allowed) {
   return text;
 }
 
-void send_handover(int socket, bool accepted, std::string_view reason,
-                   const std::vector<int>& fds, std::string_view context) {
+void send_handover(int socket, bool accepted, std::string_view reason, const std::vector<int>& fds,
+                   std::string_view context) {
   std::string payload(1, accepted ? kAccepted : kRefused);
   payload.append(reason.substr(0, kMaxReason));
   iovec iov{payload.data(), payload.size()};
@@ -176,9 +176,9 @@ Handover receive_handover(int socket, Deadline deadline, std::string_view contex
   }
   handover.accepted = payload[0] == kAccepted;
   handover.reason.assign(payload + 1, static_cast<std::size_t>(got) - 1);
-  const bool well_formed = (header.msg_flags & MSG_CTRUNC) == 0 &&
-                           (payload[0] == kRefused ||
-                            (handover.accepted && handover.fds.size() == kMaxFds));
+  const bool well_formed =
+      (header.msg_flags & MSG_CTRUNC) == 0 &&
+      (payload[0] == kRefused || (handover.accepted && handover.fds.size() == kMaxFds));
   if (!well_formed) {
     throw Error(ErrorCode::IncompatiblePeer, context,
                 "the host's answer is not a capnsplice handover (" +

@@ -64,14 +64,14 @@ std::string describe_allowed(const std::vector<uid_t>& allowed);
 /// The host's answer to a client: accepted with a channel's descriptors, or refused.
 struct Handover {
   bool accepted = false;
-  std::string reason;           ///< why the host refused
-  std::vector<UniqueFd> fds;    ///< what came with an acceptance
+  std::string reason;         ///< why the host refused
+  std::vector<UniqueFd> fds;  ///< what came with an acceptance
 };
 
 /// Sends an acceptance with `fds` (SCM_RIGHTS) or a refusal with `reason`, without
 /// SIGPIPE. Throws PeerClosed when the client is gone, SystemError otherwise.
-void send_handover(int socket, bool accepted, std::string_view reason,
-                   const std::vector<int>& fds, std::string_view context);
+void send_handover(int socket, bool accepted, std::string_view reason, const std::vector<int>& fds,
+                   std::string_view context);
 
 /// Receives the host's handover (descriptors arrive close-on-exec). Throws Timeout,
 /// PeerClosed when the host closed without answering, IncompatiblePeer for a malformed

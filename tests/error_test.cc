@@ -12,6 +12,7 @@
 
 #include "capnsplice/channel.h"
 #include "support/blob.h"
+#include "support/error_from.h"
 
 namespace {
 
@@ -34,17 +35,6 @@ struct RawPipe {
     REQUIRE(::write(write_end.get(), words.data(), words.size() * 4) == bytes);
   }
 };
-
-template <typename Operation>
-Error error_from(Operation&& operation) {
-  try {
-    operation();
-  } catch (const Error& error) {
-    return error;
-  }
-  FAIL("no capnsplice::Error was thrown");
-  throw std::logic_error("unreachable");
-}
 
 }  // namespace
 

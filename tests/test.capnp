@@ -22,3 +22,13 @@ struct Report {
 }
 
 struct Empty {}
+
+# What a spawned test peer found in its own process (process tests).
+struct Inventory {
+  openFds @0 :List(Int32);        # /proc/self/fd before the channel was opened
+  variable @1 :Text;              # CAPNSPLICE_CHANNEL as inherited
+  variableAfterOpen @2 :Bool;     # still set after child_channel()
+  cloexecAfterOpen @3 :Bool;      # both channel descriptors close-on-exec after child_channel()
+  nonblockingAtStart @4 :Bool;    # an inherited channel descriptor had O_NONBLOCK
+  extra @5 :Text;                 # CAPNSPLICE_TEST_EXTRA, to check added environment
+}

@@ -43,7 +43,8 @@ struct PollEvent {
   /// Messages or bytes are waiting: call try_receive() until it returns empty.
   bool readable = false;
   /// The peer closed its sending side or died: after the messages still buffered,
-  /// receiving throws PeerClosed (or TruncatedMessage if it died mid-message).
+  /// receiving throws PeerClosed (or TruncatedMessage if it died mid-message). Remove
+  /// the channel then; until it is removed every wait() reports it again.
   bool hung_up = false;
 };
 
@@ -71,8 +72,8 @@ class Poller {
   std::size_t size() const noexcept { return entries_.size(); }
 
   /// Waits until a watched channel has a message or was closed, a descriptor is
-  /// readable, wake() is called or `deadline` passes. Returns the ready ones (empty on
-  /// timeout or wake-up); the view is valid until the next wait().
+  /// readable, wake() is called or `deadline` passes. Returns the ready ones — empty when
+  /// only the deadline or wake() ended the wait. The view is valid until the next wait().
   std::span<const PollEvent> wait(Deadline deadline = Deadline::never());
 
   /// Makes a wait() in another thread (or the next one) return at once. Thread-safe.

@@ -59,9 +59,9 @@ class RequestTracker {
                        const OtherMessageHandler& on_other = nullptr);
 
   /// Waits for the response to `id`, which may already be queued. Responses to other ids
-  /// are queued; other messages are queued too, or given to `on_other` when it is set. Throws Timeout naming the id when the
-  /// deadline passes (a response arriving later is queued like any other message), and
-  /// the channel's errors (PeerClosed ... the peer is gone).
+  /// are queued; other messages are queued too, or given to `on_other` when it is set. Throws
+  /// Timeout naming the id when the deadline passes (a response arriving later is queued like any
+  /// other message), and the channel's errors (PeerClosed ... the peer is gone).
   ReceivedMessage await(std::uint64_t id, Deadline deadline,
                         const OtherMessageHandler& on_other = nullptr);
 

@@ -1,0 +1,36 @@
+# capnsplice's own messages: what two ends say to each other before any application data.
+#
+# Compiled into the library; installed so that a peer written without capnsplice (plain
+# Cap'n Proto over the same pipes) can speak the hello too.
+@0xc21ee19e79e148a9;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("capnsplice::wire");
+
+# The first message each end sends on a channel that starts with a hello (every
+# rendezvous connection; spawned and forked children when both sides ask for it).
+# Both ends send theirs at once, then read the other's, so neither waits on the other.
+struct Hello {
+  const expectedMagic :UInt64 = 0x636c70736e706163;  # "capnsplc" as a little-endian word
+
+  magic @0 :UInt64;
+  # Always Hello.expectedMagic: a first message without it is not a capnsplice hello.
+
+  protocolVersion @1 :UInt32;
+  # The capnsplice protocol this end speaks; ends with different versions do not talk.
+
+  maxMessageBytes @2 :UInt64;
+  # The largest message this end accepts (its ReceiveLimits.max_message_bytes).
+
+  maxSegments @3 :UInt32;
+  # The most segments per message this end accepts.
+
+  pid @4 :Int32;
+  # The sender's process id, for logs.
+
+  application @5 :Text;
+  # The application protocol spoken on top ("" when the end does not say).
+
+  applicationVersion @6 :UInt32;
+  # Its version; compared only when both ends name the same application.
+}

@@ -1,0 +1,151 @@
+// The program the process tests start across exec. usage: capnsplice_test_peer MODE [ARGS]
+//
+//   echo                 open the channel from the environment, send every message back
+//   hello APP VERSION    the same after exchanging a hello naming APP VERSION
+//   inventory            report descriptors and environment as test::Inventory, then echo
+//   stream SEED          send Blobs of random sizes (up to 3 MiB) until the peer is gone
+//   sink                 receive until the peer is gone
+//   half-frame           write part of a frame by hand, then wait to be killed
+//   plain                plain Cap'n Proto on descriptors 3 and 4: echo one message
+//   connect NAME [APP VERSION]   connect to a rendezvous, then echo
+//
+// Exits 0 once the peer is gone, 1 on any other error.
+#include <capnp/serialize.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "capnsplice/handshake.h"
+#include "capnsplice/process.h"
+#include "capnsplice/rendezvous.h"
+#include "support/blob.h"
+
+namespace {
+
+using namespace capnsplice;
+
+/// Sends every message back until the peer is gone (which main() reports as success).
+[[noreturn]] void echo(Channel& channel) {
+  for (;;) {
+    ReceivedMessage message = channel.receive();
+    channel.sender().send_copy(message.segments(), Deadline::never());
+  }
+}
+
+std::vector<int> open_fds() {
+  std::vector<int> fds;
+  DIR* dir = ::opendir("/proc/self/fd");
+  while (dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] != '.') fds.push_back(std::atoi(entry->d_name));
+  }
+  const int own = ::dirfd(dir);
+  ::closedir(dir);
+  std::erase(fds, own);
+  return fds;
+}
+
+bool has_flag(int fd, int command, int flag) { return (::fcntl(fd, command) & flag) != 0; }
+
+int inventory() {
+  const std::vector<int> fds = open_fds();
+  const char* inherited = std::getenv("CAPNSPLICE_CHANNEL");
+  const char* extra = std::getenv("CAPNSPLICE_TEST_EXTRA");
+  const bool nonblocking =
+      has_flag(kChildReceiveFd, F_GETFL, O_NONBLOCK) || has_flag(kChildSendFd, F_GETFL, O_NONBLOCK);
+  Channel parent = child_channel();
+  parent.send_struct<test::Inventory>([&](test::Inventory::Builder report) {
+    auto list = report.initOpenFds(static_cast<unsigned>(fds.size()));
+    for (unsigned i = 0; i < fds.size(); ++i) list.set(i, fds[i]);
+    report.setVariable(inherited != nullptr ? inherited : "");
+    report.setVariableAfterOpen(std::getenv("CAPNSPLICE_CHANNEL") != nullptr);
+    report.setCloexecAfterOpen(has_flag(kChildReceiveFd, F_GETFD, FD_CLOEXEC) &&
+                               has_flag(kChildSendFd, F_GETFD, FD_CLOEXEC));
+    report.setNonblockingAtStart(nonblocking);
+    report.setExtra(extra != nullptr ? extra : "");
+  });
+  echo(parent);
+}
+
+int stream(std::uint64_t seed) {
+  Channel parent = child_channel();
+  testing::Random random(seed);
+  for (std::uint64_t seq = 0;; ++seq) {
+    const std::size_t size = random.below(4) == 0 ? random.below(3 * MiB) : random.below(4096);
+    testing::send_blob(parent, seq, size + 1, random);
+  }
+}
+
+int half_frame() {
+  // One segment of 1000 words announced, 100 bytes of it written, in one write so the
+  // parent sees all 108 bytes at once.
+  std::uint32_t partial[27] = {0, 1000};
+  if (::write(kChildSendFd, partial, sizeof partial) != sizeof partial) return 1;
+  for (;;) ::pause();
+}
+
+int plain() {
+  capnp::StreamFdMessageReader request(kChildReceiveFd);
+  capnp::MallocMessageBuilder reply;
+  reply.setRoot(request.getRoot<test::Blob>());
+  capnp::writeMessageToFd(kChildSendFd, reply);
+  return 0;
+}
+
+HelloOptions hello_from(int argc, char** argv, int first) {
+  HelloOptions hello;
+  if (argc > first + 1) {
+    hello.application = argv[first];
+    hello.application_version = static_cast<std::uint32_t>(std::atoi(argv[first + 1]));
+  }
+  return hello;
+}
+
+int run(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "";
+  if (mode == "echo") {
+    Channel parent = child_channel();
+    echo(parent);
+  } else if (mode == "hello") {
+    Channel parent = child_channel();
+    exchange_hello(parent, hello_from(argc, argv, 2));
+    echo(parent);
+  } else if (mode == "inventory") {
+    return inventory();
+  } else if (mode == "stream" && argc > 2) {
+    return stream(std::strtoull(argv[2], nullptr, 10));
+  } else if (mode == "sink") {
+    Channel parent = child_channel();
+    for (;;) parent.receive();
+  } else if (mode == "half-frame") {
+    return half_frame();
+  } else if (mode == "plain") {
+    return plain();
+  } else if (mode == "connect" && argc > 2) {
+    RendezvousOptions options;
+    options.hello = hello_from(argc, argv, 3);
+    Connection host = connect_rendezvous(argv[2], options);
+    echo(host.channel);
+  }
+  std::fprintf(stderr, "usage: capnsplice_test_peer MODE [ARGS] (see the source)\n");
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const Error& error) {
+    if (error.peer_gone()) return 0;
+    std::fprintf(stderr, "capnsplice_test_peer: %s\n", error.what());
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "capnsplice_test_peer: %s\n", error.what());
+  }
+  return 1;
+}

@@ -1,0 +1,278 @@
+// The named rendezvous (a Unix socket that hands out pipe pairs) and the hello on connect.
+#include "capnsplice/rendezvous.h"
+
+#include <grp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <thread>
+
+#include "capnsplice.capnp.h"
+#include "capnsplice/handshake.h"
+#include "support/blob.h"
+#include "support/process_support.h"
+
+namespace {
+
+using namespace capnsplice;
+using namespace capnsplice::testing;
+using namespace std::chrono_literals;
+
+constexpr uid_t kOtherUid = 65534;  // nobody
+
+/// A directory others may traverse (so only the socket file's mode stops them).
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char name[] = "/tmp/capnsplice-rendezvous-XXXXXX";
+    REQUIRE(::mkdtemp(name) != nullptr);
+    path = name;
+    ::chmod(name, 0755);
+  }
+  ~TempDir() { std::system(("rm -rf " + path).c_str()); }
+  std::string socket() const { return path + "/host.sock"; }
+};
+
+std::string abstract_name(const char* what) {
+  return "@capnsplice-test-" + std::string(what) + "-" + std::to_string(::getpid());
+}
+
+/// Drops to uid/gid `kOtherUid` (in a forked child).
+bool become_other_user() {
+  return ::setgroups(0, nullptr) == 0 && ::setgid(kOtherUid) == 0 && ::setuid(kOtherUid) == 0;
+}
+
+void check_echo(Channel& channel, std::uint64_t seq) {
+  Random random(seq);
+  send_blob(channel, seq, 50 * KiB, random);
+  auto echoed = channel.receive_as<test::Blob>(Deadline::after(10s));
+  CHECK(echoed->getSeq() == seq);
+  CHECK(blob_intact(echoed.root()));
+}
+
+/// Accepts one client spawned as `connect NAME ...` and checks who it is.
+void serve_spawned_client(RendezvousListener& listener, std::uint64_t seq) {
+  Child client = spawn_peer({"connect", listener.name()});
+  {
+    Connection connection = listener.accept(Deadline::after(10s));
+    CHECK(connection.peer.pid == client.process.pid());
+    CHECK(connection.peer.uid == ::geteuid());
+    CHECK(connection.hello.pid == client.process.pid());
+    CHECK(connection.hello.protocol_version == kProtocolVersion);
+    check_echo(connection.channel, seq);
+  }
+  CHECK(client.process.wait().success());  // it saw the host close the channel
+}
+
+bool running_as_root() {
+  if (::geteuid() == 0) return true;
+  WARN("not root: cannot arrange a client of another uid; this case checked nothing");
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("a client started elsewhere connects by path and gets a channel to the host") {
+  TempDir dir;
+  {
+    RendezvousListener listener(dir.socket());
+    struct stat info {};
+    REQUIRE(::stat(dir.socket().c_str(), &info) == 0);
+    CHECK((info.st_mode & 0777) == 0600);
+    serve_spawned_client(listener, 1);
+    serve_spawned_client(listener, 2);  // each client gets fresh pipes
+  }
+  CHECK(::access(dir.socket().c_str(), F_OK) != 0);  // the socket file is removed
+}
+
+TEST_CASE("a client connects by abstract name") {
+  RendezvousListener listener(abstract_name("abstract"));
+  serve_spawned_client(listener, 3);
+}
+
+TEST_CASE("the data flows on pipes, not on the socket") {
+  RendezvousListener listener(abstract_name("pipes"));
+  std::thread client([name = listener.name()] {
+    Connection host = connect_rendezvous(name);
+    struct stat info {};
+    CHECK(::fstat(host.channel.receive_fd(), &info) == 0);
+    CHECK(S_ISFIFO(info.st_mode));
+    CHECK(host.channel.receive_as<test::Blob>(Deadline::after(10s))->getSeq() == 4);
+  });
+  Connection connection = listener.accept(Deadline::after(10s));
+  struct stat info {};
+  REQUIRE(::fstat(connection.channel.receive_fd(), &info) == 0);
+  CHECK(S_ISFIFO(info.st_mode));
+  connection.channel.send_struct<test::Blob>([](test::Blob::Builder blob) { blob.setSeq(4); });
+  client.join();
+}
+
+TEST_CASE("a stale socket file left by a crashed host is replaced, a live one is not") {
+  TempDir dir;
+  {
+    // A socket bound and closed without unlinking: what a host killed with -9 leaves.
+    int stale = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    std::snprintf(address.sun_path, sizeof address.sun_path, "%s", dir.socket().c_str());
+    REQUIRE(::bind(stale, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+    ::close(stale);
+  }
+  RendezvousListener listener(dir.socket());
+  Error error = error_from([&] { RendezvousListener second(dir.socket()); });
+  CHECK(error.sys_errno() == EADDRINUSE);
+  CHECK_THAT(error.what(), Catch::Contains("another host is listening"));
+  serve_spawned_client(listener, 5);  // the first host's socket file survived
+}
+
+TEST_CASE("a client of another user is refused by the socket file's mode") {
+  if (!running_as_root()) return;
+  TempDir dir;
+  RendezvousListener listener(dir.socket());
+  const pid_t child = fork_child([&] {
+    if (!become_other_user()) return 10;
+    try {
+      connect_rendezvous(dir.socket());
+    } catch (const Error& error) {
+      return error.sys_errno() == EACCES ? 0 : 11;
+    }
+    return 12;
+  });
+  CHECK(wait_child(child) == 0);
+  CHECK_THROWS_AS(listener.accept(Deadline::after(100ms)), Error);  // nobody got through
+}
+
+TEST_CASE(
+    "a client of another user is refused by the host's uid check even when the "
+    "socket file's mode lets it connect") {
+  if (!running_as_root()) return;
+  TempDir dir;
+  RendezvousOptions relaxed;
+  relaxed.socket_mode = 0666;
+  RendezvousListener listener(dir.socket(), relaxed);
+  const pid_t child = fork_child([&] {
+    if (!become_other_user()) return 10;
+    RendezvousOptions trusting;  // the client accepts the root host: only the host refuses
+    trusting.allowed_uids = {0};
+    try {
+      connect_rendezvous(dir.socket(), trusting);
+    } catch (const Error& error) {
+      const bool told = std::string(error.what())
+                            .find("the host refused this connection: uid 65534 may not connect") !=
+                        std::string::npos;
+      return error.code() == ErrorCode::PeerRefused && told ? 0 : 11;
+    }
+    return 12;
+  });
+  Error error = error_from([&] { listener.accept(Deadline::after(10s)); });
+  CHECK(error.code() == ErrorCode::PeerRefused);
+  CHECK_THAT(error.what(), Catch::Contains("uid 65534)"));
+  CHECK(wait_child(child) == 0);
+}
+
+TEST_CASE("a client refuses a host run by another user, unless it allows that user") {
+  if (!running_as_root()) return;
+  const std::string name = abstract_name("other-host");
+  // The host runs as another user: first it is refused, then accepted on purpose.
+  Child host = fork_with_channel([&](Channel& parent) {
+    if (!become_other_user()) return 10;
+    RendezvousOptions options;
+    options.allowed_uids = {0};
+    RendezvousListener listener(name, options);
+    parent.send_struct<test::Empty>([](auto) {});
+    for (;;) {  // the refusing client hangs up, during the handover or the hello
+      try {
+        Connection client = listener.accept(Deadline::after(10s));
+        client.channel.send_struct<test::Blob>([](test::Blob::Builder blob) { blob.setSeq(6); });
+        return 0;
+      } catch (const Error& error) {
+        if (!error.peer_gone()) return 12;
+      }
+    }
+  });
+  host.channel.receive(Deadline::after(10s));  // listening
+
+  Error error = error_from([&] { connect_rendezvous(name); });
+  CHECK(error.code() == ErrorCode::PeerRefused);
+  CHECK_THAT(error.what(), Catch::Contains("uid 65534) is not an allowed user"));
+
+  RendezvousOptions trusting;
+  trusting.allowed_uids = {kOtherUid};
+  Connection connection = connect_rendezvous(name, trusting);
+  CHECK(connection.peer.uid == kOtherUid);
+  CHECK(connection.channel.receive_as<test::Blob>(Deadline::after(10s))->getSeq() == 6);
+  CHECK(host.process.wait().exit_code() == 0);
+}
+
+TEST_CASE("a rendezvous client speaking another application fails at once on both sides") {
+  RendezvousOptions options;
+  options.hello = {.application = "thumbnailer", .application_version = 1};
+  RendezvousListener listener(abstract_name("mismatch"), options);
+  Child client = spawn_peer({"connect", listener.name(), "transcoder", "1"});
+  Error error = error_from([&] { listener.accept(Deadline::after(10s)); });
+  CHECK(error.code() == ErrorCode::IncompatiblePeer);
+  CHECK_THAT(error.what(), Catch::Contains("the peer speaks application 'transcoder' version 1, "
+                                           "this end expects 'thumbnailer' version 1"));
+  CHECK(client.process.wait().exit_code() == 1);
+}
+
+TEST_CASE("connecting where nobody listens fails with a SystemError naming the place") {
+  TempDir dir;
+  Error no_file = error_from([&] { connect_rendezvous(dir.socket()); });
+  CHECK(no_file.sys_errno() == ENOENT);
+  CHECK_THAT(no_file.what(), Catch::StartsWith("rendezvous '" + dir.socket() + "': connect"));
+  CHECK(error_from([] { connect_rendezvous("@capnsplice-nobody-here"); }).sys_errno() ==
+        ECONNREFUSED);
+  CHECK(error_from([] { RendezvousListener(std::string(200, 'x')); }).sys_errno() == ENAMETOOLONG);
+}
+
+TEST_CASE("a hello from another protocol version fails with IncompatiblePeer") {
+  auto [near, far] = Channel::pair(ChannelOptions().with_name("versions"));
+  far.send_struct<wire::Hello>([](wire::Hello::Builder hello) {
+    hello.setMagic(wire::Hello::EXPECTED_MAGIC);
+    hello.setProtocolVersion(99);
+  });
+  Error error = error_from([&near = near] { exchange_hello(near); });
+  CHECK(error.code() == ErrorCode::IncompatiblePeer);
+  CHECK_THAT(error.what(),
+             Catch::Equals("channel 'versions': hello: the peer speaks capnsplice protocol "
+                           "version 99, this end speaks version 1 [IncompatiblePeer]"));
+}
+
+TEST_CASE("a first message that is not a hello fails with IncompatiblePeer") {
+  auto [near, far] = Channel::pair();
+  Random random(7);
+  send_blob(far, 0x1234, 100, random);
+  Error error = error_from([&near = near] { exchange_hello(near); });
+  CHECK(error.code() == ErrorCode::IncompatiblePeer);
+  CHECK_THAT(error.what(), Catch::Contains("not a capnsplice hello"));
+}
+
+TEST_CASE("a peer that accepts smaller messages than this end sends fails the hello") {
+  auto [near, far] = Channel::pair();
+  std::thread peer([&far = far] {
+    HelloOptions small;
+    small.limits.max_message_bytes = 1 * MiB;
+    exchange_hello(far, small);
+  });
+  HelloOptions big;
+  big.largest_message_sent = 2 * MiB;
+  Error error = error_from([&near = near, &big] { exchange_hello(near, big); });
+  peer.join();
+  CHECK(error.code() == ErrorCode::IncompatiblePeer);
+  CHECK_THAT(error.what(), Catch::Contains("this end sends messages of up to 2097152 bytes, "
+                                           "the peer accepts at most 1048576"));
+}
+
+TEST_CASE("a peer that never says hello fails it with Timeout") {
+  auto [near, far] = Channel::pair(ChannelOptions().with_name("silent"));
+  HelloOptions impatient;
+  impatient.timeout = 50ms;
+  Error error = error_from([&near = near, &impatient] { exchange_hello(near, impatient); });
+  CHECK(error.code() == ErrorCode::Timeout);
+  CHECK_THAT(error.what(), Catch::Contains("channel 'silent': hello: the peer sent no hello"));
+}

@@ -1,0 +1,44 @@
+// Helpers of the process tests: the peer program, descriptor and child counts.
+#pragma once
+
+#include <dirent.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <initializer_list>
+#include <string>
+
+#include "capnsplice/error.h"
+#include "capnsplice/process.h"
+#include "error_from.h"
+
+namespace capnsplice::testing {
+
+/// Starts tests/channel_peer.cc (built as capnsplice_test_peer) with `arguments`. Sends
+/// give up after 10 s by default, so a test that would block for ever fails instead.
+inline Child spawn_peer(std::initializer_list<std::string> arguments,
+                        ChannelOptions options = ChannelOptions()
+                                                     .with_name("peer")
+                                                     .with_send_timeout(std::chrono::seconds(10))) {
+  return spawn({.program = CAPNSPLICE_TEST_PEER, .arguments = arguments, .channel = options});
+}
+
+/// Descriptors open in this process right now.
+inline int open_fd_count() {
+  int count = 0;
+  DIR* dir = ::opendir("/proc/self/fd");
+  while (dirent* entry = ::readdir(dir)) count += entry->d_name[0] != '.' ? 1 : 0;
+  ::closedir(dir);
+  return count - 1;  // the directory stream's own descriptor
+}
+
+/// True when this process has no child left to reap (no zombie, none running).
+inline bool no_children_left() { return ::waitpid(-1, nullptr, WNOHANG) < 0 && errno == ECHILD; }
+
+/// Milliseconds elapsed since `start`, as a double.
+inline double ms_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+      .count();
+}
+
+}  // namespace capnsplice::testing
