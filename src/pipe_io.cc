@@ -82,6 +82,18 @@ WaitResult wait_for(int fd, short events, Deadline deadline, int interrupt_fd) {
   }
 }
 
+WaitResult spin_then_wait(int fd, short events, std::chrono::nanoseconds spin,
+                          Deadline deadline, int interrupt_fd) {
+  if (spin.count() > 0) {
+    const auto stop = std::chrono::steady_clock::now() + spin;
+    do {
+      const WaitResult result = wait_for(fd, events, Deadline::immediate(), interrupt_fd);
+      if (result != WaitResult::timed_out) return result;
+    } while (std::chrono::steady_clock::now() < stop && !deadline.expired());
+  }
+  return wait_for(fd, events, deadline, interrupt_fd);
+}
+
 std::size_t write_some(int fd, WriteMethod method, const IovCursor& cursor,
                        std::string_view context, SigpipeGuard& guard) {
   const auto count = static_cast<int>(std::min<std::size_t>(cursor.count, IOV_MAX));

@@ -6,6 +6,7 @@
 
 #include <sys/uio.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstddef>
 #include <cstdint>
@@ -57,6 +58,12 @@ enum class WaitResult { ready, timed_out, interrupted };
 /// as ready so the following call reports them), the deadline passes, or
 /// `interrupt_fd` (if >= 0) becomes readable.
 WaitResult wait_for(int fd, short events, Deadline deadline, int interrupt_fd = -1);
+
+/// Like wait_for(), but first polls without sleeping for up to `spin`: a peer that
+/// answers within it costs no sleep and wake-up (tens of µs on these machines). poll()
+/// looks at a pipe without taking its lock, so spinning does not slow the peer down.
+WaitResult spin_then_wait(int fd, short events, std::chrono::nanoseconds spin,
+                          Deadline deadline, int interrupt_fd = -1);
 
 /// One attempt to write part of the gather list. Returns bytes written, or 0 when the
 /// pipe is full (EAGAIN). Throws PeerClosed or SystemError.

@@ -36,16 +36,12 @@ class ReceiverCore {
   }
 
   ReceivedMessage receive(Deadline deadline) {
-    bool spun = false;
     for (;;) {
       if (auto message = take_buffered()) return std::move(*message);
       if (end_of_stream_) throw_end_of_stream();
       if (read_more() != ReadOutcome::would_block) continue;
-      if (!spun) {
-        spun = true;
-        if (spin_until_data(deadline)) continue;
-      }
-      switch (wait_for(fd_.get(), POLLIN, deadline, wake_fd_.get())) {
+      switch (spin_then_wait(fd_.get(), POLLIN, options_.spin_before_block, deadline,
+                             wake_fd_.get())) {
         case WaitResult::ready:
           break;
         case WaitResult::timed_out:
@@ -101,9 +97,6 @@ class ReceiverCore {
   };
 
   std::optional<ReceivedMessage> take_buffered();
-  /// Keeps reading without blocking for up to options_.spin_before_block; true once
-  /// bytes (or end of stream) arrived.
-  bool spin_until_data(Deadline deadline);
   ReadOutcome read_more();
   void start_own_frame(const FrameProbe& probe);
   void grow_own_frame(std::size_t bytes);
@@ -205,24 +198,6 @@ void ReceiverCore::compact_if_idle() {
   if (partial != 0) std::memcpy(ring_->at(0), ring_->at(parse_), partial);
   parse_ = 0;
   head_ = partial;
-}
-
-bool ReceiverCore::spin_until_data(Deadline deadline) {
-  if (options_.spin_before_block.count() <= 0) return false;
-  const auto stop = std::chrono::steady_clock::now() + options_.spin_before_block;
-  while (std::chrono::steady_clock::now() < stop && !deadline.expired()) {
-    // Spin on poll(), which looks at the pipe without taking its lock: spinning on
-    // reads would contend for that lock with the writer on the other core.
-    switch (wait_for(fd_.get(), POLLIN, Deadline::immediate(), wake_fd_.get())) {
-      case WaitResult::ready:
-        return true;
-      case WaitResult::interrupted:
-        return false;  // the blocking wait reports it
-      case WaitResult::timed_out:
-        break;
-    }
-  }
-  return false;
 }
 
 ReceiverCore::ReadOutcome ReceiverCore::read_more() {

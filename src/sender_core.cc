@@ -209,7 +209,8 @@ std::size_t SenderCore::write_run(std::size_t first, Deadline deadline, SigpipeG
   while (!cursor.empty()) {
     const std::size_t written = write_some(fd_.get(), method, cursor, context_, guard);
     if (written == 0) {
-      if (wait_for(fd_.get(), POLLOUT, deadline) == WaitResult::timed_out) {
+      if (spin_then_wait(fd_.get(), POLLOUT, options_.spin_before_block, deadline) ==
+          WaitResult::timed_out) {
         throw Error(ErrorCode::Timeout, context_,
                     "the reader did not make room in the pipe before the deadline");
       }

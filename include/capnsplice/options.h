@@ -57,6 +57,10 @@ struct SenderOptions {
   /// `capnsplice-bench --threshold-sweep`; see README "Tuning".
   std::size_t copy_threshold_bytes = 16 * KiB;
   SendPath path = SendPath::automatic;
+  /// When the pipe is full, keep checking for room this long before sleeping until the
+  /// reader frees some: a large message then streams without a sleep and wake-up for
+  /// every pipeful. Zero: sleep at once.
+  std::chrono::nanoseconds spin_before_block = std::chrono::microseconds(100);
   /// How long send() (and building a message in a full pool) may wait for the
   /// reader. Empty: wait as long as it takes (until the peer reads or closes).
   std::optional<std::chrono::nanoseconds> send_timeout;
@@ -70,7 +74,7 @@ struct ReceiverOptions {
   /// Before a blocking receive goes to sleep in the kernel, it keeps trying to read for
   /// this long: a reply that comes back within it costs no wake-up (tens of µs here).
   /// An idle receiver sleeps after this and uses no CPU. Zero: block at once.
-  std::chrono::nanoseconds spin_before_block = std::chrono::microseconds(20);
+  std::chrono::nanoseconds spin_before_block = std::chrono::microseconds(100);
   ReceiveLimits limits;
 };
 
@@ -104,7 +108,9 @@ struct ChannelOptions {
     receiver.limits.max_message_bytes = value;
     return *this;
   }
+  /// How long both directions poll before sleeping (see the two fields).
   ChannelOptions& with_spin_before_block(std::chrono::nanoseconds value) {
+    sender.spin_before_block = value;
     receiver.spin_before_block = value;
     return *this;
   }
