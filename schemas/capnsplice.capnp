@@ -34,3 +34,27 @@ struct Hello {
   applicationVersion @6 :UInt32;
   # Its version; compared only when both ends name the same application.
 }
+
+# On the pipe in place of a large message that lives in the sender's shared-memory
+# arena (see src/shared_arena.h). Only sent to a peer that announced it reads these on
+# the channel's control link; the receiver checks every field before reading anything.
+struct SharedMessage {
+  const expectedMagic :UInt64 = 0x6873636c70736e63;  # "cnsplcsh" as a little-endian word
+
+  magic @0 :UInt64;
+  # Always SharedMessage.expectedMagic.
+
+  arena @1 :UInt32;
+  # Which of the sender's arenas (announced on the control link, with its memfd).
+
+  id @2 :UInt64;
+  # The sender's id for this message; the receiver hands it back when it is done.
+
+  segments @3 :List(SharedSegment);
+  # The message's segments, in order, as places in the arena.
+}
+
+struct SharedSegment {
+  offset @0 :UInt64;  # bytes from the start of the arena; a multiple of 8
+  words @1 :UInt64;   # length in 8-byte words
+}

@@ -19,3 +19,7 @@ capnsplice_install_packages() {
 # What building and testing capnsplice needs.
 CAPNSPLICE_BUILD_PACKAGES=(g++ cmake make capnproto libcapnp-dev libboost-dev catch2 libzmq3-dev
                            gnuplot-nox)
+
+# What the hardening checks need besides (scripts/fuzz, scripts/tidy, the sanitizer
+# presets of CMakePresets.json): clang with its sanitizer and libFuzzer runtimes.
+CAPNSPLICE_HARDENING_PACKAGES=(clang-14 clang-tidy-14 libclang-rt-14-dev)

@@ -62,6 +62,18 @@ MappedMemory MappedMemory::anonymous(std::size_t bytes, bool huge_pages,
   return memory;
 }
 
+MappedMemory MappedMemory::readable_reservation(std::size_t bytes, std::string_view context) {
+  const std::size_t size = round_up(bytes == 0 ? 1 : bytes, page_size());
+  void* base = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) throw_system_error(context, "mmap (reservation)");
+  MappedMemory memory;
+  memory.base_ = base;
+  memory.mapping_bytes_ = size;
+  memory.data_ = static_cast<std::byte*>(base);
+  memory.size_ = size;
+  return memory;
+}
+
 MappedMemory MappedMemory::mirrored(std::size_t bytes, std::string_view context) {
   const std::size_t size = round_up(bytes == 0 ? 1 : bytes, page_size());
   UniqueFd file(::memfd_create("capnsplice-ring", MFD_CLOEXEC));

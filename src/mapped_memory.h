@@ -37,6 +37,10 @@ class MappedMemory {
   ///                   \________ same memfd pages ________/
   static MappedMemory mirrored(std::size_t bytes, std::string_view context);
 
+  /// `bytes` of address space that reads as zeros and cannot be written: no memory is
+  /// used until something is mapped over it (MAP_FIXED).
+  static MappedMemory readable_reservation(std::size_t bytes, std::string_view context);
+
   std::byte* data() const noexcept { return data_; }
   /// Usable size (for mirrored memory: the size of one copy).
   std::size_t size() const noexcept { return size_; }

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,9 +12,11 @@
 #include <cerrno>
 #include <climits>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 
 #include "capnsplice/error.h"
+#include "capnsplice/unique_fd.h"
 
 namespace capnsplice::detail {
 
@@ -163,6 +166,30 @@ std::size_t set_pipe_capacity(int fd, std::size_t wanted) {
   }
   int now = ::fcntl(fd, F_GETPIPE_SZ);
   return now > 0 ? static_cast<std::size_t>(now) : 0;
+}
+
+bool vmsplice_aliases_pages() noexcept {
+  static const bool aliases = [] {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return true;  // cannot tell: assume the worst
+    UniqueFd read_end(fds[0]);
+    UniqueFd write_end(fds[1]);
+    const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    void* memory = ::mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED) return true;
+    auto* bytes = static_cast<unsigned char*>(memory);
+    std::memset(bytes, 'A', page);
+    iovec spliced{bytes, page};
+    bool result = true;
+    if (::vmsplice(write_end.get(), &spliced, 1, SPLICE_F_NONBLOCK) == static_cast<ssize_t>(page)) {
+      std::memset(bytes, 'B', page);  // after the splice: an aliasing pipe now holds 'B's
+      unsigned char first = 0;
+      result = ::read(read_end.get(), &first, 1) == 1 && first == 'B';
+    }
+    ::munmap(memory, page);
+    return result;
+  }();
+  return aliases;
 }
 
 bool is_pipe(int fd) noexcept {

@@ -83,6 +83,11 @@ std::size_t pipe_queued_bytes(int fd, std::string_view context);
 /// capped at 1 MiB) and returns the capacity it has now.
 std::size_t set_pipe_capacity(int fd, std::size_t wanted);
 
+/// Whether vmsplice maps the caller's pages into the pipe (true on the kernels this was
+/// written on) or copies them (a 2026 proposal would make it copy). Probed once per
+/// process: splice a page, change it, read it back — the changed bytes mean aliasing.
+bool vmsplice_aliases_pages() noexcept;
+
 /// True when `fd` is a pipe or FIFO.
 bool is_pipe(int fd) noexcept;
 

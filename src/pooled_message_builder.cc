@@ -5,16 +5,21 @@
 #include <cstring>
 #include <limits>
 
+#include "shared_path.h"
+
 namespace capnsplice::detail {
 
 PooledMessageBuilder::PooledMessageBuilder(
     std::shared_ptr<SegmentPool> segment_pool, std::shared_ptr<SegmentPool> data_pool,
+    std::shared_ptr<SharedSender> shared,
     std::optional<std::chrono::nanoseconds> allocation_timeout)
     : segment_pool_(std::move(segment_pool)),
       data_pool_(std::move(data_pool)),
+      shared_(std::move(shared)),
       allocation_timeout_(allocation_timeout) {}
 
 PooledMessageBuilder::~PooledMessageBuilder() noexcept(false) {
+  for (const ArenaBlock& block : arena_blocks_) shared_->free(block);  // never sent
   if (released_) return;
   // Dropped without being sent: the chunks were never handed to the kernel.
   try {
@@ -29,7 +34,20 @@ Chunk PooledMessageBuilder::allocate_from(SegmentPool& pool, std::size_t bytes, 
   return pool.allocate(bytes, greedy, Deadline::after(allocation_timeout_));
 }
 
+std::optional<ArenaBlock> PooledMessageBuilder::allocate_shared(std::size_t bytes, bool zeroed) {
+  if (!shared_ || !shared_->wants(bytes)) return std::nullopt;
+  ArenaBlock block = shared_->allocate(bytes, zeroed, Deadline::after(allocation_timeout_));
+  arena_blocks_.push_back(block);
+  return block;
+}
+
 kj::ArrayPtr<capnp::word> PooledMessageBuilder::allocateSegment(unsigned minimumSize) {
+  const std::size_t requested = std::size_t{minimumSize} * sizeof(capnp::word);
+  if (!chunks_.empty()) {
+    if (auto block = allocate_shared(requested, /*zeroed=*/true)) {
+      return kj::arrayPtr(reinterpret_cast<capnp::word*>(block->data), minimumSize);
+    }
+  }
   const bool first = chunks_.empty();
   const std::size_t front = first ? kTableRoomBytes : 0;
   Chunk chunk =
@@ -51,6 +69,12 @@ capnp::Orphan<capnp::Data> PooledMessageBuilder::allocate_data(std::size_t bytes
     return orphanage.newOrphan<capnp::Data>(0);
   }
   const std::size_t padded = (bytes + 7) & ~std::size_t{7};
+  if (auto block = allocate_shared(padded, /*zeroed=*/false)) {
+    std::memset(block->data + bytes, 0, padded - bytes);  // the padding is on the wire
+    auto* start = reinterpret_cast<kj::byte*>(block->data);
+    memory = kj::arrayPtr(start, bytes);
+    return orphanage.referenceExternalData(capnp::Data::Reader(start, bytes));
+  }
   Chunk chunk = allocate_from(*data_pool_, padded, false);
   chunks_.push_back({chunk, data_pool_.get(), 0, chunk.bytes, false});
   // The padding is visible on the wire: it must be zero.

@@ -22,16 +22,21 @@
 #include <vector>
 
 #include "segment_pool.h"
+#include "shared_arena.h"
 
 namespace capnsplice::detail {
+
+class SharedSender;
 
 class PooledMessageBuilder final : public capnp::MessageBuilder {
  public:
   /// Room for the table of a message of up to 30 segments.
   static constexpr std::size_t kTableRoomBytes = 128;
 
+  /// `shared` (may be null) takes requests large enough for the shared-memory path.
   PooledMessageBuilder(std::shared_ptr<SegmentPool> segment_pool,
                        std::shared_ptr<SegmentPool> data_pool,
+                       std::shared_ptr<SharedSender> shared,
                        std::optional<std::chrono::nanoseconds> allocation_timeout);
   ~PooledMessageBuilder() noexcept(false) override;
 
@@ -63,6 +68,14 @@ class PooledMessageBuilder final : public capnp::MessageBuilder {
 
   const std::shared_ptr<SegmentPool>& pool() const noexcept { return segment_pool_; }
 
+  /// True when part of the message lives in the shared-memory arena: it must go by the
+  /// shared-memory path.
+  bool in_shared_memory() const noexcept { return !arena_blocks_.empty(); }
+
+  /// Hands the arena blocks over (to SharedSender::describe); this builder no longer
+  /// frees them.
+  std::vector<ArenaBlock> take_arena_blocks() noexcept { return std::move(arena_blocks_); }
+
  private:
   struct OwnedChunk {
     Chunk chunk;
@@ -73,11 +86,15 @@ class PooledMessageBuilder final : public capnp::MessageBuilder {
   };
 
   Chunk allocate_from(SegmentPool& pool, std::size_t bytes, bool greedy);
+  /// An arena block of `bytes` when the request goes by shared memory, else empty.
+  std::optional<ArenaBlock> allocate_shared(std::size_t bytes, bool zeroed);
 
   std::shared_ptr<SegmentPool> segment_pool_;
   std::shared_ptr<SegmentPool> data_pool_;
+  std::shared_ptr<SharedSender> shared_;
   std::optional<std::chrono::nanoseconds> allocation_timeout_;
   std::vector<OwnedChunk> chunks_;
+  std::vector<ArenaBlock> arena_blocks_;
   bool finished_ = false;
   bool released_ = false;
 };

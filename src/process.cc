@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <charconv>
@@ -10,6 +11,7 @@
 #include <exception>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "capnsplice/error.h"
 #include "pipe_io.h"
@@ -101,14 +103,14 @@ StringArray child_environment(const std::vector<std::string>& extra) {
   }
   for (const auto& added : extra) environment.add(added);
   environment.add(std::string(kChannelVariable) + "=" + std::to_string(kChildReceiveFd) + "," +
-                  std::to_string(kChildSendFd));
+                  std::to_string(kChildSendFd) + "," + std::to_string(kChildControlFd));
   return environment;
 }
 
 /// A close-on-exec copy of `fd` numbered above the child's channel descriptors, so the
 /// dup2 actions can neither overwrite one another nor meet a source equal to its target.
 UniqueFd duplicate_above_targets(int fd, const std::string& context) {
-  UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, kChildSendFd + 1));
+  UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, kChildControlFd + 1));
   if (!copy) throw_system_error(context, "fcntl(F_DUPFD_CLOEXEC)");
   return copy;
 }
@@ -129,34 +131,48 @@ UniqueFd duplicate_above_targets(int fd, const std::string& context) {
 }
 
 /// Parses "<receive fd>,<send fd>".
-std::pair<int, int> parse_channel_variable(std::string_view value, const std::string& context) {
-  int fds[2] = {-1, -1};
+/// The descriptors named by the variable: receive, send and (optional) control.
+std::vector<int> parse_channel_variable(std::string_view value, const std::string& context) {
+  std::vector<int> fds;
   const char* at = value.data();
   const char* end = value.data() + value.size();
-  for (int i = 0; i < 2; ++i) {
-    auto [next, error] = std::from_chars(at, end, fds[i]);
-    const bool separator_ok = i == 0 ? (next != end && *next == ',') : next == end;
-    if (error != std::errc() || fds[i] < 0 || !separator_ok) {
-      throw Error(ErrorCode::SystemError, context,
-                  std::string(kChannelVariable) + "='" + std::string(value) +
-                      "' is not '<receive fd>,<send fd>'",
-                  EINVAL);
+  for (;;) {
+    int fd = -1;
+    auto [next, error] = std::from_chars(at, end, fd);
+    const bool separator_ok = next == end || *next == ',';
+    if (error != std::errc() || fd < 0 || !separator_ok || fds.size() == 3) {
+      fds.clear();
+      break;
     }
+    fds.push_back(fd);
+    if (next == end) break;
     at = next + 1;
   }
-  return {fds[0], fds[1]};
+  if (fds.size() < 2) {
+    throw Error(ErrorCode::SystemError, context,
+                std::string(kChannelVariable) + "='" + std::string(value) +
+                    "' is not '<receive fd>,<send fd>[,<control fd>]'",
+                EINVAL);
+  }
+  return fds;
 }
 
-/// Takes an inherited descriptor: checks it is an open pipe, makes it close-on-exec.
-UniqueFd adopt_inherited(int fd, const std::string& context) {
+/// Takes an inherited descriptor: checks it is an open pipe (or, for the control link,
+/// a socket), makes it close-on-exec.
+UniqueFd adopt_inherited(int fd, const std::string& context, bool is_control = false) {
   if (::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
     throw_system_error(context, "descriptor " + std::to_string(fd) + " from " +
                                     std::string(kChannelVariable) + ": fcntl");
   }
   UniqueFd owned(fd);
-  if (!detail::is_pipe(fd)) {
+  struct stat info {};
+  const bool right_kind =
+      is_control ? ::fstat(fd, &info) == 0 && S_ISSOCK(info.st_mode) : detail::is_pipe(fd);
+  if (!right_kind) {
     throw Error(ErrorCode::SystemError, context,
-                "descriptor " + std::to_string(fd) + " is not a pipe", EINVAL);
+                "descriptor " + std::to_string(fd) + " is not a " +
+                    (is_control ? "socket" : "pipe"),
+                EINVAL);
   }
   return owned;
 }
@@ -168,11 +184,13 @@ Child spawn(const SpawnOptions& options) {
   auto [local, remote] = Channel::pair_with_remote_end(options.channel);
   UniqueFd receive_source = duplicate_above_targets(remote.receive_fd.get(), context);
   UniqueFd send_source = duplicate_above_targets(remote.send_fd.get(), context);
+  UniqueFd control_source = duplicate_above_targets(remote.control_fd.get(), context);
 
   FileActions actions(context);
   actions.dup2(receive_source.get(), kChildReceiveFd);
   actions.dup2(send_source.get(), kChildSendFd);
-  actions.close_from(kChildSendFd + 1);
+  actions.dup2(control_source.get(), kChildControlFd);
+  actions.close_from(kChildControlFd + 1);
   SpawnAttributes attributes(context);
 
   StringArray argv;
@@ -211,11 +229,13 @@ Channel child_channel(ChannelOptions options) {
                 variable + " is not set: this process was not started by capnsplice::spawn()",
                 EINVAL);
   }
-  auto [receive_fd, send_fd] = parse_channel_variable(value, context);
-  UniqueFd receive_end = adopt_inherited(receive_fd, context);
-  UniqueFd send_end = adopt_inherited(send_fd, context);
+  const std::vector<int> fds = parse_channel_variable(value, context);
+  UniqueFd receive_end = adopt_inherited(fds[0], context);
+  UniqueFd send_end = adopt_inherited(fds[1], context);
+  UniqueFd control = fds.size() > 2 ? adopt_inherited(fds[2], context, true) : UniqueFd();
   ::unsetenv(variable.c_str());
-  return Channel::from_fds(std::move(receive_end), std::move(send_end), std::move(options));
+  return Channel::from_fds(std::move(receive_end), std::move(send_end), std::move(options),
+                           /*keep_blocking=*/false, std::move(control));
 }
 
 }  // namespace capnsplice

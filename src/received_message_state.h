@@ -7,7 +7,9 @@
 #include <memory>
 #include <optional>
 
+#include "control_link.h"
 #include "receive_ring.h"
+#include "shared_arena.h"
 
 namespace capnsplice::detail {
 
@@ -16,8 +18,12 @@ struct ReceivedMessageState {
   /// Either a lease on the ring...
   std::optional<std::uint64_t> lease_id;
   /// ...or a buffer of its own (frames that did not fit in the ring), given back to the
-  /// ring for reuse afterwards.
+  /// ring for reuse afterwards...
   FrameBuffer own_buffer;
+  /// ...or a view of the peer's shared-memory arena, reported released when done.
+  std::shared_ptr<ReceiveArena> shared_arena;
+  std::shared_ptr<ControlLink> shared_link;
+  std::uint64_t shared_id = 0;
 
   std::size_t frame_bytes = 0;
   std::array<kj::ArrayPtr<const capnp::word>, 4> inline_segments;
@@ -31,7 +37,9 @@ struct ReceivedMessageState {
 
   ~ReceivedMessageState() {
     reader.reset();
-    if (lease_id) {
+    if (shared_link) {
+      shared_link->send_release(shared_arena->id(), shared_id);
+    } else if (lease_id) {
       ring->release(*lease_id);
     } else if (own_buffer.words) {
       ring->give_back(std::move(own_buffer));

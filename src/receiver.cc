@@ -12,13 +12,15 @@
 #include "capnsplice/frame.h"
 #include "pipe_io.h"
 #include "received_message_state.h"
+#include "shared_path.h"
 
 namespace capnsplice {
 namespace detail {
 
 class ReceiverCore {
  public:
-  ReceiverCore(UniqueFd fd, ReceiverOptions options, std::string context)
+  ReceiverCore(UniqueFd fd, ReceiverOptions options, std::string context,
+               std::shared_ptr<ControlLink> link)
       : fd_(std::move(fd)),
         options_(options),
         context_(std::move(context)),
@@ -33,6 +35,7 @@ class ReceiverCore {
     require_access_mode(fd_.get(), /*for_writing=*/false, context_);
     wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!wake_fd_) throw_system_error(context_, "eventfd");
+    if (link) shared_.emplace(std::move(link), options_.limits, context_);
   }
 
   ReceivedMessage receive(Deadline deadline) {
@@ -116,6 +119,7 @@ class ReceiverCore {
   std::uint64_t parse_ = 0;  // start of the next frame
   std::uint64_t head_ = 0;   // end of the bytes read
   std::optional<OwnFrame> own_;
+  std::optional<SharedReceiver> shared_;  // with a control link: follows descriptors
   bool end_of_stream_ = false;
   ReceiverStats stats_;
 };
@@ -166,12 +170,19 @@ ReceivedMessage ReceiverCore::make_message(std::unique_ptr<ReceivedMessageState>
   state->reader.emplace(state->segments, reader_options_);
   ++stats_.messages;
   stats_.bytes += probe.bytes_needed;
+  if (shared_ && SharedReceiver::is_descriptor(state->segments)) {
+    // The message itself is in the peer's arena; the descriptor's bytes go back now.
+    auto shared_state = std::make_unique<ReceivedMessageState>();
+    shared_->open(*state->reader, *shared_state);
+    ++stats_.shared_messages;
+    return ReceivedMessage(std::move(shared_state));
+  }
   return ReceivedMessage(std::move(state));
 }
 
 void ReceiverCore::start_own_frame(const FrameProbe& probe) {
   // probe_frame() has checked the sizes against the limits: `needed` is bounded.
-  own_.emplace();
+  own_.emplace(OwnFrame{});  // clang refuses a bare emplace() of this nested struct
   own_->probe = probe;
   grow_own_frame(probe.bytes_needed);
   own_->needed = probe.bytes_needed;
@@ -210,8 +221,18 @@ ReceiverCore::ReadOutcome ReceiverCore::read_more() {
     if (!ring_) ring_ = std::make_shared<ReceiveRing>(options_.buffer_bytes, context_);
     compact_if_idle();
     const std::uint64_t oldest = ring_->oldest_leased_or(parse_);
-    target = ring_->at(head_);
     length = ring_->capacity() - static_cast<std::size_t>(head_ - oldest);
+    if (length == 0) {
+      // Held messages fill every byte of the ring (no partial frame is pending, or it
+      // would have moved out already): the next frame starts in a buffer of its own.
+      FrameProbe first_word;
+      first_word.bytes_needed = 8;
+      start_own_frame(first_word);
+      target = own_->bytes();
+      length = own_->needed;
+    } else {
+      target = ring_->at(head_);
+    }
   }
   if (poll_before_read_ &&
       wait_for(fd_.get(), POLLIN, Deadline::immediate()) == WaitResult::timed_out) {
@@ -247,7 +268,12 @@ void ReceiverCore::throw_end_of_stream() const {
 }  // namespace detail
 
 Receiver::Receiver(UniqueFd fd, ReceiverOptions options, std::string context)
-    : core_(std::make_unique<detail::ReceiverCore>(std::move(fd), options, std::move(context))) {}
+    : Receiver(std::move(fd), options, std::move(context), nullptr) {}
+
+Receiver::Receiver(UniqueFd fd, ReceiverOptions options, std::string context,
+                   std::shared_ptr<detail::ControlLink> link)
+    : core_(std::make_unique<detail::ReceiverCore>(std::move(fd), options, std::move(context),
+                                                   std::move(link))) {}
 Receiver::Receiver(Receiver&&) noexcept = default;
 Receiver& Receiver::operator=(Receiver&&) noexcept = default;
 Receiver::~Receiver() = default;

@@ -87,7 +87,8 @@ Connection RendezvousListener::accept(Deadline deadline) {
     auto [channel, remote] = Channel::pair_with_remote_end(std::move(channel_options));
     try {
       detail::send_handover(client.get(), /*accepted=*/true, {},
-                            {remote.receive_fd.get(), remote.send_fd.get()}, client_context);
+                            {remote.receive_fd.get(), remote.send_fd.get(), remote.control_fd.get()},
+                            client_context);
     } catch (const Error& error) {
       // Gone before its turn (a probe for a stale socket file, a client that gave up).
       if (error.code() == ErrorCode::PeerClosed) continue;
@@ -120,8 +121,14 @@ Connection connect_rendezvous(std::string_view name, const RendezvousOptions& op
     throw Error(ErrorCode::PeerRefused, context,
                 "the host refused this connection: " + handover.reason);
   }
-  Channel channel =
-      Channel::from_fds(std::move(handover.fds[0]), std::move(handover.fds[1]), options.channel);
+  if (handover.fds.size() < 2) {
+    throw Error(ErrorCode::IncompatiblePeer, context,
+                "the host handed over " + std::to_string(handover.fds.size()) +
+                    " descriptors; a channel needs two pipe ends");
+  }
+  UniqueFd control = handover.fds.size() > 2 ? std::move(handover.fds[2]) : UniqueFd();
+  Channel channel = Channel::from_fds(std::move(handover.fds[0]), std::move(handover.fds[1]),
+                                      options.channel, /*keep_blocking=*/false, std::move(control));
   PeerHello hello = exchange_hello(channel, hello_options(options));
   return Connection{std::move(channel), host, std::move(hello)};
 }

@@ -7,7 +7,12 @@
 namespace capnsplice {
 
 Sender::Sender(UniqueFd fd, SenderOptions options, std::string context)
-    : core_(std::make_shared<detail::SenderCore>(std::move(fd), options, std::move(context))) {
+    : Sender(std::move(fd), options, std::move(context), nullptr) {}
+
+Sender::Sender(UniqueFd fd, SenderOptions options, std::string context,
+               std::shared_ptr<detail::ControlLink> link)
+    : core_(std::make_shared<detail::SenderCore>(std::move(fd), options, std::move(context),
+                                                 std::move(link))) {
   core_->attach_pool(core_);
 }
 

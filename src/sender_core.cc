@@ -38,7 +38,8 @@ std::size_t append_frame(std::vector<iovec>& gather, std::byte* table, std::size
 
 }  // namespace
 
-SenderCore::SenderCore(UniqueFd fd, SenderOptions options, std::string context)
+SenderCore::SenderCore(UniqueFd fd, SenderOptions options, std::string context,
+                       std::shared_ptr<ControlLink> link)
     : fd_(std::move(fd)),
       options_(options),
       context_(std::move(context)),
@@ -47,6 +48,7 @@ SenderCore::SenderCore(UniqueFd fd, SenderOptions options, std::string context)
       data_pool_(std::make_shared<SegmentPool>(options.data_pool_bytes, context_,
                                                SegmentPool::Zeroing::unzeroed)) {
   require_access_mode(fd_.get(), /*for_writing=*/true, context_);
+  if (link) shared_ = std::make_shared<SharedSender>(std::move(link), options_, context_);
 }
 
 SenderCore::~SenderCore() {
@@ -64,11 +66,12 @@ SenderCore::~SenderCore() {
 
 OutgoingMessage SenderCore::new_message() {
   return OutgoingMessage(
-      std::make_unique<PooledMessageBuilder>(pool_, data_pool_, options_.send_timeout));
+      std::make_unique<PooledMessageBuilder>(pool_, data_pool_, shared_, options_.send_timeout));
 }
 
 WriteMethod SenderCore::choose_method(std::size_t frame_bytes) const noexcept {
-  if (!pipe_) return WriteMethod::copy;
+  // Where vmsplice copies anyway, writev does the same work and frees the memory at once.
+  if (!pipe_ || !vmsplice_aliases_pages()) return WriteMethod::copy;
   switch (options_.path) {
     case SendPath::copy:
       return WriteMethod::copy;
@@ -90,6 +93,8 @@ SenderStats SenderCore::stats() const {
     std::lock_guard lock(mutex_);
     result = stats_;
   }
+  result.vmsplice_aliases_pages = vmsplice_aliases_pages();
+  if (shared_) result.arena_bytes_in_use = shared_->arena_bytes_in_use();
   for (const auto* pool : {pool_.get(), data_pool_.get()}) {
     const PoolStats stats = pool->stats();
     result.dedicated_allocations += stats.dedicated_allocations;
@@ -114,6 +119,12 @@ void SenderCore::queue(OutgoingMessage&& message, Deadline deadline) {
   }
   // Finish the frame before taking the lock: it may allocate from the pool, and a full
   // pool calls flush_queued(), which takes the lock.
+  std::optional<std::uint64_t> shared_id;
+  if (builder->in_shared_memory()) {
+    std::uint64_t id;
+    builder = describe_shared(*builder, deadline, id);
+    shared_id = id;
+  }
   auto segments = builder->segments_for_output();
   const std::size_t table_bytes = segment_table_bytes(segments.size());
   const bool table_adjacent = table_bytes <= PooledMessageBuilder::kTableRoomBytes;
@@ -125,7 +136,7 @@ void SenderCore::queue(OutgoingMessage&& message, Deadline deadline) {
   std::lock_guard lock(mutex_);
   ensure_open();
   const std::size_t bytes = append_frame(gather_, table, table_bytes, table_adjacent, segments);
-  queued_.push_back({std::move(builder), bytes, gather_.size(), choose_method(bytes)});
+  queued_.push_back({std::move(builder), bytes, gather_.size(), choose_method(bytes), shared_id});
   queued_bytes_ += bytes;
   queued_frames_.store(queued_.size(), std::memory_order_relaxed);
   if (queued_bytes_ >= kBatchBytes || queued_.size() >= kBatchFrames) flush_locked(deadline);
@@ -156,6 +167,18 @@ void SenderCore::send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> s
   queued_bytes_ += bytes;
   queued_frames_.store(queued_.size(), std::memory_order_relaxed);
   flush_locked(deadline);
+}
+
+std::unique_ptr<PooledMessageBuilder> SenderCore::describe_shared(PooledMessageBuilder& builder,
+                                                                  Deadline deadline,
+                                                                  std::uint64_t& shared_id) {
+  auto descriptor =
+      std::make_unique<PooledMessageBuilder>(pool_, data_pool_, nullptr, options_.send_timeout);
+  shared_id = shared_->describe(builder, builder.take_arena_blocks(), *descriptor, deadline);
+  // Every segment now lives in the arena; the pool chunks can go.
+  builder.finish_building();
+  builder.release_chunks();
+  return descriptor;
 }
 
 // --- Writing -------------------------------------------------------------------------
@@ -230,6 +253,7 @@ std::size_t SenderCore::write_run(std::size_t first, Deadline deadline, SigpipeG
 }
 
 void SenderCore::retire(QueuedFrame& frame, std::uint64_t stream_end) {
+  if (frame.shared_id) ++stats_.shared_messages;
   ++stats_.messages;
   stats_.bytes += frame.bytes;
   if (frame.method == WriteMethod::copy) {
@@ -245,6 +269,7 @@ void SenderCore::retire(QueuedFrame& frame, std::uint64_t stream_end) {
 void SenderCore::abandon_queue(std::size_t first_unwritten, std::size_t partial_bytes) {
   for (std::size_t i = first_unwritten; i < queued_.size(); ++i) {
     QueuedFrame& frame = queued_[i];
+    if (frame.shared_id) shared_->abandon(*frame.shared_id);
     if (!frame.builder) continue;
     const bool referenced_by_pipe =
         i == first_unwritten && partial_bytes != 0 && frame.method == WriteMethod::vmsplice;

@@ -26,12 +26,16 @@
 #include "pipe_io.h"
 #include "pooled_message_builder.h"
 #include "segment_pool.h"
+#include "shared_path.h"
 
 namespace capnsplice::detail {
 
 class SenderCore final : public ConsumptionSource {
  public:
-  SenderCore(UniqueFd fd, SenderOptions options, std::string context);
+  /// `link` (may be null) is the channel end's control link; with it, large messages can
+  /// take the shared-memory path.
+  SenderCore(UniqueFd fd, SenderOptions options, std::string context,
+             std::shared_ptr<ControlLink> link = nullptr);
   ~SenderCore() override;
 
   /// Connects the pool to this core; call once, right after construction.
@@ -69,12 +73,15 @@ class SenderCore final : public ConsumptionSource {
     std::size_t bytes;
     std::size_t iov_end;  // one past the frame's last entry in gather_
     WriteMethod method;
+    std::optional<std::uint64_t> shared_id;  // a descriptor: its arena message
   };
 
   WriteMethod choose_method(std::size_t frame_bytes) const noexcept;
   void ensure_open() const;
-  /// Appends the frame of a message built in this pool to the batch.
-  void add_pooled_frame(std::unique_ptr<PooledMessageBuilder> builder);
+  /// A descriptor for `builder`, whose segments move to the shared-memory arena.
+  std::unique_ptr<PooledMessageBuilder> describe_shared(PooledMessageBuilder& builder,
+                                                        Deadline deadline,
+                                                        std::uint64_t& shared_id);
   /// Writes the queue (the lock is held).
   void flush_locked(Deadline deadline);
   /// Writes queued_[first..) while they share a method; returns one past the last written.
@@ -93,6 +100,7 @@ class SenderCore final : public ConsumptionSource {
   const bool pipe_;
   std::shared_ptr<SegmentPool> pool_;       // Cap'n Proto segments, kept zeroed
   std::shared_ptr<SegmentPool> data_pool_;  // buffers from allocate_data(), not zeroed
+  std::shared_ptr<SharedSender> shared_;    // null without a control link
   /// Bytes written into the pipe since the start: the consumed figure's reference.
   std::atomic<std::uint64_t> written_{0};
 

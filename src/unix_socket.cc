@@ -17,7 +17,8 @@ namespace {
 constexpr char kAccepted = 'A';
 constexpr char kRefused = 'R';
 constexpr std::size_t kMaxReason = 512;
-constexpr std::size_t kMaxFds = 2;
+/// A channel's two pipe ends and its control socket.
+constexpr std::size_t kMaxFds = 3;
 
 std::string_view error_text(int err) { return std::strerror(err); }
 
@@ -178,7 +179,7 @@ Handover receive_handover(int socket, Deadline deadline, std::string_view contex
   handover.reason.assign(payload + 1, static_cast<std::size_t>(got) - 1);
   const bool well_formed =
       (header.msg_flags & MSG_CTRUNC) == 0 &&
-      (payload[0] == kRefused || (handover.accepted && handover.fds.size() == kMaxFds));
+      (payload[0] == kRefused || (handover.accepted && handover.fds.size() >= 2));
   if (!well_formed) {
     throw Error(ErrorCode::IncompatiblePeer, context,
                 "the host's answer is not a capnsplice handover (" +

@@ -10,6 +10,7 @@
 //   connect NAME [APP VERSION]   connect to a rendezvous, then echo
 //
 // Exits 0 once the peer is gone, 1 on any other error.
+#include <capnp/any.h>
 #include <capnp/serialize.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -35,6 +36,17 @@ using namespace capnsplice;
   for (;;) {
     ReceivedMessage message = channel.receive();
     channel.sender().send_copy(message.segments(), Deadline::never());
+  }
+}
+
+/// Sends every message back rebuilt in this end's pool, so large ones take the
+/// shared-memory path too, until the peer is gone.
+[[noreturn]] void echo_rebuilt(Channel& channel) {
+  for (;;) {
+    ReceivedMessage message = channel.receive();
+    OutgoingMessage copy = channel.new_message();
+    copy.builder().getRoot<capnp::AnyPointer>().set(message.root<capnp::AnyPointer>());
+    channel.send(std::move(copy));
   }
 }
 
@@ -111,6 +123,9 @@ int run(int argc, char** argv) {
   if (mode == "echo") {
     Channel parent = child_channel();
     echo(parent);
+  } else if (mode == "echo-rebuilt") {
+    Channel parent = child_channel();
+    echo_rebuilt(parent);
   } else if (mode == "hello") {
     Channel parent = child_channel();
     exchange_hello(parent, hello_from(argc, argv, 2));

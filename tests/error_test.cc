@@ -13,28 +13,13 @@
 #include "capnsplice/channel.h"
 #include "support/blob.h"
 #include "support/error_from.h"
+#include "support/raw_pipe.h"
 
 namespace {
 
 using namespace capnsplice;
 using namespace capnsplice::testing;
 using namespace std::chrono_literals;
-
-/// A raw pipe: the test writes bytes by hand into a Receiver.
-struct RawPipe {
-  UniqueFd read_end;
-  UniqueFd write_end;
-  RawPipe() {
-    int fds[2];
-    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
-    read_end.reset(fds[0]);
-    write_end.reset(fds[1]);
-  }
-  void write_words(std::vector<std::uint32_t> words) {
-    const auto bytes = static_cast<ssize_t>(words.size() * 4);
-    REQUIRE(::write(write_end.get(), words.data(), words.size() * 4) == bytes);
-  }
-};
 
 }  // namespace
 

@@ -36,7 +36,8 @@ TEST_CASE("10,000 channel create and destroy cycles leak no descriptor and no ma
     send_seq(near, cycle);  // pool and receive ring exist only once used
     REQUIRE(far.receive().root<test::Blob>().getSeq() == cycle);
     if (cycle == 0) {
-      CHECK(open_fd_count() == fds_before + 6);  // 2 pipes, 2 receivers' eventfds
+      // 2 pipes, 2 control sockets, 2 receivers' eventfds
+      CHECK(open_fd_count() == fds_before + 8);
     }
   }
   const int fds_after = open_fd_count();

@@ -40,17 +40,6 @@ struct Latencies {
   }
 };
 
-/// Receives until the channel fails; returns the error (a hang shows up as Timeout).
-Error receive_until_error(Channel& channel) {
-  for (;;) {
-    try {
-      channel.receive(Deadline::after(10s));
-    } catch (const Error& error) {
-      return error;
-    }
-  }
-}
-
 }  // namespace
 
 TEST_CASE(

@@ -42,10 +42,10 @@ TEST_CASE("a spawned child opens its end from the environment and messages flow 
   CHECK(status.describe() == "exited with code 0");
 }
 
-TEST_CASE("a spawned child inherits exactly its two pipe ends besides stdio") {
+TEST_CASE("a spawned child inherits exactly its two pipe ends and control socket besides stdio") {
   // A descriptor the test leaves inheritable on purpose: spawn() must still not pass it on.
   UniqueFd inheritable(::fcntl(STDERR_FILENO, F_DUPFD, 10));
-  REQUIRE(inheritable.get() > kChildSendFd);
+  REQUIRE(inheritable.get() > kChildControlFd);
   Child child = spawn({.program = CAPNSPLICE_TEST_PEER,
                        .arguments = {"inventory"},
                        .environment = {"CAPNSPLICE_TEST_EXTRA=added"}});
@@ -56,8 +56,9 @@ TEST_CASE("a spawned child inherits exactly its two pipe ends besides stdio") {
   INFO("descriptors open in the child: " << Catch::Detail::stringify(fds));
   CHECK(std::count(fds.begin(), fds.end(), kChildReceiveFd) == 1);
   CHECK(std::count(fds.begin(), fds.end(), kChildSendFd) == 1);
-  CHECK(std::all_of(fds.begin(), fds.end(), [](int fd) { return fd <= kChildSendFd; }));
-  CHECK(std::string(report->getVariable().cStr()) == "3,4");
+  CHECK(std::count(fds.begin(), fds.end(), kChildControlFd) == 1);
+  CHECK(std::all_of(fds.begin(), fds.end(), [](int fd) { return fd <= kChildControlFd; }));
+  CHECK(std::string(report->getVariable().cStr()) == "3,4,5");
   CHECK(std::string(report->getExtra().cStr()) == "added");
   CHECK_FALSE(report->getNonblockingAtStart());  // plain Cap'n Proto can use them as they are
   CHECK_FALSE(report->getVariableAfterOpen());   // grandchildren do not see it

@@ -11,6 +11,7 @@
 
 #include "capnsplice/channel.h"
 #include "support/blob.h"
+#include "support/raw_pipe.h"
 
 namespace {
 
@@ -124,4 +125,23 @@ TEST_CASE("holding many received messages does not stall the receiver") {
     CHECK(blob_intact(blob));
   }
   CHECK(b.receiver().stats().own_buffer_messages > 0);
+}
+
+TEST_CASE("held messages that fill the receive ring exactly do not end the stream") {
+  RawPipe pipe;
+  ReceiverOptions options;
+  options.buffer_bytes = 64 * KiB;
+  Receiver receiver(std::move(pipe.read_end), options);
+  // Frames of exactly 4 KiB: a one-word table, then 511 words (a null root and zeros).
+  std::vector<std::uint32_t> frame(1024, 0);
+  frame[1] = 511;
+  std::vector<ReceivedMessage> held;
+  for (int i = 0; i < 16; ++i) {
+    pipe.write_words(frame);
+    held.push_back(receiver.receive_for(std::chrono::seconds(1)));
+  }
+  // Held messages now fill every byte of the ring: the next frame needs room elsewhere,
+  // and the writer is still there, so this is no end of stream.
+  pipe.write_words(frame);
+  CHECK(receiver.receive_for(std::chrono::seconds(1)).frame_bytes() == 4 * KiB);
 }

@@ -19,6 +19,7 @@ struct Report {
   mismatches @2 :UInt64;
   outOfOrder @3 :UInt64;
   frameErrors @4 :UInt64;  # the stream itself was corrupt: reading stopped
+  signals @5 :UInt64;      # fault tests: signals the reporting process took meanwhile
 }
 
 struct Empty {}

@@ -35,12 +35,14 @@ namespace capnsplice {
 struct RemoteEnd {
   UniqueFd receive_fd;  ///< read end of the pipe this Channel sends into
   UniqueFd send_fd;     ///< write end of the pipe this Channel receives from
+  UniqueFd control_fd;  ///< the control link (SOCK_SEQPACKET), for the shared-memory path
 };
 
 class Channel {
  public:
-  /// Two connected ends. All four descriptors are close-on-exec; each pipe's capacity
-  /// is raised with F_SETPIPE_SZ (options.pipe_bytes).
+  /// Two connected ends. Each end has two pipe ends and one end of a control socket
+  /// (which the shared-memory path uses for large messages), all close-on-exec; each
+  /// pipe's capacity is raised with F_SETPIPE_SZ (options.pipe_bytes).
   static std::pair<Channel, Channel> pair(ChannelOptions options = {});
 
   /// One end as a Channel, the other as raw descriptors for another process. The remote
@@ -51,8 +53,10 @@ class Channel {
   /// and `send_fd` (write end of the outgoing pipe). The send descriptor is switched
   /// to non-blocking mode so that send timeouts hold; pass `keep_blocking` to leave
   /// it as it is (for descriptors shared with other processes, such as stdout).
+  /// `control_fd`, the peer's control socket, enables the shared-memory path; without
+  /// it every message goes through the pipes.
   static Channel from_fds(UniqueFd receive_fd, UniqueFd send_fd, ChannelOptions options = {},
-                          bool keep_blocking = false);
+                          bool keep_blocking = false, UniqueFd control_fd = {});
 
   Channel(Channel&&) noexcept = default;
   Channel& operator=(Channel&&) noexcept = default;

@@ -57,6 +57,13 @@ struct SenderOptions {
   /// `capnsplice-bench --threshold-sweep`; see README "Tuning".
   std::size_t copy_threshold_bytes = 16 * KiB;
   SendPath path = SendPath::automatic;
+  /// Memory requests of at least this many bytes — a large payload, a large list — are
+  /// served from a shared-memory arena, and the message travels as a small descriptor
+  /// that the receiver follows into the arena: no copy at all, whatever the size. Only
+  /// used when the peer is capnsplice and said it reads such messages. 0: never.
+  std::size_t shared_memory_threshold_bytes = 1 * MiB;
+  /// Size of that arena (a sparse memfd: memory is used only for what is in it).
+  std::size_t arena_bytes = std::size_t{2} << 30;
   /// When the pipe is full, keep checking for room this long before sleeping until the
   /// reader frees some: a large message then streams without a sleep and wake-up for
   /// every pipeful. Zero: sleep at once.
@@ -100,6 +107,14 @@ struct ChannelOptions {
     return *this;
   }
   ChannelOptions& with_send_path(SendPath value) { sender.path = value; return *this; }
+  ChannelOptions& with_shared_memory_threshold_bytes(std::size_t value) {
+    sender.shared_memory_threshold_bytes = value;
+    return *this;
+  }
+  ChannelOptions& with_arena_bytes(std::size_t value) {
+    sender.arena_bytes = value;
+    return *this;
+  }
   ChannelOptions& with_send_timeout(std::chrono::nanoseconds value) {
     sender.send_timeout = value;
     return *this;

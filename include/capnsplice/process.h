@@ -17,8 +17,8 @@
 //   capnsplice::Channel parent = capnsplice::child_channel(
 //       capnsplice::ChannelOptions().with_name("parent"));
 //
-// The child inherits exactly its two pipe ends (as descriptors 3 and 4, named in the
-// CAPNSPLICE_CHANNEL environment variable) besides stdin, stdout and stderr: every
+// The child inherits exactly its channel's descriptors (pipe ends 3 and 4, control socket
+// 5, named in the CAPNSPLICE_CHANNEL environment variable) besides stdin, stdout and stderr: every
 // descriptor capnsplice opens is close-on-exec, and spawn() closes any other inherited
 // descriptor in the child. When the parent dies, the child's receive reports PeerClosed,
 // and the other way round.
@@ -36,12 +36,15 @@
 namespace capnsplice {
 
 /// The environment variable that tells a spawned child its descriptors:
-/// "<receive fd>,<send fd>", e.g. "3,4".
+/// "<receive fd>,<send fd>,<control fd>", e.g. "3,4,5". The control socket carries what
+/// the shared-memory path needs; a child without capnsplice can ignore it (and a value
+/// with only the two pipe descriptors is accepted).
 inline constexpr std::string_view kChannelVariable = "CAPNSPLICE_CHANNEL";
 
 /// The descriptor numbers a spawned child finds its channel at.
 inline constexpr int kChildReceiveFd = 3;
 inline constexpr int kChildSendFd = 4;
+inline constexpr int kChildControlFd = 5;
 
 /// A started child: the parent's end of the channel and the process handle.
 /// The channel is declared last so it is closed first: the child sees end of stream

@@ -30,6 +30,7 @@ namespace capnsplice {
 
 namespace detail {
 class ReceiverCore;
+class ControlLink;
 }
 
 /// Counters of one receiver.
@@ -38,6 +39,7 @@ struct ReceiverStats {
   std::uint64_t bytes = 0;           ///< frame bytes, segment tables included
   std::uint64_t reads = 0;           ///< read system calls that returned data
   std::uint64_t own_buffer_messages = 0;  ///< frames that did not fit in the ring
+  std::uint64_t shared_messages = 0;      ///< read in place from the peer's arena
 };
 
 class Receiver {
@@ -45,6 +47,11 @@ class Receiver {
   /// Takes ownership of `fd`. `context` prefixes error messages ("channel 'x': receive").
   /// The descriptor's flags are left as they are.
   explicit Receiver(UniqueFd fd, ReceiverOptions options = {}, std::string context = "receive");
+
+  /// Used by Channel: `link` is the end's control link; with it this receiver tells the
+  /// peer it reads shared-memory messages, and follows their descriptors.
+  Receiver(UniqueFd fd, ReceiverOptions options, std::string context,
+           std::shared_ptr<detail::ControlLink> link);
   Receiver(Receiver&&) noexcept;
   Receiver& operator=(Receiver&&) noexcept;
   ~Receiver();

@@ -35,6 +35,7 @@ namespace capnsplice {
 
 namespace detail {
 class SenderCore;
+class ControlLink;
 }
 
 /// Counters of one sender, for tests, tuning and the benchmark.
@@ -45,6 +46,12 @@ struct SenderStats {
   std::uint64_t spliced_messages = 0;
   std::uint64_t dedicated_allocations = 0;  ///< requests the pool's ring could not serve
   std::uint64_t waits_for_reader = 0;       ///< times building waited for a full pool
+  std::uint64_t shared_messages = 0;        ///< sent as descriptors of the shared-memory arena
+  std::uint64_t arena_bytes_in_use = 0;     ///< held for the reader or being built
+  /// Whether this kernel's vmsplice maps pages into the pipe (probed once per process:
+  /// splice a page, change it, read it back). When it copies instead, every message goes
+  /// by writev, which is then no slower, and nothing waits for the reader.
+  bool vmsplice_aliases_pages = true;
 };
 
 class Sender {
@@ -53,6 +60,11 @@ class Sender {
   /// The descriptor's O_NONBLOCK flag is left as it is; with a blocking descriptor a
   /// copy write can block past a deadline while the reader makes room.
   explicit Sender(UniqueFd fd, SenderOptions options = {}, std::string context = "send");
+
+  /// Used by Channel: `link` is the end's control link, which enables the shared-memory
+  /// path for large messages.
+  Sender(UniqueFd fd, SenderOptions options, std::string context,
+         std::shared_ptr<detail::ControlLink> link);
   Sender(Sender&&) noexcept;
   Sender& operator=(Sender&&) noexcept;
   ~Sender();

@@ -35,6 +35,17 @@ inline int open_fd_count() {
 /// True when this process has no child left to reap (no zombie, none running).
 inline bool no_children_left() { return ::waitpid(-1, nullptr, WNOHANG) < 0 && errno == ECHILD; }
 
+/// Receives until the channel fails; returns the error (a hang shows up as Timeout).
+inline Error receive_until_error(Channel& channel) {
+  for (;;) {
+    try {
+      channel.receive(Deadline::after(std::chrono::seconds(10)));
+    } catch (const Error& error) {
+      return error;
+    }
+  }
+}
+
 /// Milliseconds elapsed since `start`, as a double.
 inline double ms_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)

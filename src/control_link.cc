@@ -1,0 +1,203 @@
+#include "control_link.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "capnsplice/error.h"
+#include "pipe_io.h"
+#include "shared_arena.h"
+
+namespace capnsplice::detail {
+
+namespace {
+
+enum RecordKind : std::uint32_t { kAcceptsShared = 1, kArena = 2, kRelease = 3 };
+
+struct Record {
+  std::uint32_t kind;
+  std::uint32_t arena;
+  std::uint64_t value;
+  std::uint64_t spare;
+};
+static_assert(sizeof(Record) == 24);
+
+}  // namespace
+
+ControlLink::ControlLink(UniqueFd socket, std::string context)
+    : socket_(std::move(socket)), context_(std::move(context)) {}
+
+bool ControlLink::send_record_locked(std::uint32_t kind, std::uint32_t arena,
+                                     std::uint64_t value, int fd) {
+  if (peer_gone_) return true;  // nobody to tell
+  Record record{kind, arena, value, 0};
+  iovec iov{&record, sizeof record};
+  msghdr message{};
+  message.msg_iov = &iov;
+  message.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  if (fd >= 0) {
+    message.msg_control = control;
+    message.msg_controllen = sizeof control;
+    cmsghdr* header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(header), &fd, sizeof fd);
+  }
+  for (;;) {
+    if (::sendmsg(socket_.get(), &message, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0) return true;
+    switch (errno) {
+      case EINTR:
+        continue;
+      case EAGAIN:
+        return false;
+      case EPIPE:
+      case ECONNRESET:
+      case ENOTCONN:
+        peer_gone_ = true;
+        return true;
+      default:
+        throw_system_error(context_, "sendmsg (control link)");
+    }
+  }
+}
+
+void ControlLink::announce_accepts_shared() {
+  std::lock_guard lock(mutex_);
+  while (!send_record_locked(kAcceptsShared, 0, 0, -1)) {
+    wait_for(socket_.get(), POLLOUT, Deadline::after(std::chrono::seconds(1)));
+  }
+}
+
+void ControlLink::send_arena(std::uint32_t arena_id, std::uint64_t capacity, int memfd) {
+  std::lock_guard lock(mutex_);
+  const Deadline deadline = Deadline::after(std::chrono::seconds(5));
+  while (!send_record_locked(kArena, arena_id, capacity, memfd)) {
+    if (wait_for(socket_.get(), POLLOUT, deadline) == WaitResult::timed_out) {
+      throw Error(ErrorCode::Timeout, context_,
+                  "the peer does not read its control link; the arena was not sent");
+    }
+  }
+}
+
+void ControlLink::send_release(std::uint32_t arena_id, std::uint64_t message_id) noexcept {
+  std::lock_guard lock(mutex_);
+  unsent_releases_.emplace_back(arena_id, message_id);
+  try {
+    while (!unsent_releases_.empty()) {
+      const auto [arena, id] = unsent_releases_.front();
+      if (!send_record_locked(kRelease, arena, id, -1)) return;  // kept for the next call
+      unsent_releases_.pop_front();
+    }
+  } catch (const Error&) {
+    unsent_releases_.clear();  // the link is broken: the peer can no longer be told
+  }
+}
+
+bool ControlLink::peer_accepts_shared() {
+  std::lock_guard lock(mutex_);
+  if (!peer_accepts_shared_) pump_locked(Deadline::immediate());
+  return peer_accepts_shared_ && !peer_gone_;
+}
+
+void ControlLink::attach_send_arena(std::weak_ptr<SendArena> arena) {
+  std::lock_guard lock(mutex_);
+  send_arena_ = std::move(arena);
+}
+
+void ControlLink::pump(Deadline deadline) {
+  std::lock_guard lock(mutex_);
+  pump_locked(deadline);
+}
+
+bool ControlLink::peer_gone() {
+  std::lock_guard lock(mutex_);
+  pump_locked(Deadline::immediate());
+  return peer_gone_;
+}
+
+std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_id,
+                                                          Deadline deadline) {
+  std::lock_guard lock(mutex_);
+  for (;;) {
+    if (auto found = arenas_.find(arena_id); found != arenas_.end()) {
+      std::pair<UniqueFd, std::uint64_t> result{std::move(found->second.memfd),
+                                                found->second.capacity};
+      arenas_.erase(found);
+      return result;
+    }
+    if (peer_gone_ || deadline.expired()) {
+      throw Error(ErrorCode::MalformedFrame, context_,
+                  "a shared-memory message names arena " + std::to_string(arena_id) +
+                      ", which the peer never sent");
+    }
+    pump_locked(deadline);
+  }
+}
+
+void ControlLink::pump_locked(Deadline deadline) {
+  bool waited = false;
+  while (!peer_gone_) {
+    Record record{};
+    iovec iov{&record, sizeof record};
+    msghdr message{};
+    message.msg_iov = &iov;
+    message.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    message.msg_control = control;
+    message.msg_controllen = sizeof control;
+    // The kernel closes descriptors beyond the one there is room for (MSG_CTRUNC).
+    const ssize_t got = ::recvmsg(socket_.get(), &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      if (errno == ECONNRESET) {  // the peer died with records unread
+        peer_gone_ = true;
+        return;
+      }
+      if (errno != EAGAIN) throw_system_error(context_, "recvmsg (control link)");
+      if (waited || deadline.expired()) return;
+      waited = true;
+      if (wait_for(socket_.get(), POLLIN, deadline) == WaitResult::timed_out) return;
+      continue;
+    }
+    if (got == 0) {
+      peer_gone_ = true;
+      return;
+    }
+    UniqueFd received;
+    for (cmsghdr* header = CMSG_FIRSTHDR(&message); header != nullptr;
+         header = CMSG_NXTHDR(&message, header)) {
+      if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_RIGHTS &&
+          header->cmsg_len == CMSG_LEN(sizeof(int))) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(header), sizeof fd);
+        received.reset(fd);
+      }
+    }
+    if (got != sizeof record) continue;  // not a record of ours: ignore it
+    switch (record.kind) {
+      case kAcceptsShared:
+        peer_accepts_shared_ = true;
+        break;
+      case kArena:
+        if (received && arenas_.count(record.arena) == 0) {
+          arenas_.emplace(record.arena, ReceivedArena{std::move(received), record.value});
+        }
+        break;
+      case kRelease:
+        // SendArena::release() checks the id against what it holds: a forged or repeated
+        // record changes nothing.
+        if (auto arena = send_arena_.lock(); arena && arena->id() == record.arena) {
+          arena->release(record.value);
+        }
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+}  // namespace capnsplice::detail

@@ -1,0 +1,157 @@
+#include "shared_arena.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "capnsplice/error.h"
+
+namespace capnsplice::detail {
+
+namespace {
+
+/// Lets Boost.Interprocess map a descriptor it did not open (our memfd).
+struct DescriptorMapping {
+  int fd;
+  boost::interprocess::mapping_handle_t get_mapping_handle() const {
+    return boost::interprocess::ipcdetail::mapping_handle_from_file_handle(fd);
+  }
+};
+
+/// Blocks at least this large give their pages back to the kernel when freed, so a
+/// burst of huge messages does not leave the process's memory high.
+constexpr std::size_t kReturnPagesFrom = 4 * 1024 * 1024;
+
+constexpr int kRequiredSeals = F_SEAL_SHRINK;
+
+}  // namespace
+
+// --- SendArena -----------------------------------------------------------------------
+
+SendArena::SendArena(std::uint32_t id, std::size_t capacity, std::string context)
+    : id_(id), capacity_(round_up(capacity, page_size())), context_(std::move(context)) {
+  file_.reset(::memfd_create("capnsplice-arena", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!file_) throw_system_error(context_, "memfd_create");
+  if (::ftruncate(file_.get(), static_cast<off_t>(capacity_)) != 0) {
+    throw_system_error(context_, "ftruncate (arena)");
+  }
+  if (::fcntl(file_.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    throw_system_error(context_, "fcntl(F_ADD_SEALS)");
+  }
+  try {
+    region_ = boost::interprocess::mapped_region(DescriptorMapping{file_.get()},
+                                                 boost::interprocess::read_write, 0, capacity_);
+    allocator_ = Allocator(boost::interprocess::create_only, region_.get_address(), capacity_);
+  } catch (const boost::interprocess::interprocess_exception& error) {
+    throw Error(ErrorCode::SystemError, context_,
+                std::string("mapping the shared-memory arena failed: ") + error.what(),
+                error.get_native_error());
+  }
+}
+
+SendArena::~SendArena() = default;
+
+std::optional<ArenaBlock> SendArena::allocate(std::size_t bytes, bool zeroed) {
+  std::lock_guard lock(mutex_);
+  void* memory = allocator_.allocate(bytes == 0 ? 1 : bytes, std::nothrow);
+  if (memory == nullptr) return std::nullopt;
+  if (zeroed) std::memset(memory, 0, bytes);
+  auto* data = static_cast<std::byte*>(memory);
+  bytes_in_use_ += bytes;
+  return ArenaBlock{data, static_cast<std::uint64_t>(data - static_cast<std::byte*>(region_.get_address())),
+                    bytes};
+}
+
+void SendArena::free_locked(const ArenaBlock& block) {
+  if (block.bytes >= kReturnPagesFrom) {
+    // Keep the first page: the allocator keeps its free-list node there.
+    auto* first = reinterpret_cast<std::byte*>(
+        round_up(reinterpret_cast<std::uintptr_t>(block.data) + page_size(), page_size()));
+    auto* last = reinterpret_cast<std::byte*>(
+        reinterpret_cast<std::uintptr_t>(block.data + block.bytes) & ~(page_size() - 1));
+    if (last > first) ::madvise(first, static_cast<std::size_t>(last - first), MADV_REMOVE);
+  }
+  allocator_.deallocate(block.data);
+  bytes_in_use_ -= block.bytes;
+}
+
+void SendArena::free(const ArenaBlock& block) {
+  std::lock_guard lock(mutex_);
+  free_locked(block);
+}
+
+void SendArena::hold_until_released(std::uint64_t message_id, std::vector<ArenaBlock> blocks) {
+  std::lock_guard lock(mutex_);
+  held_.emplace(message_id, std::move(blocks));
+}
+
+bool SendArena::release(std::uint64_t message_id) {
+  std::lock_guard lock(mutex_);
+  auto it = held_.find(message_id);
+  if (it == held_.end()) return false;
+  for (const ArenaBlock& block : it->second) free_locked(block);
+  held_.erase(it);
+  return true;
+}
+
+void SendArena::release_all() {
+  std::lock_guard lock(mutex_);
+  for (const auto& [id, blocks] : held_) {
+    for (const ArenaBlock& block : blocks) free_locked(block);
+  }
+  held_.clear();
+}
+
+std::size_t SendArena::held_messages() const {
+  std::lock_guard lock(mutex_);
+  return held_.size();
+}
+
+std::size_t SendArena::bytes_in_use() const {
+  std::lock_guard lock(mutex_);
+  return bytes_in_use_;
+}
+
+// --- ReceiveArena --------------------------------------------------------------------
+
+ReceiveArena::ReceiveArena(std::uint32_t id, UniqueFd file, std::size_t capacity,
+                           std::string_view context)
+    : id_(id), capacity_(capacity) {
+  struct stat info {};
+  if (::fstat(file.get(), &info) != 0) throw_system_error(context, "fstat (arena)");
+  const int seals = ::fcntl(file.get(), F_GET_SEALS);
+  if (seals < 0 || (seals & kRequiredSeals) != kRequiredSeals || !S_ISREG(info.st_mode) ||
+      static_cast<std::size_t>(info.st_size) != capacity || capacity % page_size() != 0) {
+    throw Error(ErrorCode::MalformedFrame, context,
+                "the peer's shared-memory arena is not a sealed memfd of the announced size (" +
+                    std::to_string(capacity) + " bytes)");
+  }
+  reservation_ = MappedMemory::readable_reservation(capacity + 2 * kArenaGuardBytes, context);
+  std::byte* at = reservation_.data() + kArenaGuardBytes;
+  try {
+    region_ = boost::interprocess::mapped_region(
+        DescriptorMapping{file.get()}, boost::interprocess::read_only, 0, capacity, at,
+        MAP_FIXED);
+  } catch (const boost::interprocess::interprocess_exception& error) {
+    throw Error(ErrorCode::SystemError, context,
+                std::string("mapping the peer's arena failed: ") + error.what(),
+                error.get_native_error());
+  }
+  data_ = at;
+  // The mapping keeps the memory; the descriptor is not needed any more.
+}
+
+std::optional<kj::ArrayPtr<const capnp::word>> ReceiveArena::segment(
+    std::uint64_t offset, std::uint64_t words) const noexcept {
+  if (offset % sizeof(capnp::word) != 0 || offset > capacity_ ||
+      words > (capacity_ - offset) / sizeof(capnp::word)) {
+    return std::nullopt;
+  }
+  return kj::arrayPtr(reinterpret_cast<const capnp::word*>(data_ + offset),
+                      static_cast<std::size_t>(words));
+}
+
+}  // namespace capnsplice::detail

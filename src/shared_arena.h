@@ -1,0 +1,138 @@
+// Shared-memory arenas for large messages (internal).
+//
+// A sender builds a large message directly in its arena; the pipe carries only a small
+// descriptor (a wire::SharedMessage) and the receiver reads the message where it is.
+//
+//   sender (read-write)                          receiver (read-only)
+//   SendArena: memfd, sealed against resizing    ReceiveArena: the same memfd, mapped
+//   +----------+---------------------+-----+     read-only inside a reservation of
+//   | boost    | msg 7 segments      | ... |     zero pages:
+//   | segment  | (allocated with the |     |     [ guard | arena (r--s) | guard ]
+//   | manager  | rbtree allocator)   |     |     so a pointer changed while it is read
+//   +----------+---------------------+-----+     lands in zeros, never outside.
+//
+// The arena file is a memfd: it has no name, so nothing is ever left in /dev/shm, and
+// it is sealed (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) before the receiver sees it,
+// so a sender cannot shrink it under the receiver's reads (which would raise SIGBUS).
+//
+// Allocation is Boost.Interprocess's rbtree_best_fit, placed in the arena itself (the
+// receiver maps it read-only, so it cannot corrupt it). Memory of a message comes back
+// when the receiver reports it done (SendArena::release), after checking the report.
+#pragma once
+
+#include <boost/interprocess/indexes/iset_index.hpp>
+#include <boost/interprocess/managed_external_buffer.hpp>
+#include <boost/interprocess/mem_algo/rbtree_best_fit.hpp>
+#include <boost/interprocess/sync/mutex_family.hpp>
+#include <boost/interprocess/mapped_region.hpp>
+#include <capnp/common.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "capnsplice/unique_fd.h"
+#include "mapped_memory.h"
+
+namespace capnsplice::detail {
+
+/// One allocation in an arena: where it is, for the descriptor.
+struct ArenaBlock {
+  std::byte* data = nullptr;
+  std::uint64_t offset = 0;  // from the start of the arena
+  std::size_t bytes = 0;
+};
+
+/// The sending side's arena: a sealed memfd mapped read-write, and its allocator.
+class SendArena {
+ public:
+  /// Creates a memfd of `capacity` bytes (sparse: memory is used only when touched).
+  /// Throws SystemError naming `context`.
+  SendArena(std::uint32_t id, std::size_t capacity, std::string context);
+  ~SendArena();
+  SendArena(const SendArena&) = delete;
+  SendArena& operator=(const SendArena&) = delete;
+
+  std::uint32_t id() const noexcept { return id_; }
+  int fd() const noexcept { return file_.get(); }
+  std::size_t capacity() const noexcept { return capacity_; }
+
+  /// `bytes` of memory (zeroed if `zeroed`), or empty when the arena has no room now.
+  std::optional<ArenaBlock> allocate(std::size_t bytes, bool zeroed);
+
+  /// Gives back a block that never left this process (message dropped unsent).
+  void free(const ArenaBlock& block);
+
+  /// Hands the blocks of a sent message over until the receiver reports `message_id`.
+  void hold_until_released(std::uint64_t message_id, std::vector<ArenaBlock> blocks);
+
+  /// The receiver is done with `message_id`: frees its blocks. Returns false (and
+  /// changes nothing) when no message with that id is held: a report is never trusted
+  /// without that check.
+  bool release(std::uint64_t message_id);
+
+  /// The receiver is gone: nothing held can be read any more; frees everything.
+  void release_all();
+
+  /// Bytes in blocks held for the receiver or being built.
+  std::size_t bytes_in_use() const;
+
+  /// Messages held for the receiver.
+  std::size_t held_messages() const;
+
+ private:
+  using Allocator = boost::interprocess::basic_managed_external_buffer<
+      char, boost::interprocess::rbtree_best_fit<boost::interprocess::null_mutex_family>,
+      boost::interprocess::iset_index>;
+
+  void free_locked(const ArenaBlock& block);
+
+  const std::uint32_t id_;
+  const std::size_t capacity_;
+  const std::string context_;
+  UniqueFd file_;
+  boost::interprocess::mapped_region region_;
+  mutable std::mutex mutex_;
+  Allocator allocator_;
+  std::map<std::uint64_t, std::vector<ArenaBlock>> held_;  // message id -> its blocks
+  std::size_t bytes_in_use_ = 0;
+};
+
+/// The receiving side's view of a peer's arena.
+class ReceiveArena {
+ public:
+  /// Checks that `file` is a memfd sealed against shrinking, of `capacity` bytes, and
+  /// maps it read-only between guard zones. Throws MalformedFrame (a peer sent
+  /// something that is not a usable arena) or SystemError.
+  ReceiveArena(std::uint32_t id, UniqueFd file, std::size_t capacity, std::string_view context);
+
+  std::uint32_t id() const noexcept { return id_; }
+
+  /// The words at [offset, offset + words * 8) of the arena, or empty when that range
+  /// is not inside it or not 8-byte aligned.
+  std::optional<kj::ArrayPtr<const capnp::word>> segment(std::uint64_t offset,
+                                                         std::uint64_t words) const noexcept;
+
+  /// Start of the mapping (for tests).
+  const std::byte* data() const noexcept { return data_; }
+
+ private:
+  const std::uint32_t id_;
+  const std::size_t capacity_;
+  MappedMemory reservation_;  // guard, arena, guard: all readable, never writable
+  boost::interprocess::mapped_region region_;
+  const std::byte* data_ = nullptr;
+};
+
+/// Bytes of zero pages kept readable on each side of a received arena. A Cap'n Proto
+/// pointer reaches at most 2^29 words (4 GiB) from where it is read, and a list at most
+/// 2^29 words beyond: one hop from inside the arena never leaves the reservation, and
+/// the zeros there read as null pointers, which end any traversal.
+inline constexpr std::size_t kArenaGuardBytes = std::size_t{8} << 30;
+
+}  // namespace capnsplice::detail

@@ -1,0 +1,209 @@
+#include "shared_path.h"
+
+#include <cstring>
+
+#include "capnsplice.capnp.h"
+#include "capnsplice/error.h"
+#include "pooled_message_builder.h"
+
+namespace capnsplice::detail {
+
+namespace {
+
+/// The one arena a sender uses (ids leave room for more).
+constexpr std::uint32_t kArenaId = 1;
+
+/// A peer announcing an arena larger than this is not believed.
+constexpr std::uint64_t kLargestArena = std::uint64_t{1} << 40;
+
+std::uint64_t load_word(const capnp::word& word) noexcept {
+  std::uint64_t value;
+  std::memcpy(&value, &word, sizeof value);
+  return value;
+}
+
+}  // namespace
+
+// --- SharedSender --------------------------------------------------------------------
+
+SharedSender::SharedSender(std::shared_ptr<ControlLink> link, const SenderOptions& options,
+                           std::string context)
+    : link_(std::move(link)),
+      threshold_(options.shared_memory_threshold_bytes),
+      capacity_(options.arena_bytes),
+      context_(std::move(context)) {}
+
+bool SharedSender::wants(std::size_t bytes) {
+  // Requests too large for half the arena could never be served while another message
+  // is held: those take the pipe.
+  return threshold_ != 0 && bytes >= threshold_ && bytes <= capacity_ / 2 &&
+         link_->peer_accepts_shared();
+}
+
+SendArena& SharedSender::arena() {
+  std::lock_guard lock(mutex_);
+  if (!arena_) {
+    auto arena = std::make_shared<SendArena>(kArenaId, capacity_, context_);
+    link_->attach_send_arena(arena);
+    link_->send_arena(arena->id(), arena->capacity(), arena->fd());
+    arena_ = std::move(arena);
+  }
+  return *arena_;
+}
+
+ArenaBlock SharedSender::allocate(std::size_t bytes, bool zeroed, Deadline deadline) {
+  SendArena& arena = this->arena();
+  for (;;) {
+    link_->pump(Deadline::immediate());  // take in what the reader released
+    if (link_->peer_gone()) arena.release_all();  // nobody will read what is held
+    if (arena.held_messages() < kMaxHeldSharedMessages) {
+      if (auto block = arena.allocate(bytes, zeroed)) return *block;
+    }
+    if (deadline.expired()) {
+      throw Error(ErrorCode::Timeout, context_,
+                  "the shared-memory arena (" + std::to_string(arena.capacity()) +
+                      " bytes) is full of messages the reader still holds, and the deadline "
+                      "passed");
+    }
+    link_->pump(deadline);  // sleeps until the reader releases something
+  }
+}
+
+void SharedSender::free(const ArenaBlock& block) { arena().free(block); }
+
+std::uint64_t SharedSender::describe(PooledMessageBuilder& builder, std::vector<ArenaBlock> blocks,
+                                     capnp::MessageBuilder& descriptor, Deadline deadline) {
+  auto segments = builder.segments_for_output();
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> places;  // offset, words
+  places.reserve(segments.size());
+  try {
+    for (const auto& segment : segments) {
+      const auto* begin = reinterpret_cast<const std::byte*>(segment.begin());
+      const std::size_t bytes = segment.size() * sizeof(capnp::word);
+      const ArenaBlock* home = nullptr;
+      for (const ArenaBlock& block : blocks) {
+        if (block.data <= begin && begin + bytes <= block.data + block.bytes) home = &block;
+      }
+      if (home != nullptr) {
+        places.emplace_back(home->offset + static_cast<std::uint64_t>(begin - home->data),
+                            segment.size());
+        continue;
+      }
+      // A segment built in the pipe pool (the root, small objects): the reader must find
+      // every segment in the arena, so copy it there. It is small.
+      ArenaBlock copy = allocate(bytes, /*zeroed=*/false, deadline);
+      if (bytes != 0) std::memcpy(copy.data, begin, bytes);
+      blocks.push_back(copy);
+      places.emplace_back(copy.offset, segment.size());
+    }
+  } catch (...) {
+    for (const ArenaBlock& block : blocks) free(block);
+    throw;
+  }
+
+  std::uint64_t id;
+  {
+    std::lock_guard lock(mutex_);
+    id = next_message_id_++;
+  }
+  arena().hold_until_released(id, std::move(blocks));
+
+  auto root = descriptor.initRoot<wire::SharedMessage>();
+  root.setMagic(wire::SharedMessage::EXPECTED_MAGIC);
+  root.setArena(kArenaId);
+  root.setId(id);
+  auto list = root.initSegments(static_cast<unsigned>(places.size()));
+  for (unsigned i = 0; i < places.size(); ++i) {
+    list[i].setOffset(places[i].first);
+    list[i].setWords(places[i].second);
+  }
+  return id;
+}
+
+void SharedSender::abandon(std::uint64_t message_id) { arena().release(message_id); }
+
+std::uint64_t SharedSender::arena_bytes_in_use() const {
+  std::lock_guard lock(mutex_);
+  return arena_ ? arena_->bytes_in_use() : 0;
+}
+
+// --- SharedReceiver ------------------------------------------------------------------
+
+SharedReceiver::SharedReceiver(std::shared_ptr<ControlLink> link, const ReceiveLimits& limits,
+                               std::string context)
+    : link_(std::move(link)), limits_(limits), context_(std::move(context)) {
+  link_->announce_accepts_shared();
+}
+
+bool SharedReceiver::is_descriptor(
+    kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
+  // A SharedMessage root: a struct pointer to 3 data words and 1 pointer whose first
+  // data word is the magic.
+  if (segments.size() != 1 || segments[0].size() < 5) return false;
+  const auto segment = segments[0];
+  const std::uint64_t root = load_word(segment[0]);
+  if ((root & 3) != 0) return false;
+  const auto offset = static_cast<std::int32_t>(static_cast<std::uint32_t>(root)) >> 2;
+  const auto data_words = static_cast<std::uint16_t>(root >> 32);
+  const auto pointers = static_cast<std::uint16_t>(root >> 48);
+  if (data_words != 3 || pointers != 1) return false;
+  const std::int64_t start = 1 + std::int64_t{offset};
+  if (start < 1 || start + 4 > static_cast<std::int64_t>(segment.size())) return false;
+  return load_word(segment[static_cast<std::size_t>(start)]) ==
+         wire::SharedMessage::EXPECTED_MAGIC;
+}
+
+std::shared_ptr<ReceiveArena> SharedReceiver::arena(std::uint32_t id) {
+  if (auto known = arenas_.find(id); known != arenas_.end()) return known->second;
+  // The sender puts an arena on the control link before any descriptor naming it.
+  auto [memfd, capacity] = link_->take_arena(id, Deadline::after(std::chrono::seconds(1)));
+  if (capacity == 0 || capacity > kLargestArena) {
+    throw Error(ErrorCode::MalformedFrame, context_,
+                "the peer announced an arena of " + std::to_string(capacity) + " bytes");
+  }
+  auto arena = std::make_shared<ReceiveArena>(id, std::move(memfd),
+                                              static_cast<std::size_t>(capacity), context_);
+  arenas_.emplace(id, arena);
+  return arena;
+}
+
+void SharedReceiver::open(capnp::MessageReader& descriptor, ReceivedMessageState& state) {
+  auto root = descriptor.getRoot<wire::SharedMessage>();
+  auto places = root.getSegments();
+  if (places.size() == 0 || places.size() > limits_.max_segments) {
+    throw Error(ErrorCode::MalformedFrame, context_,
+                "a shared-memory message lists " + std::to_string(places.size()) +
+                    " segments; 1 to " + std::to_string(limits_.max_segments) + " are allowed");
+  }
+  std::shared_ptr<ReceiveArena> arena = this->arena(root.getArena());
+  auto* slots = state.segment_slots(places.size());
+  std::uint64_t words = 0;
+  for (unsigned i = 0; i < places.size(); ++i) {
+    auto segment = arena->segment(places[i].getOffset(), places[i].getWords());
+    if (!segment) {
+      throw Error(ErrorCode::MalformedFrame, context_,
+                  "segment " + std::to_string(i) + " of a shared-memory message (offset " +
+                      std::to_string(places[i].getOffset()) + ", " +
+                      std::to_string(places[i].getWords()) +
+                      " words) is not inside the arena");
+    }
+    slots[i] = *segment;
+    words += places[i].getWords();
+  }
+  state.segments = kj::arrayPtr(slots, places.size());
+  state.frame_bytes = words * sizeof(capnp::word);
+  state.shared_arena = std::move(arena);
+  state.shared_link = link_;
+  state.shared_id = root.getId();
+
+  // The traversal limit follows the message: it guards against amplification, not size.
+  capnp::ReaderOptions options;
+  const std::uint64_t configured = limits_.traversal_limit_words != 0
+                                       ? limits_.traversal_limit_words
+                                       : 4 * (limits_.max_message_bytes / sizeof(capnp::word));
+  options.traversalLimitInWords = std::max(configured, 4 * words);
+  options.nestingLimit = limits_.nesting_limit;
+  state.reader.emplace(state.segments, options);
+}
+
+}  // namespace capnsplice::detail

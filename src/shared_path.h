@@ -1,0 +1,102 @@
+// The shared-memory path of a channel (internal): large messages travel as a small
+// descriptor on the pipe while their segments stay in the sender's arena.
+//
+//   sender                                            receiver
+//   builder asks for >= threshold bytes
+//     -> SharedSender::allocate (arena)
+//   send: segments not in the arena are copied in;
+//     blocks held under a message id;
+//     pipe <- SharedMessage{arena, id, segments} -->  SharedReceiver::open(frame)
+//                                                       checks every field, maps the
+//                                                       arena read-only (once), builds a
+//                                                       reader over the arena segments
+//   SendArena::release(id) <-- control link Release <-- ReceivedMessage dropped
+//
+// Every segment of a shared message lives in the arena, none in the receiver's own
+// buffers: reads that a concurrent writer could redirect stay inside the arena's guard
+// zones (shared_arena.h).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "capnsplice/deadline.h"
+#include "capnsplice/options.h"
+#include "control_link.h"
+#include "received_message_state.h"
+#include "shared_arena.h"
+
+namespace capnsplice::detail {
+
+class PooledMessageBuilder;
+
+/// The sending half: arena allocation and message descriptors.
+class SharedSender {
+ public:
+  SharedSender(std::shared_ptr<ControlLink> link, const SenderOptions& options,
+               std::string context);
+
+  /// True when a request of `bytes` goes to the arena: it is at least the threshold and
+  /// the peer said it reads shared-memory messages.
+  bool wants(std::size_t bytes);
+
+  /// Arena memory for a message being built. While the arena is full of messages the
+  /// reader holds, waits for it to release some, until `deadline` (then Timeout).
+  ArenaBlock allocate(std::size_t bytes, bool zeroed, Deadline deadline);
+
+  /// Gives back a block of a message that was dropped unsent.
+  void free(const ArenaBlock& block);
+
+  /// Moves every segment of `builder` into the arena (copying those that are not there
+  /// yet), holds them under a new message id, and builds the descriptor into
+  /// `descriptor`. Returns the id.
+  std::uint64_t describe(PooledMessageBuilder& builder, std::vector<ArenaBlock> blocks,
+                         capnp::MessageBuilder& descriptor, Deadline deadline);
+
+  /// The descriptor of `message_id` could not be sent: free its blocks.
+  void abandon(std::uint64_t message_id);
+
+  std::uint64_t arena_bytes_in_use() const;
+
+ private:
+  SendArena& arena();
+
+  std::shared_ptr<ControlLink> link_;
+  const std::size_t threshold_;
+  const std::size_t capacity_;
+  const std::string context_;
+  mutable std::mutex mutex_;  // guards the arena's creation and the message ids
+  std::shared_ptr<SendArena> arena_;
+  std::uint64_t next_message_id_ = 1;
+};
+
+/// The receiving half: recognises descriptors and opens the messages they describe.
+class SharedReceiver {
+ public:
+  /// Announces on `link` that this end reads shared-memory messages.
+  SharedReceiver(std::shared_ptr<ControlLink> link, const ReceiveLimits& limits,
+                 std::string context);
+
+  /// True when `segments` (a complete frame) is a SharedMessage descriptor. Cheap: looks
+  /// at the root pointer and one word.
+  static bool is_descriptor(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments);
+
+  /// Fills `state` with the message `descriptor` describes, checking every field.
+  /// Throws MalformedFrame naming what is wrong.
+  void open(capnp::MessageReader& descriptor, ReceivedMessageState& state);
+
+ private:
+  std::shared_ptr<ReceiveArena> arena(std::uint32_t id);
+
+  std::shared_ptr<ControlLink> link_;
+  const ReceiveLimits limits_;
+  const std::string context_;
+  std::map<std::uint32_t, std::shared_ptr<ReceiveArena>> arenas_;
+};
+
+}  // namespace capnsplice::detail

@@ -1,0 +1,125 @@
+// A hostile or broken peer process (tests/hostile_peer.cc): each forged or cut frame gets
+// its own error, whole messages before it still arrive intact, the receiver never
+// commits memory for the sizes a header claims, and the next channel works.
+//
+// The single-process versions of some of these cases (error_test.cc, frame_test.cc)
+// check the parser; here the bytes come from another process, through a real channel.
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "capnsplice/process.h"
+#include "support/blob.h"
+#include "support/process_support.h"
+#include "support/resident_memory.h"
+
+namespace {
+
+using namespace capnsplice;
+using namespace capnsplice::testing;
+using namespace std::chrono_literals;
+
+/// Resident memory a refused peer may cost: the receive ring (4 MiB) and a little heap.
+/// Every forged size below is 60 MiB or (much) more.
+constexpr std::size_t kMaxResidentGrowth = 24 * MiB;
+
+/// What receiving from a hostile peer came to.
+struct HostileRun {
+  std::vector<std::uint64_t> intact_seqs;  ///< whole messages received before the error
+  std::optional<Error> error;
+  std::size_t resident_growth = 0;  ///< VmRSS after the error minus before the spawn
+};
+
+/// Spawns the hostile peer in `mode` and receives until the channel fails.
+HostileRun receive_from_hostile_peer(const char* mode,
+                                     std::chrono::nanoseconds receive_timeout = 10s) {
+  HostileRun run;
+  const std::size_t resident_before = resident_bytes();
+  Child peer = spawn({.program = CAPNSPLICE_HOSTILE_PEER,
+                      .arguments = {mode},
+                      .channel = ChannelOptions().with_name(mode)});
+  while (!run.error) {
+    try {
+      ReceivedMessage message = peer.channel.receive_for(receive_timeout);
+      auto blob = message.root<test::Blob>();
+      if (blob_intact(blob)) run.intact_seqs.push_back(blob.getSeq());
+    } catch (const Error& error) {
+      run.error = error;
+    }
+  }
+  const std::size_t resident_after = resident_bytes();
+  run.resident_growth = resident_after > resident_before ? resident_after - resident_before : 0;
+  return run;  // `peer`'s handle kills and reaps it
+}
+
+/// Checks the run ended with `code`, within bounded memory, and that a new channel to a
+/// well-behaved peer carries a message both ways.
+void check_refused_then_next_channel_works(const HostileRun& run, ErrorCode code) {
+  REQUIRE(run.error.has_value());
+  INFO(run.error->what());
+  CHECK(run.error->code() == code);
+  CHECK(run.resident_growth < kMaxResidentGrowth);
+
+  Child next = spawn_peer({"echo"});
+  Random random(7);
+  send_blob(next.channel, 42, 1000, random);
+  auto echoed = next.channel.receive_for(10s);
+  CHECK(echoed.root<test::Blob>().getSeq() == 42);
+  CHECK(blob_intact(echoed.root<test::Blob>()));
+}
+
+}  // namespace
+
+TEST_CASE("a peer declaring 2^32 segments gets MalformedFrame, and the next channel works") {
+  HostileRun run = receive_from_hostile_peer("forged-count");
+  check_refused_then_next_channel_works(run, ErrorCode::MalformedFrame);
+  CHECK_THAT(run.error->what(), Catch::Contains("declares 4294967296 segments"));
+}
+
+TEST_CASE("a peer whose segment words sum to 2^32 gets MessageTooLarge, not a wrapped zero") {
+  HostileRun run = receive_from_hostile_peer("wrapping-words");
+  check_refused_then_next_channel_works(run, ErrorCode::MessageTooLarge);
+  // 16 bytes of table + (1 + 2^32-1) words: what a 32-bit word sum would call 0.
+  CHECK_THAT(run.error->what(), Catch::Contains("frame of 34359738384 bytes"));
+}
+
+TEST_CASE(
+    "a peer whose segment bytes sum to 4 GiB gets MessageTooLarge as the sum passes "
+    "the limit") {
+  HostileRun run = receive_from_hostile_peer("wrapping-bytes");
+  check_refused_then_next_channel_works(run, ErrorCode::MessageTooLarge);
+  // 512 segments of 8 MiB, each within the limit: refused at the 8th, 2056 + 8 * 8 MiB.
+  CHECK_THAT(run.error->what(),
+             Catch::Contains("frame of at least 67110920 bytes exceeds the limit of 67108864"));
+}
+
+TEST_CASE("a peer announcing a 128 MiB segment gets MessageTooLarge without the memory") {
+  HostileRun run = receive_from_hostile_peer("over-limit");
+  check_refused_then_next_channel_works(run, ErrorCode::MessageTooLarge);
+  CHECK_THAT(run.error->what(), Catch::Contains("frame of 134217736 bytes"));
+}
+
+TEST_CASE(
+    "a peer that exits halfway through a message gets TruncatedMessage after its "
+    "whole messages") {
+  HostileRun run = receive_from_hostile_peer("truncate");
+  check_refused_then_next_channel_works(run, ErrorCode::TruncatedMessage);
+  CHECK(run.intact_seqs == std::vector<std::uint64_t>{0});
+  CHECK_THAT(run.error->what(), Catch::Contains("4008 bytes into a frame of 8008 bytes"));
+}
+
+TEST_CASE(
+    "garbage after valid frames is MalformedFrame once the valid messages arrived "
+    "intact") {
+  HostileRun run = receive_from_hostile_peer("garbage");
+  check_refused_then_next_channel_works(run, ErrorCode::MalformedFrame);
+  CHECK(run.intact_seqs == std::vector<std::uint64_t>{0, 1, 2});
+}
+
+TEST_CASE("a peer stalling inside a 60 MiB frame times the receive out without the memory") {
+  HostileRun run = receive_from_hostile_peer("stall", 300ms);
+  check_refused_then_next_channel_works(run, ErrorCode::Timeout);
+  CHECK(run.intact_seqs == std::vector<std::uint64_t>{0});
+}
