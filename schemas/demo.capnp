@@ -9,3 +9,10 @@ struct Chunk {
   seq @0 :UInt64;
   payload @1 :Data;
 }
+
+# A large message: Cap'n Proto caps one Data value at 2^29 - 1 bytes, so a message of a
+# GiB or more holds its bytes in several parts.
+struct Bulk {
+  seq @0 :UInt64;
+  parts @1 :List(Data);
+}

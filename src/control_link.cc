@@ -115,7 +115,6 @@ void ControlLink::pump(Deadline deadline) {
 
 bool ControlLink::peer_gone() {
   std::lock_guard lock(mutex_);
-  pump_locked(Deadline::immediate());
   return peer_gone_;
 }
 
@@ -167,6 +166,7 @@ void ControlLink::pump_locked(Deadline deadline) {
       peer_gone_ = true;
       return;
     }
+    waited = true;  // something came: from now on only take what is already there
     UniqueFd received;
     for (cmsghdr* header = CMSG_FIRSTHDR(&message); header != nullptr;
          header = CMSG_NXTHDR(&message, header)) {

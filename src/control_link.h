@@ -72,7 +72,8 @@ class ControlLink {
   /// never sends it before `deadline`.
   std::pair<UniqueFd, std::uint64_t> take_arena(std::uint32_t arena_id, Deadline deadline);
 
-  /// True once the peer closed its end of the link (it exited or closed the channel).
+  /// True once a pump saw the peer close its end of the link (it exited or closed the
+  /// channel).
   bool peer_gone();
 
  private:
