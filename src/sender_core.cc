@@ -14,7 +14,7 @@ namespace {
 
 /// A batch is written once it holds this many bytes or frames, whatever the caller
 /// queues next: more would not make the system call cheaper, only the pipe fuller.
-constexpr std::size_t kBatchBytes = 256 * 1024;
+constexpr std::size_t kBatchBytes = std::size_t{256} * 1024;
 constexpr std::size_t kBatchFrames = 256;
 
 /// Appends the gather entries of one frame: its table, then each segment. When the
@@ -163,7 +163,7 @@ void SenderCore::send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> s
   // The caller may reuse its builder once this returns: queue behind the batch and
   // write everything now.
   const std::size_t bytes = append_frame(gather_, table, table_bytes, false, segments);
-  queued_.push_back({nullptr, bytes, gather_.size(), WriteMethod::copy});
+  queued_.push_back({nullptr, bytes, gather_.size(), WriteMethod::copy, std::nullopt});
   queued_bytes_ += bytes;
   queued_frames_.store(queued_.size(), std::memory_order_relaxed);
   flush_locked(deadline);
