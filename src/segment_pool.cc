@@ -22,10 +22,12 @@ constexpr std::size_t kMaxSpareBlocks = 2;
 
 }  // namespace
 
-SegmentPool::SegmentPool(std::size_t capacity, std::string context, Zeroing zeroing)
-    : capacity_(round_up(std::max<std::size_t>(capacity, 64 * 1024), page_size())),
+SegmentPool::SegmentPool(std::size_t capacity, std::string context, Zeroing zeroing,
+                         std::size_t greedy_limit)
+    : capacity_(round_up(std::max<std::size_t>(capacity, std::size_t{64} * 1024), page_size())),
       context_(std::move(context)),
-      zeroing_(zeroing) {}
+      zeroing_(zeroing),
+      greedy_limit_(greedy_limit != 0 ? std::min(greedy_limit, capacity_ / 2) : capacity_ / 2) {}
 
 void SegmentPool::clear(std::byte* data, std::size_t& dirty_bytes) const {
   if (zeroing_ == Zeroing::zeroed && dirty_bytes != 0) std::memset(data, 0, dirty_bytes);
@@ -37,7 +39,7 @@ SegmentPool::~SegmentPool() = default;
 std::size_t SegmentPool::greedy_floor() const noexcept {
   // A greedy chunk smaller than this is not worth starting a message in while waiting
   // for the reader could give a larger one.
-  return std::min<std::size_t>(64 * 1024, capacity_ / 4);
+  return std::min<std::size_t>(std::size_t{64} * 1024, capacity_ / 4);
 }
 
 void SegmentPool::attach(std::weak_ptr<ConsumptionSource> source) {
@@ -150,7 +152,7 @@ bool SegmentPool::try_ring(std::size_t wanted, bool greedy, Chunk& out) {
   const std::size_t run = wrap ? run_after_wrap : run_at_head;
   // Greedy chunks stop at half the ring, leaving room for the next message while
   // this one is in flight.
-  const std::size_t size = greedy ? std::max(wanted, std::min(run, capacity_ / 2)) : wanted;
+  const std::size_t size = greedy ? std::max(wanted, std::min(run, greedy_limit_)) : wanted;
   chunks_.push_back({head_, head_ + size, size, 0, State::building});
   out.data = ring_.data() + head_ % capacity_;
   out.bytes = size;

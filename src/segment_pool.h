@@ -83,7 +83,11 @@ class SegmentPool {
   enum class Zeroing { zeroed, unzeroed };
 
   /// `capacity` bytes of ring, mapped on first use. `context` names the channel in errors.
-  SegmentPool(std::size_t capacity, std::string context, Zeroing zeroing = Zeroing::zeroed);
+  /// Greedy chunks stop at `greedy_limit` (0: half the ring): a sender with a
+  /// shared-memory path sets its threshold here, so that any object at least that large
+  /// needs a segment of its own, which the shared path then serves.
+  SegmentPool(std::size_t capacity, std::string context, Zeroing zeroing = Zeroing::zeroed,
+              std::size_t greedy_limit = 0);
   ~SegmentPool();
   SegmentPool(const SegmentPool&) = delete;
   SegmentPool& operator=(const SegmentPool&) = delete;
@@ -140,6 +144,7 @@ class SegmentPool {
   const std::size_t capacity_;
   const std::string context_;
   const Zeroing zeroing_;
+  const std::size_t greedy_limit_;
 
   mutable std::mutex mutex_;
   MappedMemory ring_;

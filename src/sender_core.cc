@@ -44,7 +44,11 @@ SenderCore::SenderCore(UniqueFd fd, SenderOptions options, std::string context,
       options_(options),
       context_(std::move(context)),
       pipe_(is_pipe(fd_.get())),
-      pool_(std::make_shared<SegmentPool>(options.pool_bytes, context_)),
+      pool_(std::make_shared<SegmentPool>(
+          options.pool_bytes, context_, SegmentPool::Zeroing::zeroed,
+          // With a shared-memory path, an object of at least its threshold must not fit
+          // in a pool segment: it then asks for a segment of its own, which goes there.
+          link ? options.shared_memory_threshold_bytes : 0)),
       data_pool_(std::make_shared<SegmentPool>(options.data_pool_bytes, context_,
                                                SegmentPool::Zeroing::unzeroed)) {
   require_access_mode(fd_.get(), /*for_writing=*/true, context_);

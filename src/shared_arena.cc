@@ -22,8 +22,11 @@ struct DescriptorMapping {
 };
 
 /// Blocks at least this large give their pages back to the kernel when freed, so a
-/// burst of huge messages does not leave the process's memory high.
-constexpr std::size_t kReturnPagesFrom = 4 * 1024 * 1024;
+/// burst of huge messages does not leave the process's memory high. Smaller blocks keep
+/// theirs: the allocator hands the same places out again, and refaulting 4 KiB shmem
+/// pages in both processes cost more than the copy it saves (16 MiB messages ran at
+/// 0.8 GB/s with a 4 MiB threshold here).
+constexpr std::size_t kReturnPagesFrom = std::size_t{64} * 1024 * 1024;
 
 constexpr int kRequiredSeals = F_SEAL_SHRINK;
 
@@ -68,10 +71,10 @@ std::optional<ArenaBlock> SendArena::allocate(std::size_t bytes, bool zeroed) {
 void SendArena::free_locked(const ArenaBlock& block) {
   if (block.bytes >= kReturnPagesFrom) {
     // Keep the first page: the allocator keeps its free-list node there.
-    auto* first = reinterpret_cast<std::byte*>(
-        round_up(reinterpret_cast<std::uintptr_t>(block.data) + page_size(), page_size()));
-    auto* last = reinterpret_cast<std::byte*>(
-        reinterpret_cast<std::uintptr_t>(block.data + block.bytes) & ~(page_size() - 1));
+    // Page boundaries as offsets from the block's pointer, not integers cast back.
+    const auto address = reinterpret_cast<std::uintptr_t>(block.data);
+    std::byte* first = block.data + (round_up(address + page_size(), page_size()) - address);
+    std::byte* last = block.data + block.bytes - ((address + block.bytes) & (page_size() - 1));
     if (last > first) ::madvise(first, static_cast<std::size_t>(last - first), MADV_REMOVE);
   }
   allocator_.deallocate(block.data);
