@@ -9,6 +9,12 @@
 
 namespace capnsplice::detail {
 
+namespace {
+/// Arena segments made when every message goes to the arena start this large, so a
+/// message of many small objects does not become one segment per object.
+constexpr std::size_t kArenaSegmentFloor = 64 * 1024;
+}  // namespace
+
 PooledMessageBuilder::PooledMessageBuilder(
     std::shared_ptr<SegmentPool> segment_pool, std::shared_ptr<SegmentPool> data_pool,
     std::shared_ptr<SharedSender> shared,
@@ -43,9 +49,14 @@ std::optional<ArenaBlock> PooledMessageBuilder::allocate_shared(std::size_t byte
 
 kj::ArrayPtr<capnp::word> PooledMessageBuilder::allocateSegment(unsigned minimumSize) {
   const std::size_t requested = std::size_t{minimumSize} * sizeof(capnp::word);
-  if (!chunks_.empty()) {
-    if (auto block = allocate_shared(requested, /*zeroed=*/true)) {
-      return kj::arrayPtr(reinterpret_cast<capnp::word*>(block->data), minimumSize);
+  // The root segment stays in the pool (so an empty message never needs the arena)
+  // unless every segment goes to the arena; then segments get room to grow in.
+  const bool everything = shared_ && shared_->everything();
+  if (!chunks_.empty() || everything) {
+    const std::size_t bytes = everything ? std::max(requested, kArenaSegmentFloor) : requested;
+    if (auto block = allocate_shared(bytes, /*zeroed=*/true)) {
+      return kj::arrayPtr(reinterpret_cast<capnp::word*>(block->data),
+                          block->bytes / sizeof(capnp::word));
     }
   }
   const bool first = chunks_.empty();

@@ -48,11 +48,16 @@ SenderCore::SenderCore(UniqueFd fd, SenderOptions options, std::string context,
           options.pool_bytes, context_, SegmentPool::Zeroing::zeroed,
           // With a shared-memory path, an object of at least its threshold must not fit
           // in a pool segment: it then asks for a segment of its own, which goes there.
-          link ? options.shared_memory_threshold_bytes : 0)),
+          link && options.path == SendPath::automatic ? options.shared_memory_threshold_bytes : 0)),
       data_pool_(std::make_shared<SegmentPool>(options.data_pool_bytes, context_,
                                                SegmentPool::Zeroing::unzeroed)) {
   require_access_mode(fd_.get(), /*for_writing=*/true, context_);
-  if (link) shared_ = std::make_shared<SharedSender>(std::move(link), options_, context_);
+  const bool shared_path =
+      options_.path == SendPath::shared_memory ||
+      (options_.path == SendPath::automatic && options_.shared_memory_threshold_bytes != 0);
+  if (link && shared_path) {
+    shared_ = std::make_shared<SharedSender>(std::move(link), options_, context_);
+  }
 }
 
 SenderCore::~SenderCore() {
@@ -82,6 +87,7 @@ WriteMethod SenderCore::choose_method(std::size_t frame_bytes) const noexcept {
     case SendPath::vmsplice:
       return WriteMethod::vmsplice;
     case SendPath::automatic:
+    case SendPath::shared_memory:  // what does not go to the arena takes the pipe
       break;
   }
   return frame_bytes < options_.copy_threshold_bytes ? WriteMethod::copy : WriteMethod::vmsplice;
@@ -257,14 +263,18 @@ std::size_t SenderCore::write_run(std::size_t first, Deadline deadline, SigpipeG
 }
 
 void SenderCore::retire(QueuedFrame& frame, std::uint64_t stream_end) {
-  if (frame.shared_id) ++stats_.shared_messages;
   ++stats_.messages;
   stats_.bytes += frame.bytes;
-  if (frame.method == WriteMethod::copy) {
+  if (frame.shared_id) {
+    ++stats_.shared_messages;  // its descriptor went by copy or splice: not counted there
+  } else if (frame.method == WriteMethod::copy) {
     ++stats_.copied_messages;
-    if (frame.builder) frame.builder->release_chunks();
   } else {
     ++stats_.spliced_messages;
+  }
+  if (frame.method == WriteMethod::copy) {
+    if (frame.builder) frame.builder->release_chunks();
+  } else {
     frame.builder->release_chunks_after(stream_end);
   }
   frame.builder.reset();

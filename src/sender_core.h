@@ -42,6 +42,7 @@ class SenderCore final : public ConsumptionSource {
   void attach_pool(const std::shared_ptr<SenderCore>& self) {
     pool_->attach(self);
     data_pool_->attach(self);
+    if (shared_) shared_->attach(self);
   }
 
   OutgoingMessage new_message();

@@ -30,14 +30,15 @@ SharedSender::SharedSender(std::shared_ptr<ControlLink> link, const SenderOption
                            std::string context)
     : link_(std::move(link)),
       threshold_(options.shared_memory_threshold_bytes),
+      everything_(options.path == SendPath::shared_memory),
       capacity_(options.arena_bytes),
       context_(std::move(context)) {}
 
 bool SharedSender::wants(std::size_t bytes) {
   // Requests too large for half the arena could never be served while another message
   // is held: those take the pipe.
-  return threshold_ != 0 && bytes >= threshold_ && bytes <= capacity_ / 2 &&
-         link_->peer_accepts_shared();
+  const bool large_enough = everything_ || (threshold_ != 0 && bytes >= threshold_);
+  return large_enough && bytes <= capacity_ / 2 && link_->peer_accepts_shared();
 }
 
 SendArena& SharedSender::arena() {
@@ -54,11 +55,13 @@ SendArena& SharedSender::arena() {
 ArenaBlock SharedSender::allocate(std::size_t bytes, bool zeroed, Deadline deadline) {
   SendArena& arena = this->arena();
   for (;;) {
-    link_->pump(Deadline::immediate());  // take in what the reader released
+    link_->pump(Deadline::immediate());           // take in what the reader released
     if (link_->peer_gone()) arena.release_all();  // nobody will read what is held
     if (arena.held_messages() < kMaxHeldSharedMessages) {
       if (auto block = arena.allocate(bytes, zeroed)) return *block;
     }
+    // Queued messages hold blocks too, and are released only once written and read.
+    if (auto sender = sender_.lock(); sender && sender->flush_queued(deadline)) continue;
     if (deadline.expired()) {
       throw Error(ErrorCode::Timeout, context_,
                   "the shared-memory arena (" + std::to_string(arena.capacity()) +
@@ -135,8 +138,7 @@ SharedReceiver::SharedReceiver(std::shared_ptr<ControlLink> link, const ReceiveL
   link_->announce_accepts_shared();
 }
 
-bool SharedReceiver::is_descriptor(
-    kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
+bool SharedReceiver::is_descriptor(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
   // A SharedMessage root: a struct pointer to 3 data words and 1 pointer whose first
   // data word is the magic.
   if (segments.size() != 1 || segments[0].size() < 5) return false;
@@ -149,8 +151,7 @@ bool SharedReceiver::is_descriptor(
   if (data_words != 3 || pointers != 1) return false;
   const std::int64_t start = 1 + std::int64_t{offset};
   if (start < 1 || start + 4 > static_cast<std::int64_t>(segment.size())) return false;
-  return load_word(segment[static_cast<std::size_t>(start)]) ==
-         wire::SharedMessage::EXPECTED_MAGIC;
+  return load_word(segment[static_cast<std::size_t>(start)]) == wire::SharedMessage::EXPECTED_MAGIC;
 }
 
 std::shared_ptr<ReceiveArena> SharedReceiver::arena(std::uint32_t id) {
@@ -184,8 +185,7 @@ void SharedReceiver::open(capnp::MessageReader& descriptor, ReceivedMessageState
       throw Error(ErrorCode::MalformedFrame, context_,
                   "segment " + std::to_string(i) + " of a shared-memory message (offset " +
                       std::to_string(places[i].getOffset()) + ", " +
-                      std::to_string(places[i].getWords()) +
-                      " words) is not inside the arena");
+                      std::to_string(places[i].getWords()) + " words) is not inside the arena");
     }
     slots[i] = *segment;
     words += places[i].getWords();

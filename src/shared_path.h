@@ -29,6 +29,7 @@
 #include "capnsplice/options.h"
 #include "control_link.h"
 #include "received_message_state.h"
+#include "segment_pool.h"
 #include "shared_arena.h"
 
 namespace capnsplice::detail {
@@ -41,9 +42,17 @@ class SharedSender {
   SharedSender(std::shared_ptr<ControlLink> link, const SenderOptions& options,
                std::string context);
 
-  /// True when a request of `bytes` goes to the arena: it is at least the threshold and
-  /// the peer said it reads shared-memory messages.
+  /// True when a request of `bytes` goes to the arena: it is at least the threshold (or
+  /// the path is SendPath::shared_memory) and the peer said it reads shared-memory
+  /// messages.
   bool wants(std::size_t bytes);
+
+  /// The sender whose queued messages hold arena blocks: written before waiting for
+  /// releases that could otherwise never come.
+  void attach(std::weak_ptr<ConsumptionSource> sender) { sender_ = std::move(sender); }
+
+  /// True when every segment goes to the arena (SendPath::shared_memory).
+  bool everything() const noexcept { return everything_; }
 
   /// Arena memory for a message being built. While the arena is full of messages the
   /// reader holds, waits for it to release some, until `deadline` (then Timeout).
@@ -68,10 +77,12 @@ class SharedSender {
 
   std::shared_ptr<ControlLink> link_;
   const std::size_t threshold_;
+  const bool everything_;
   const std::size_t capacity_;
   const std::string context_;
   mutable std::mutex mutex_;  // guards the arena's creation and the message ids
   std::shared_ptr<SendArena> arena_;
+  std::weak_ptr<ConsumptionSource> sender_;
   std::uint64_t next_message_id_ = 1;
 };
 

@@ -321,3 +321,30 @@ TEST_CASE("the vmsplice aliasing probe reports what this kernel does") {
   // everything would still work (by writev).
   CHECK(near.sender().stats().vmsplice_aliases_pages);
 }
+
+TEST_CASE("SendPath::shared_memory sends even small messages through the arena") {
+  auto [near, far] = Channel::pair(shared_options().with_send_path(SendPath::shared_memory));
+  Random random(14);
+  far.send_struct<test::Empty>([](auto) {});  // let the announcement arrive first
+  near.receive();
+  for (int i = 0; i < 50; ++i) send_blob(near, i, random.below(3000), random, i % 3);
+  for (int i = 0; i < 50; ++i) {
+    auto blob = far.receive_as<test::Blob>();
+    CHECK(blob->getSeq() == static_cast<std::uint64_t>(i));
+    CHECK(blob_intact(blob.root()));
+  }
+  CHECK(near.sender().stats().shared_messages == 50);
+  CHECK(far.receiver().stats().shared_messages == 50);
+}
+
+TEST_CASE("SendPath::vmsplice and SendPath::copy keep large messages on the pipe") {
+  for (SendPath path : {SendPath::vmsplice, SendPath::copy}) {
+    auto [near, far] = Channel::pair(shared_options().with_send_path(path));
+    Random random(15);
+    std::thread sender([&] { send_blob(near, 0, 4 * MiB, random); });
+    CHECK(blob_intact(far.receive_as<test::Blob>().root()));
+    sender.join();
+    CHECK(near.sender().stats().shared_messages == 0);
+    CHECK(near.sender().stats().messages == 1);
+  }
+}

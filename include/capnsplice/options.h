@@ -36,14 +36,18 @@ struct ReceiveLimits {
   int nesting_limit = 64;
 };
 
-/// How a sender puts a message on the pipe.
+/// How a sender carries messages.
 enum class SendPath {
-  /// Copy below copy_threshold_bytes, vmsplice at or above it.
+  /// By size: writev below copy_threshold_bytes, vmsplice from there, and objects of
+  /// shared_memory_threshold_bytes or more built in the shared-memory arena.
   automatic,
-  /// Always writev (the kernel copies the bytes into the pipe).
+  /// Always through the pipe by writev (the kernel copies the bytes into the pipe).
   copy,
-  /// Always vmsplice (the pipe references the pool's pages; no copy on send).
+  /// Always through the pipe by vmsplice (the pipe references the pool's pages).
   vmsplice,
+  /// Every message built in the shared-memory arena, only a descriptor on the pipe —
+  /// whenever the peer reads such messages (otherwise as `automatic`).
+  shared_memory,
 };
 
 /// Options of the sending side of a channel.

@@ -1,0 +1,142 @@
+#include "cli.h"
+
+#include <algorithm>
+#include <string_view>
+
+#include "transport.h"
+#include "units.h"
+
+namespace bench {
+
+namespace {
+
+bool is_transport(const std::string& name) {
+  for (const Transport& transport : all_transports()) {
+    if (transport.name == name) return true;
+  }
+  return false;
+}
+
+void select_workloads(const std::string& list, CommandLine& line) {
+  line.throughput = line.round_trip = line.rss = false;
+  for (const std::string& name : split(list, ',')) {
+    if (name == "throughput") {
+      line.throughput = true;
+    } else if (name == "rtt") {
+      line.round_trip = true;
+    } else if (name == "rss") {
+      line.rss = true;
+    } else {
+      throw UsageError("unknown workload '" + name + "' (known: throughput, rtt, rss)");
+    }
+  }
+}
+
+/// "  name                text of the description, wrapped at 80 columns with the
+///                        following lines indented under the first".
+void print_wrapped(std::ostream& out, const std::string& name, const std::string& text) {
+  constexpr std::size_t kIndent = 22, kWidth = 80;
+  std::string line = "  " + name;
+  line.resize(std::max(line.size() + 1, kIndent), ' ');
+  const std::size_t start = line.size();
+  for (const std::string& word : split(text, ' ')) {
+    if (line.size() > start && line.size() + word.size() > kWidth) {
+      out << line << "\n";
+      line = std::string(kIndent, ' ');
+    }
+    line += (line.size() > kIndent ? " " : "") + word;
+  }
+  out << line << "\n";
+}
+
+}  // namespace
+
+CommandLine parse_command_line(int argc, char** argv) {
+  CommandLine line;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view option = argv[i];
+    const auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw UsageError(std::string(option) + " needs a value");
+      return argv[++i];
+    };
+    if (option == "--help" || option == "-h") {
+      line.help = true;
+    } else if (option == "--quick") {
+      line.quick = true;
+    } else if (option == "--threshold-sweep") {
+      line.threshold_sweep = true;
+    } else if (option == "--csv") {
+      line.csv_path = value();
+    } else if (option == "--plot") {
+      line.plot_path = value();
+    } else if (option == "--transports") {
+      line.transports = split(value(), ',');
+      for (const std::string& name : line.transports) {
+        if (!is_transport(name)) throw UsageError("unknown transport '" + name + "'; see --help");
+      }
+    } else if (option == "--sizes") {
+      for (const std::string& text : split(value(), ',')) {
+        const auto size = parse_size(text);
+        if (!size || *size < 8 || *size > 64 * 1024 * 1024) {
+          throw UsageError("size '" + text + "' is not a byte count from 8 to 64 MiB");
+        }
+        line.sizes.push_back(*size);
+      }
+    } else if (option == "--workloads") {
+      select_workloads(value(), line);
+    } else {
+      throw UsageError("unknown option '" + std::string(option) + "'; see --help");
+    }
+  }
+  return line;
+}
+
+void print_help(std::ostream& out) {
+  out << R"(capnsplice-bench — capnsplice against the transports it replaces, in one run.
+
+Usage: capnsplice-bench [options]
+
+Each measurement forks a fresh sender and receiver process (peak RSS is per
+measurement), warms them up, releases both from a start barrier and times the
+receiver's last message on CLOCK_MONOTONIC. Every message is a Chunk whose Data
+payload the sender fills completely and whose seq and first/middle/last payload
+bytes the receiver checks.
+
+Workloads:
+  throughput  one-way stream; payload GB/s (10^9 bytes) and messages/s
+              (default sizes 64 B, 1 KiB, 4 KiB, 64 KiB, 1 MiB, 16 MiB)
+  rtt         ping-pong round trip, p50 / p99 / p99.9 (default sizes 64 B, 4 KiB),
+              blocking, and busy-poll as "<transport>+spin"
+  rss         peak RSS (ru_maxrss) of sender and receiver in the throughput runs;
+              the CSV has peak_rss_mib (the larger side) plus peak_rss_sender_mib
+              and peak_rss_receiver_mib
+
+Options:
+  --quick             short runs (under a minute); the demo uses it
+  --transports LIST   comma-separated, e.g. capnsplice,capnp-socketpair
+  --sizes LIST        payload sizes for every workload, e.g. 64,4K,1MiB
+  --workloads LIST    any of throughput,rtt,rss (rss alone still runs throughput)
+  --csv FILE          rows transport,message_bytes,metric,value
+  --plot FILE.png     throughput against payload size, one line per transport
+                      (gnuplot; python3-matplotlib when gnuplot is missing)
+  --threshold-sweep   only capnsplice-copy against capnsplice-vmsplice, 256 B to
+                      256 KiB, and where vmsplice starts to win (for
+                      SenderOptions::copy_threshold_bytes)
+  -h, --help          this text
+
+Transports (ratios in the tables are against capnp-socketpair):
+)";
+  for (const Transport& transport : all_transports()) {
+    print_wrapped(out, transport.name, transport.description);
+  }
+  out << R"(
+Busy-poll (+spin) rows exist for every transport with a receive to spin on; memcpy
+has neither a round trip nor busy-poll (it is one thread copying a buffer).
+Output: a progress line on stderr, markdown tables on stdout.
+Exit status: 0; 1 when a measurement failed (the report lists it under Failures: a
+child that fails, hangs past the timeout or dies is killed and reported, never waited
+for); 2 for a command line it cannot follow.
+)";
+}
+
+}  // namespace bench

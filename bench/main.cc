@@ -1,0 +1,136 @@
+// capnsplice-bench: capnsplice against the transports it replaces, in one run.
+//
+// main() turns the command line into a list of jobs (transport x workload x size x
+// wait mode), runs them (runner.h: each one in fresh processes, measurement.h) and
+// prints the tables (report.h). `--help` explains the options; see also issue 4.
+#include <algorithm>
+#include <csignal>
+#include <iostream>
+
+#include "cli.h"
+#include "machine.h"
+#include "measurement.h"
+#include "report.h"
+#include "runner.h"
+#include "threshold_sweep.h"
+#include "units.h"
+
+namespace bench {
+
+namespace {
+
+const std::vector<std::size_t> kThroughputSizes = {64,        1024,        4096,
+                                                   64 * 1024, 1024 * 1024, 16 * 1024 * 1024};
+const std::vector<std::size_t> kRoundTripSizes = {64, 4096};
+
+std::vector<const Transport*> selected_transports(const CommandLine& line) {
+  std::vector<const Transport*> selected;
+  for (const Transport& transport : all_transports()) {
+    const bool wanted = line.transports.empty() ||
+                        std::find(line.transports.begin(), line.transports.end(), transport.name) !=
+                            line.transports.end();
+    if (wanted) selected.push_back(&transport);
+  }
+  return selected;
+}
+
+/// Whether `transport` has round-trip rows in `wait` mode.
+bool runs_round_trip(const Transport& transport, WaitMode wait) {
+  return transport.supports_round_trip && (wait == WaitMode::block || transport.supports_spin);
+}
+
+/// Throughput jobs size by size (so a table row is measured close together in time),
+/// then round trips: every transport blocking, then busy-polling.
+std::vector<Job> plan_jobs(const std::vector<const Transport*>& transports,
+                           const ReportLayout& layout) {
+  std::vector<Job> jobs;
+  if (layout.throughput || layout.rss) {
+    for (std::size_t size : layout.throughput_sizes) {
+      for (const Transport* transport : transports) {
+        jobs.push_back({transport, Workload::throughput, size});
+      }
+    }
+  }
+  if (layout.round_trip) {
+    for (WaitMode wait : {WaitMode::block, WaitMode::spin}) {
+      for (const Transport* transport : transports) {
+        if (!runs_round_trip(*transport, wait)) continue;
+        for (std::size_t size : layout.round_trip_sizes) {
+          jobs.push_back({transport, Workload::round_trip, size, wait});
+        }
+      }
+    }
+  }
+  return jobs;
+}
+
+ReportLayout plan_layout(const CommandLine& line, const std::vector<const Transport*>& transports) {
+  ReportLayout layout;
+  layout.throughput_sizes = line.sizes.empty() ? kThroughputSizes : line.sizes;
+  layout.round_trip_sizes = line.sizes.empty() ? kRoundTripSizes : line.sizes;
+  layout.throughput = line.throughput;
+  layout.round_trip = line.round_trip;
+  layout.rss = line.rss;
+  for (const Transport* transport : transports) layout.transports.push_back(transport->name);
+  for (WaitMode wait : {WaitMode::block, WaitMode::spin}) {
+    for (const Transport* transport : transports) {
+      if (!runs_round_trip(*transport, wait)) continue;
+      layout.round_trip_rows.push_back(wait == WaitMode::spin ? spin_name(transport->name)
+                                                              : transport->name);
+    }
+  }
+  return layout;
+}
+
+int run(const CommandLine& line) {
+  const RunSettings& settings = line.quick ? kQuickRun : kFullRun;
+  const std::string machine = describe_machine();
+  std::cout << "# capnsplice-bench (" << settings.name << " run)\n\nMachine: " << machine
+            << "  \nLoad average at start: " << format_significant(load_average())
+            << " (anything else running on the machine shows in the figures)\n";
+  if (line.threshold_sweep) {
+    run_threshold_sweep(std::cout, line.sizes.empty() ? default_sweep_sizes() : line.sizes,
+                        settings);
+    return 0;
+  }
+  std::cout << "\nEach figure: sender and receiver in two fresh processes; throughput is the "
+               "median of "
+            << settings.throughput_repetitions << " run(s) of ~" << settings.throughput_time.count()
+            << " ms, round trips one run of ~" << settings.round_trip_time.count() << " ms.\n";
+
+  const std::vector<const Transport*> transports = selected_transports(line);
+  ReportLayout layout = plan_layout(line, transports);
+  layout.idle_child_rss_mib = idle_child_rss_mib();
+  Results results;
+  run_jobs(plan_jobs(transports, layout), settings, results);
+
+  print_markdown(std::cout, results, layout);
+  if (line.csv_path) write_csv(*line.csv_path, results);
+  if (line.plot_path && (layout.throughput || layout.rss)) {
+    write_plot(*line.plot_path, results, layout, machine);
+  }
+  return results.failures().empty() ? 0 : 1;
+}
+
+}  // namespace
+
+}  // namespace bench
+
+int main(int argc, char** argv) {
+  // A peer that died must show up as an error in its measurement, never as a signal.
+  std::signal(SIGPIPE, SIG_IGN);
+  try {
+    const bench::CommandLine line = bench::parse_command_line(argc, argv);
+    if (line.help) {
+      bench::print_help(std::cout);
+      return 0;
+    }
+    return bench::run(line);
+  } catch (const bench::UsageError& error) {
+    std::cerr << "capnsplice-bench: " << error.what() << "\n";
+    return 2;
+  } catch (const std::exception& error) {
+    std::cerr << "capnsplice-bench: " << error.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,47 @@
+// bench/payload.h — the work every transport does per message, identical for all.
+//
+// The sender fills the whole payload with the low byte of the sequence number; the
+// receiver checks three bytes of it (first, middle, last) and the sequence number.
+// That is one full pass over the bytes on the sending side and a token read on the
+// receiving side, the same for every transport, so differences are the transport's.
+//
+// Transports without a message format (raw-pipe, memcpy) carry the sequence number
+// in the payload's first 8 bytes instead of a Chunk field.
+#pragma once
+
+#include <capnp/message.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <span>
+
+#include "demo.capnp.h"
+
+namespace bench {
+
+/// The sequence number of the message that ends a stream or a round-trip run.
+inline constexpr std::uint64_t kEndOfRun = std::numeric_limits<std::uint64_t>::max();
+
+/// Sets the seq and a payload of `payload_bytes` filled with the seq's low byte.
+void fill_chunk(capnsplice::demo::Chunk::Builder chunk, std::uint64_t seq,
+                std::size_t payload_bytes);
+
+/// Checks the payload against the chunk's seq; returns the seq. Throws on a mismatch.
+std::uint64_t check_chunk(capnsplice::demo::Chunk::Reader chunk);
+
+/// For formatless transports: fills `payload` and stamps `seq` into its first 8 bytes.
+void fill_raw_payload(std::span<std::byte> payload, std::uint64_t seq);
+
+/// For formatless transports: reads the stamped seq, checks the bytes; returns the seq.
+std::uint64_t check_raw_payload(std::span<const std::byte> payload);
+
+/// Reader limits large enough for the largest payload a run may use (plain Cap'n Proto
+/// peers; capnsplice sets its own from ChannelOptions).
+capnp::ReaderOptions bench_reader_options();
+
+/// The largest payload a run may use, and the most bytes a frame of it can take.
+inline constexpr std::size_t kMaxPayloadBytes = 64 * 1024 * 1024;
+std::size_t max_frame_bytes(std::size_t payload_bytes);
+
+}  // namespace bench

@@ -1,0 +1,42 @@
+// bench/report.h — what a run prints and writes: markdown tables, CSV, plot.
+#pragma once
+
+#include <cstddef>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "results.h"
+
+namespace bench {
+
+/// What the tables show, in which order.
+struct ReportLayout {
+  std::vector<std::string> transports;       ///< columns of throughput and RSS tables
+  std::vector<std::string> round_trip_rows;  ///< rows of the round-trip table
+  std::vector<std::size_t> throughput_sizes;
+  std::vector<std::size_t> round_trip_sizes;
+  bool throughput = true;
+  bool round_trip = true;
+  bool rss = true;
+  double idle_child_rss_mib = 0;  ///< where every side's RSS starts
+};
+
+/// Throughput, messages/s, round-trip and RSS tables with ratios against
+/// capnp-socketpair, then the failures.
+void print_markdown(std::ostream& out, const Results& results, const ReportLayout& layout);
+
+/// Rows "transport,message_bytes,metric,value" with a header line. Throws on I/O errors.
+void write_csv(const std::string& path, const Results& results);
+
+/// Throughput against payload size, one line per transport, as PNG: gnuplot, or
+/// python3 with matplotlib when gnuplot is missing. Throws when neither works.
+void write_plot(const std::string& path, const Results& results, const ReportLayout& layout,
+                const std::string& subtitle);
+
+/// A markdown table: `cells[r][c]` under `columns`, each row led by `rows[r]`.
+void print_table(std::ostream& out, const std::string& corner,
+                 const std::vector<std::string>& columns, const std::vector<std::string>& rows,
+                 const std::vector<std::vector<std::string>>& cells);
+
+}  // namespace bench

@@ -1,0 +1,191 @@
+#include <functional>
+#include <optional>
+
+#include "report.h"
+#include "transport.h"
+#include "units.h"
+
+namespace bench {
+
+namespace {
+
+/// Formats one figure of one cell, e.g. "9.81 GB/s".
+using Formatter = std::function<std::string(double)>;
+
+/// Cells for one metric: the value of (transport, size) with its ratio against the
+/// baseline transport, "9.81 GB/s (2.90x)"; "failed" or "–" when there is no value.
+class CellMaker {
+ public:
+  CellMaker(const Results& results, std::string metric, Formatter format)
+      : results_(results), metric_(std::move(metric)), format_(std::move(format)) {}
+
+  std::string operator()(const std::string& transport, std::size_t bytes,
+                         const std::string& baseline) const {
+    const std::optional<double> value = results_.find(transport, bytes, metric_);
+    if (!value) return missing(transport, bytes);
+    return format_(*value) + ratio(transport, bytes, baseline);
+  }
+
+  /// " (2.90x)": the value against the baseline's; "" when either is missing.
+  std::string ratio(const std::string& transport, std::size_t bytes,
+                    const std::string& baseline) const {
+    const std::optional<double> value = results_.find(transport, bytes, metric_);
+    const std::optional<double> base = results_.find(baseline, bytes, metric_);
+    if (!value || !base || *base <= 0) return "";
+    return " (" + format_ratio(*value / *base) + ")";
+  }
+
+  /// "failed" when the measurement failed, "–" when it was not made.
+  std::string missing(const std::string& transport, std::size_t bytes) const {
+    for (const Failure& failure : results_.failures()) {
+      if (failure.transport == transport && failure.message_bytes == bytes) return "failed";
+    }
+    return "–";
+  }
+
+ private:
+  const Results& results_;
+  std::string metric_;
+  Formatter format_;
+};
+
+std::vector<std::string> size_labels(const std::vector<std::size_t>& sizes) {
+  std::vector<std::string> labels;
+  for (std::size_t size : sizes) labels.push_back(size_label(size));
+  return labels;
+}
+
+/// Rows = sizes, columns = transports, one metric.
+void print_size_by_transport(std::ostream& out, const ReportLayout& layout,
+                             const std::vector<std::size_t>& sizes, const CellMaker& cell) {
+  std::vector<std::vector<std::string>> cells;
+  for (std::size_t size : sizes) {
+    std::vector<std::string>& row = cells.emplace_back();
+    for (const std::string& transport : layout.transports) {
+      row.push_back(cell(transport, size, kBaselineTransport));
+    }
+  }
+  print_table(out, "payload", layout.transports, size_labels(sizes), cells);
+}
+
+void print_throughput(std::ostream& out, const Results& results, const ReportLayout& layout) {
+  out << "\n## Throughput: one-way stream, payload GB/s (ratio to " << kBaselineTransport
+      << ")\n\n";
+  print_size_by_transport(out, layout, layout.throughput_sizes,
+                          CellMaker(results, metric::kThroughputGbps, [](double value) {
+                            return format_significant(value) + " GB/s";
+                          }));
+  std::vector<std::size_t> small;
+  for (std::size_t size : layout.throughput_sizes) {
+    if (size <= 4096) small.push_back(size);
+  }
+  if (small.empty()) return;
+  out << "\n## Messages per second, small payloads (ratio to " << kBaselineTransport << ")\n\n";
+  print_size_by_transport(out, layout, small,
+                          CellMaker(results, metric::kMessagesPerSecond, format_rate));
+}
+
+/// Which ways the capnsplice senders sent, so a figure can be read against its path.
+void print_paths(std::ostream& out, const Results& results, const ReportLayout& layout) {
+  std::vector<std::string> columns;
+  for (const std::string& transport : layout.transports) {
+    for (std::size_t size : layout.throughput_sizes) {
+      if (results.find_paths(transport, size)) {
+        columns.push_back(transport);
+        break;
+      }
+    }
+  }
+  if (columns.empty()) return;
+  out << "\n## Paths the senders took in the throughput runs (share of messages)\n\n";
+  std::vector<std::vector<std::string>> cells;
+  for (std::size_t size : layout.throughput_sizes) {
+    std::vector<std::string>& row = cells.emplace_back();
+    for (const std::string& transport : columns) {
+      row.push_back(results.find_paths(transport, size).value_or("–"));
+    }
+  }
+  print_table(out, "payload", columns, size_labels(layout.throughput_sizes), cells);
+}
+
+void print_round_trip(std::ostream& out, const Results& results, const ReportLayout& layout) {
+  out << "\n## Round trip, µs (ratio to " << kBaselineTransport
+      << " in the same mode; lower is better; +spin = busy-poll)\n\n";
+  const std::pair<const char*, const char*> percentiles[] = {
+      {"p50", metric::kRttP50}, {"p99", metric::kRttP99}, {"p99.9", metric::kRttP999}};
+  std::vector<std::string> columns;
+  for (std::size_t size : layout.round_trip_sizes) {
+    for (const auto& [label, name] : percentiles) columns.push_back(size_label(size) + " " + label);
+  }
+  std::vector<std::vector<std::string>> cells;
+  for (const std::string& row_name : layout.round_trip_rows) {
+    const bool spinning = row_name.ends_with("+spin");
+    const std::string baseline = spinning ? spin_name(kBaselineTransport) : kBaselineTransport;
+    std::vector<std::string>& row = cells.emplace_back();
+    for (std::size_t size : layout.round_trip_sizes) {
+      for (const auto& [label, name] : percentiles) {
+        row.push_back(CellMaker(results, name, format_significant)(row_name, size, baseline));
+      }
+    }
+  }
+  print_table(out, "transport", columns, layout.round_trip_rows, cells);
+}
+
+void print_rss(std::ostream& out, const Results& results, const ReportLayout& layout) {
+  out << "\n## Peak RSS during the throughput runs, MiB: sender / receiver (ratio of the larger "
+         "side to "
+      << kBaselineTransport << ")\n\nA forked side that does nothing peaks at "
+      << format_significant(layout.idle_child_rss_mib) << " MiB.\n\n";
+  const CellMaker larger_side(results, metric::kPeakRss, format_significant);
+  std::vector<std::vector<std::string>> cells;
+  for (std::size_t size : layout.throughput_sizes) {
+    std::vector<std::string>& row = cells.emplace_back();
+    for (const std::string& transport : layout.transports) {
+      const auto sender = results.find(transport, size, metric::kPeakRssSender);
+      const auto receiver = results.find(transport, size, metric::kPeakRssReceiver);
+      row.push_back(!sender || !receiver
+                        ? larger_side.missing(transport, size)
+                        : format_significant(*sender) + " / " + format_significant(*receiver) +
+                              larger_side.ratio(transport, size, kBaselineTransport));
+    }
+  }
+  print_table(out, "payload", layout.transports, size_labels(layout.throughput_sizes), cells);
+}
+
+void print_failures(std::ostream& out, const Results& results) {
+  if (results.failures().empty()) return;
+  out << "\n## Failures\n\n";
+  for (const Failure& failure : results.failures()) {
+    out << "- " << failure.transport << " " << size_label(failure.message_bytes) << " "
+        << failure.workload << ": " << failure.reason << "\n";
+  }
+}
+
+}  // namespace
+
+void print_table(std::ostream& out, const std::string& corner,
+                 const std::vector<std::string>& columns, const std::vector<std::string>& rows,
+                 const std::vector<std::vector<std::string>>& cells) {
+  out << "| " << corner;
+  for (const std::string& column : columns) out << " | " << column;
+  out << " |\n|---";
+  for (std::size_t i = 0; i < columns.size(); ++i) out << "|---:";
+  out << "|\n";
+  for (std::size_t r = 0; r < rows.size(); ++r) {
+    out << "| " << rows[r];
+    for (const std::string& cell : cells[r]) out << " | " << cell;
+    out << " |\n";
+  }
+}
+
+void print_markdown(std::ostream& out, const Results& results, const ReportLayout& layout) {
+  if (layout.throughput) {
+    print_throughput(out, results, layout);
+    print_paths(out, results, layout);
+  }
+  if (layout.round_trip && !layout.round_trip_rows.empty()) print_round_trip(out, results, layout);
+  if (layout.rss) print_rss(out, results, layout);
+  print_failures(out, results);
+}
+
+}  // namespace bench

@@ -1,0 +1,124 @@
+#include "runner.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+
+#include "measurement.h"
+#include "units.h"
+
+namespace bench {
+
+namespace {
+
+const char* workload_name(Workload workload) {
+  return workload == Workload::throughput ? "throughput" : "round trip";
+}
+
+/// One line on stderr per step; on a terminal the line is rewritten in place.
+class ProgressLine {
+ public:
+  explicit ProgressLine(std::size_t steps) : steps_(steps), terminal_(::isatty(2) != 0) {}
+  ~ProgressLine() {
+    if (terminal_) std::fprintf(stderr, "\r\033[K");
+  }
+
+  void show(const std::string& what) {
+    ++step_;
+    std::fprintf(stderr, "%s[%zu/%zu] %s ...%s", terminal_ ? "\r\033[K" : "", step_, steps_,
+                 what.c_str(), terminal_ ? "" : "\n");
+    std::fflush(stderr);
+  }
+
+  /// Reports a failure on a line of its own and counts the steps it made unnecessary.
+  void fail(const std::string& what, const std::string& reason, std::size_t skipped_steps) {
+    std::fprintf(stderr, "%s%s failed: %s\n", terminal_ ? "\r\033[K" : "", what.c_str(),
+                 reason.c_str());
+    step_ += skipped_steps;
+  }
+
+ private:
+  std::size_t steps_;
+  std::size_t step_ = 0;
+  bool terminal_;
+};
+
+double median_of(std::vector<MeasurementResult>& runs,
+                 const std::function<double(const MeasurementResult&)>& field) {
+  std::vector<double> values;
+  for (const MeasurementResult& run : runs) values.push_back(field(run));
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
+
+void record(const Job& job, std::vector<MeasurementResult>& runs, Results& results) {
+  const std::string name = job.row_name();
+  const std::size_t bytes = job.payload_bytes;
+  if (job.workload == Workload::round_trip) {
+    const MeasurementResult& run = runs.front();
+    results.add(name, bytes, metric::kRttP50, run.rtt_p50_us);
+    results.add(name, bytes, metric::kRttP99, run.rtt_p99_us);
+    results.add(name, bytes, metric::kRttP999, run.rtt_p999_us);
+    return;
+  }
+  results.add(name, bytes, metric::kThroughputGbps,
+              median_of(runs, [](const MeasurementResult& r) { return r.throughput_gbps; }));
+  results.add(name, bytes, metric::kMessagesPerSecond,
+              median_of(runs, [](const MeasurementResult& r) { return r.messages_per_s; }));
+  double sender = 0, receiver = 0;
+  for (const MeasurementResult& run : runs) {
+    sender = std::max(sender, run.peak_rss_a_mib);
+    receiver = std::max(receiver, run.peak_rss_b_mib);
+  }
+  if (!runs.front().paths_a.empty()) results.add_paths(name, bytes, runs.front().paths_a);
+  results.add(name, bytes, metric::kPeakRss, std::max(sender, receiver));
+  results.add(name, bytes, metric::kPeakRssSender, sender);
+  results.add(name, bytes, metric::kPeakRssReceiver, receiver);
+}
+
+}  // namespace
+
+std::string Job::row_name() const {
+  return wait == WaitMode::spin ? spin_name(transport->name) : transport->name;
+}
+
+void run_jobs(const std::vector<Job>& jobs, const RunSettings& settings, Results& results) {
+  const auto repetitions = [&](const Job& job) {
+    return job.workload == Workload::throughput ? settings.throughput_repetitions : 1;
+  };
+  std::size_t steps = 0;
+  for (const Job& job : jobs) steps += static_cast<std::size_t>(repetitions(job));
+  ProgressLine progress(steps);
+  std::size_t unique = 0;
+  for (const Job& job : jobs) {
+    const std::string what =
+        job.row_name() + " " + size_label(job.payload_bytes) + " " + workload_name(job.workload);
+    std::vector<MeasurementResult> runs;
+    std::string failure;
+    for (int repetition = 0; repetition < repetitions(job); ++repetition) {
+      progress.show(what);
+      MeasurementSpec spec{.transport = job.transport,
+                           .plan = settings.plan(job.workload, job.payload_bytes, job.wait),
+                           .unique_name = "capnsplice-bench-" + std::to_string(::getpid()) + "-" +
+                                          std::to_string(unique++),
+                           .timeout = settings.timeout};
+      MeasurementResult result = run_measurement(spec);
+      if (!result.ok) {
+        failure = result.error;
+        progress.fail(what, failure, static_cast<std::size_t>(repetitions(job) - repetition - 1));
+        break;
+      }
+      runs.push_back(std::move(result));
+    }
+    if (failure.empty()) {
+      record(job, runs, results);
+    } else {
+      results.add_failure(
+          {job.row_name(), job.payload_bytes, workload_name(job.workload), failure});
+    }
+  }
+}
+
+}  // namespace bench
