@@ -149,7 +149,11 @@ void SenderCore::queue(OutgoingMessage&& message, Deadline deadline) {
   queued_.push_back({std::move(builder), bytes, gather_.size(), choose_method(bytes), shared_id});
   queued_bytes_ += bytes;
   queued_frames_.store(queued_.size(), std::memory_order_relaxed);
-  if (queued_bytes_ >= kBatchBytes || queued_.size() >= kBatchFrames) flush_locked(deadline);
+  // A shared-memory message is large by definition: holding its descriptor back would
+  // only leave the reader idle.
+  if (shared_id || queued_bytes_ >= kBatchBytes || queued_.size() >= kBatchFrames) {
+    flush_locked(deadline);
+  }
 }
 
 void SenderCore::send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
