@@ -18,7 +18,7 @@ bool is_transport(const std::string& name) {
 }
 
 void select_workloads(const std::string& list, CommandLine& line) {
-  line.throughput = line.round_trip = line.rss = false;
+  line.throughput = line.round_trip = line.rss = line.large_messages = false;
   for (const std::string& name : split(list, ',')) {
     if (name == "throughput") {
       line.throughput = true;
@@ -26,8 +26,10 @@ void select_workloads(const std::string& list, CommandLine& line) {
       line.round_trip = true;
     } else if (name == "rss") {
       line.rss = true;
+    } else if (name == "latency") {
+      line.large_messages = true;
     } else {
-      throw UsageError("unknown workload '" + name + "' (known: throughput, rtt, rss)");
+      throw UsageError("unknown workload '" + name + "' (known: throughput, rtt, rss, latency)");
     }
   }
 }
@@ -110,18 +112,25 @@ Workloads:
   rss         peak RSS (ru_maxrss) of sender and receiver in the throughput runs;
               the CSV has peak_rss_mib (the larger side) plus peak_rss_sender_mib
               and peak_rss_receiver_mib
+  latency     large-message one-way latency, busy-poll: 1 MiB, 16 MiB, 256 MiB and
+              1 GiB (not in --quick) messages built before the clock starts, from
+              send() to the receiver holding the message; CSV metric
+              one_way_latency_us (p50) and one_way_latency_p99_us; only the
+              transports that can carry them (capnsplice paths, capnp-socketpair)
 
 Options:
   --quick             short runs (under a minute); the demo uses it
   --transports LIST   comma-separated, e.g. capnsplice,capnp-socketpair
   --sizes LIST        payload sizes for every workload, e.g. 64,4K,1MiB
-  --workloads LIST    any of throughput,rtt,rss (rss alone still runs throughput)
+  --workloads LIST    any of throughput,rtt,rss,latency (rss alone still runs
+                      throughput)
   --csv FILE          rows transport,message_bytes,metric,value
   --plot FILE.png     throughput against payload size, one line per transport
                       (gnuplot; python3-matplotlib when gnuplot is missing)
-  --threshold-sweep   only capnsplice-copy against capnsplice-vmsplice, 256 B to
-                      256 KiB, and where vmsplice starts to win (for
-                      SenderOptions::copy_threshold_bytes)
+  --threshold-sweep   only the two sweeps that set the library's thresholds:
+                      capnsplice-copy against capnsplice-vmsplice (256 B to 256 KiB,
+                      copy_threshold_bytes) and capnsplice-vmsplice against
+                      capnsplice-shm (128 KiB to 32 MiB, shared_memory_threshold_bytes)
   -h, --help          this text
 
 Transports (ratios in the tables are against capnp-socketpair):

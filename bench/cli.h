@@ -21,6 +21,7 @@ struct CommandLine {
   bool throughput = true;
   bool round_trip = true;
   bool rss = true;
+  bool large_messages = true;
 };
 
 /// A command line that cannot be followed; what() says why.

@@ -22,6 +22,11 @@ namespace {
 const std::vector<std::size_t> kThroughputSizes = {64,        1024,        4096,
                                                    64 * 1024, 1024 * 1024, 16 * 1024 * 1024};
 const std::vector<std::size_t> kRoundTripSizes = {64, 4096};
+const std::vector<std::size_t> kLargeMessageSizes = {std::size_t{1} << 20, std::size_t{16} << 20,
+                                                     std::size_t{256} << 20, std::size_t{1} << 30};
+/// --quick leaves out the 1 GiB message (its building alone takes most of a second).
+const std::vector<std::size_t> kQuickLargeMessageSizes = {
+    std::size_t{1} << 20, std::size_t{16} << 20, std::size_t{256} << 20};
 
 std::vector<const Transport*> selected_transports(const CommandLine& line) {
   std::vector<const Transport*> selected;
@@ -61,11 +66,28 @@ std::vector<Job> plan_jobs(const std::vector<const Transport*>& transports,
       }
     }
   }
+  if (layout.large_messages) {
+    for (std::size_t size : layout.large_message_sizes) {
+      for (const Transport* transport : transports) {
+        if (!transport->supports_large_messages) continue;
+        jobs.push_back({transport, Workload::large_message, size, WaitMode::spin});
+      }
+    }
+  }
   return jobs;
 }
 
 ReportLayout plan_layout(const CommandLine& line, const std::vector<const Transport*>& transports) {
   ReportLayout layout;
+  layout.large_messages = line.large_messages;
+  layout.large_message_sizes = !line.sizes.empty() ? line.sizes
+                               : line.quick        ? kQuickLargeMessageSizes
+                                                   : kLargeMessageSizes;
+  for (const Transport* transport : transports) {
+    if (transport->supports_large_messages) {
+      layout.large_message_transports.push_back(transport->name);
+    }
+  }
   layout.throughput_sizes = line.sizes.empty() ? kThroughputSizes : line.sizes;
   layout.round_trip_sizes = line.sizes.empty() ? kRoundTripSizes : line.sizes;
   layout.throughput = line.throughput;
@@ -89,8 +111,7 @@ int run(const CommandLine& line) {
             << "  \nLoad average at start: " << format_significant(load_average())
             << " (anything else running on the machine shows in the figures)\n";
   if (line.threshold_sweep) {
-    run_threshold_sweep(std::cout, line.sizes.empty() ? default_sweep_sizes() : line.sizes,
-                        settings);
+    run_threshold_sweeps(std::cout, line.sizes, settings);
     return 0;
   }
   std::cout << "\nEach figure: sender and receiver in two fresh processes; throughput is the "

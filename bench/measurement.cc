@@ -22,6 +22,7 @@ struct SideReport {
   std::uint64_t messages;
   std::int64_t last_message_ns;  // steady clock: CLOCK_MONOTONIC is the same in every process
   double rtt_p50_us, rtt_p99_us, rtt_p999_us;
+  double one_way_p50_us, one_way_p99_us;
   long peak_rss_kib;
   char paths[160];
   char error[480];
@@ -67,6 +68,8 @@ void record_outcome(SideReport& report, const WorkloadOutcome& outcome, const st
   report.rtt_p50_us = outcome.rtt_p50_us;
   report.rtt_p99_us = outcome.rtt_p99_us;
   report.rtt_p999_us = outcome.rtt_p999_us;
+  report.one_way_p50_us = outcome.one_way_p50_us;
+  report.one_way_p99_us = outcome.one_way_p99_us;
   report.peak_rss_kib = peak_rss_kib();
 }
 
@@ -85,7 +88,7 @@ int report_to_parent(SideReport& report, Work&& work) {
 }
 
 const char* role_of(Side side, Workload workload) {
-  if (workload == Workload::throughput) return side == Side::a ? "sender" : "receiver";
+  if (workload != Workload::round_trip) return side == Side::a ? "sender" : "receiver";
   return side == Side::a ? "pinger" : "answerer";
 }
 
@@ -168,6 +171,10 @@ MeasurementResult summarise(const MeasurementSpec& spec, SharedReportsMapping& r
     result.rtt_p50_us = a.rtt_p50_us;
     result.rtt_p99_us = a.rtt_p99_us;
     result.rtt_p999_us = a.rtt_p999_us;
+  } else if (spec.plan.workload == Workload::large_message) {
+    result.messages = a.messages;
+    result.one_way_p50_us = a.one_way_p50_us;
+    result.one_way_p99_us = a.one_way_p99_us;
   } else {
     result.messages = b.messages;
     result.seconds = (b.last_message_ns - started.time_since_epoch().count()) / 1e9;

@@ -32,6 +32,7 @@ struct MeasurementResult {
   double throughput_gbps = 0;  ///< payload bytes (10^9 per GB) per second
   double messages_per_s = 0;
   double rtt_p50_us = 0, rtt_p99_us = 0, rtt_p999_us = 0;
+  double one_way_p50_us = 0, one_way_p99_us = 0;
   double peak_rss_a_mib = 0;  ///< side A: sender / pinger
   double peak_rss_b_mib = 0;  ///< side B: receiver / answerer
   std::string paths_a;        ///< Endpoint::paths_taken() of side A

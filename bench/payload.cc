@@ -1,5 +1,6 @@
 #include "payload.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -48,6 +49,41 @@ std::uint64_t check_raw_payload(std::span<const std::byte> payload) {
   std::memcpy(&seq, payload.data(), sizeof seq);
   check_sampled_bytes(payload, sizeof seq, seq);
   return seq;
+}
+
+std::vector<std::size_t> bulk_part_sizes(std::size_t payload_bytes) {
+  std::vector<std::size_t> parts;
+  for (std::size_t left = payload_bytes; left > 0; left -= parts.back()) {
+    parts.push_back(std::min(left, kBulkPartBytes));
+  }
+  return parts;
+}
+
+void fill_part(kj::ArrayPtr<kj::byte> part, std::uint64_t seq) {
+  std::memset(part.begin(), static_cast<int>(seq & 0xff), part.size());
+}
+
+std::uint64_t bulk_arrived(capnsplice::demo::Bulk::Reader bulk) {
+  auto parts = bulk.getParts();
+  if (parts.size() != 0 && parts[parts.size() - 1].size() != 0) {
+    const volatile kj::byte first = parts[parts.size() - 1][0];
+    static_cast<void>(first);
+  }
+  return bulk.getSeq();
+}
+
+std::uint64_t check_bulk(capnsplice::demo::Bulk::Reader bulk) {
+  const std::uint64_t seq = bulk.getSeq();
+  for (auto part : bulk.getParts()) {
+    check_sampled_bytes(std::as_bytes(std::span(part.begin(), part.size())), 0, seq);
+  }
+  return seq;
+}
+
+capnp::ReaderOptions bulk_reader_options() {
+  capnp::ReaderOptions options;
+  options.traversalLimitInWords = UINT64_MAX;  // the bench trusts its own peers
+  return options;
 }
 
 capnp::ReaderOptions bench_reader_options() {

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <vector>
 
 #include "demo.capnp.h"
 
@@ -29,6 +30,26 @@ void fill_chunk(capnsplice::demo::Chunk::Builder chunk, std::uint64_t seq,
 
 /// Checks the payload against the chunk's seq; returns the seq. Throws on a mismatch.
 std::uint64_t check_chunk(capnsplice::demo::Chunk::Reader chunk);
+
+/// Large messages (Cap'n Proto caps one Data at 2^29 - 1 bytes): parts of at most this.
+inline constexpr std::size_t kBulkPartBytes = 256 * 1024 * 1024;
+
+/// The sizes of the parts of a Bulk message of `payload_bytes`.
+std::vector<std::size_t> bulk_part_sizes(std::size_t payload_bytes);
+
+/// The seq of a Bulk, once the whole message is in hand: it touches the first byte of
+/// the last part, which makes a lazy reader (capnp's InputStreamMessageReader reads
+/// segments only when asked) take in every segment first.
+std::uint64_t bulk_arrived(capnsplice::demo::Bulk::Reader bulk);
+
+/// Checks a Bulk's parts like check_chunk(); returns the seq. Throws on a mismatch.
+std::uint64_t check_bulk(capnsplice::demo::Bulk::Reader bulk);
+
+/// Fills one part of a Bulk message with the seq's low byte.
+void fill_part(kj::ArrayPtr<kj::byte> part, std::uint64_t seq);
+
+/// Reader limits for the largest Bulk message (plain Cap'n Proto peers).
+capnp::ReaderOptions bulk_reader_options();
 
 /// For formatless transports: fills `payload` and stamps `seq` into its first 8 bytes.
 void fill_raw_payload(std::span<std::byte> payload, std::uint64_t seq);

@@ -19,7 +19,10 @@ struct ReportLayout {
   bool throughput = true;
   bool round_trip = true;
   bool rss = true;
-  double idle_child_rss_mib = 0;  ///< where every side's RSS starts
+  bool large_messages = true;
+  std::vector<std::size_t> large_message_sizes;
+  std::vector<std::string> large_message_transports;  ///< columns of that table
+  double idle_child_rss_mib = 0;                      ///< where every side's RSS starts
 };
 
 /// Throughput, messages/s, round-trip and RSS tables with ratios against

@@ -152,6 +152,24 @@ void print_rss(std::ostream& out, const Results& results, const ReportLayout& la
   print_table(out, "payload", layout.transports, size_labels(layout.throughput_sizes), cells);
 }
 
+void print_large_messages(std::ostream& out, const Results& results, const ReportLayout& layout) {
+  out << "\n## Large messages: one-way latency, busy-poll, µs p50 (p99) (ratio of p50 to "
+      << kBaselineTransport << "; lower is better)\n\n";
+  const CellMaker p50(results, metric::kOneWayLatency, format_significant);
+  std::vector<std::vector<std::string>> cells;
+  for (std::size_t size : layout.large_message_sizes) {
+    std::vector<std::string>& row = cells.emplace_back();
+    for (const std::string& transport : layout.large_message_transports) {
+      const auto p99 = results.find(transport, size, metric::kOneWayLatencyP99);
+      std::string cell = p50(transport, size, kBaselineTransport);
+      if (p99) cell += " [p99 " + format_significant(*p99) + "]";
+      row.push_back(cell);
+    }
+  }
+  print_table(out, "message", layout.large_message_transports,
+              size_labels(layout.large_message_sizes), cells);
+}
+
 void print_failures(std::ostream& out, const Results& results) {
   if (results.failures().empty()) return;
   out << "\n## Failures\n\n";
@@ -185,6 +203,9 @@ void print_markdown(std::ostream& out, const Results& results, const ReportLayou
   }
   if (layout.round_trip && !layout.round_trip_rows.empty()) print_round_trip(out, results, layout);
   if (layout.rss) print_rss(out, results, layout);
+  if (layout.large_messages && !layout.large_message_transports.empty()) {
+    print_large_messages(out, results, layout);
+  }
   print_failures(out, results);
 }
 

@@ -18,6 +18,9 @@ inline constexpr const char* kMessagesPerSecond = "messages_per_s";
 inline constexpr const char* kRttP50 = "rtt_p50_us";
 inline constexpr const char* kRttP99 = "rtt_p99_us";
 inline constexpr const char* kRttP999 = "rtt_p999_us";
+/// Large messages: from the sender's send() to the receiver holding the message.
+inline constexpr const char* kOneWayLatency = "one_way_latency_us";
+inline constexpr const char* kOneWayLatencyP99 = "one_way_latency_p99_us";
 /// The larger of the two sides' peak RSS; the two sides follow as their own metrics.
 inline constexpr const char* kPeakRss = "peak_rss_mib";
 inline constexpr const char* kPeakRssSender = "peak_rss_sender_mib";

@@ -26,6 +26,9 @@ struct RunSettings {
   std::chrono::milliseconds round_trip_time;
   std::size_t round_trip_min_messages;
   std::size_t round_trip_warmup_messages;
+  // Large-message latency: one run, every message a sample.
+  std::chrono::milliseconds large_message_time;
+  std::size_t large_message_min_messages;
   /// A measurement still running after this is killed and reported as failed.
   std::chrono::seconds timeout;
 
@@ -37,6 +40,11 @@ struct RunSettings {
       plan.min_messages = throughput_min_messages;
       plan.time_budget = throughput_time;
       plan.byte_budget = throughput_bytes;
+    } else if (workload == Workload::large_message) {
+      plan.warmup_messages = 2;
+      plan.min_messages = large_message_min_messages;
+      plan.time_budget = large_message_time;
+      plan.byte_budget = UINT64_MAX;
     } else {
       plan.warmup_messages = round_trip_warmup_messages;
       plan.min_messages = round_trip_min_messages;
@@ -57,6 +65,8 @@ inline constexpr RunSettings kFullRun{.name = "full",
                                       .round_trip_time = std::chrono::milliseconds(400),
                                       .round_trip_min_messages = 2000,
                                       .round_trip_warmup_messages = 500,
+                                      .large_message_time = std::chrono::milliseconds(1500),
+                                      .large_message_min_messages = 5,
                                       .timeout = std::chrono::seconds(30)};
 
 /// --quick: one short run each, for the demo.
@@ -69,6 +79,8 @@ inline constexpr RunSettings kQuickRun{.name = "quick",
                                        .round_trip_time = std::chrono::milliseconds(100),
                                        .round_trip_min_messages = 200,
                                        .round_trip_warmup_messages = 100,
+                                       .large_message_time = std::chrono::milliseconds(300),
+                                       .large_message_min_messages = 3,
                                        .timeout = std::chrono::seconds(20)};
 
 }  // namespace bench

@@ -14,7 +14,15 @@ namespace bench {
 namespace {
 
 const char* workload_name(Workload workload) {
-  return workload == Workload::throughput ? "throughput" : "round trip";
+  switch (workload) {
+    case Workload::throughput:
+      return "throughput";
+    case Workload::round_trip:
+      return "round trip";
+    case Workload::large_message:
+      return "large-message latency";
+  }
+  return "";
 }
 
 /// One line on stderr per step; on a terminal the line is rewritten in place.
@@ -63,6 +71,11 @@ void record(const Job& job, std::vector<MeasurementResult>& runs, Results& resul
     results.add(name, bytes, metric::kRttP999, run.rtt_p999_us);
     return;
   }
+  if (job.workload == Workload::large_message) {
+    results.add(name, bytes, metric::kOneWayLatency, runs.front().one_way_p50_us);
+    results.add(name, bytes, metric::kOneWayLatencyP99, runs.front().one_way_p99_us);
+    return;
+  }
   results.add(name, bytes, metric::kThroughputGbps,
               median_of(runs, [](const MeasurementResult& r) { return r.throughput_gbps; }));
   results.add(name, bytes, metric::kMessagesPerSecond,
@@ -81,7 +94,9 @@ void record(const Job& job, std::vector<MeasurementResult>& runs, Results& resul
 }  // namespace
 
 std::string Job::row_name() const {
-  return wait == WaitMode::spin ? spin_name(transport->name) : transport->name;
+  // Only round trips have a blocking and a busy-poll row; large messages always spin.
+  const bool spin_row = wait == WaitMode::spin && workload == Workload::round_trip;
+  return spin_row ? spin_name(transport->name) : transport->name;
 }
 
 void run_jobs(const std::vector<Job>& jobs, const RunSettings& settings, Results& results) {

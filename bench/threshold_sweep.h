@@ -1,8 +1,11 @@
-// bench/threshold_sweep.h — where vmsplice starts to beat a copy.
+// bench/threshold_sweep.h — where each capnsplice path starts to beat the one below it.
 //
-// Streams the same payload sizes through capnsplice-copy and capnsplice-vmsplice and
-// prints, for each size, both throughputs and which path won; then the size from which
-// vmsplice wins at every larger size: the value for SenderOptions::copy_threshold_bytes.
+// Streams the same payload sizes through two forced paths and prints, for each size,
+// both throughputs and which won; then the size from which the larger path wins at
+// every larger size measured. Two sweeps set the library's two thresholds:
+//
+//   copy -> vmsplice        256 B .. 256 KiB   SenderOptions::copy_threshold_bytes
+//   vmsplice -> shm         128 KiB .. 32 MiB  SenderOptions::shared_memory_threshold_bytes
 #pragma once
 
 #include <cstddef>
@@ -13,10 +16,8 @@
 
 namespace bench {
 
-/// 256 B to 256 KiB: powers of two with the 1.5x steps between them.
-std::vector<std::size_t> default_sweep_sizes();
-
-void run_threshold_sweep(std::ostream& out, const std::vector<std::size_t>& sizes,
-                         const RunSettings& settings);
+/// Runs both sweeps; `sizes`, when not empty, replaces both default size ranges.
+void run_threshold_sweeps(std::ostream& out, const std::vector<std::size_t>& sizes,
+                          const RunSettings& settings);
 
 }  // namespace bench

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,20 @@ class Endpoint {
   /// Waits for the next message, checks its payload (payload.h) and returns its
   /// sequence number. Throws on a damaged message or a closed peer.
   virtual std::uint64_t receive(WaitMode mode) = 0;
+
+  /// Large-message latency (transports with supports_large_messages): builds and fills
+  /// a Bulk message of `payload_bytes` now, so that send_prepared() times only its
+  /// sending; receive_bulk() takes one and returns its seq once the whole message is in
+  /// hand (payload.h: bulk_arrived; the moment the clock stops); check_bulk() then
+  /// checks a few bytes of each of its parts.
+  virtual void prepare_bulk(std::uint64_t /*seq*/, std::size_t /*payload_bytes*/) {
+    throw std::logic_error("this transport does not measure large messages");
+  }
+  virtual void send_prepared() { throw std::logic_error("nothing prepared"); }
+  virtual std::uint64_t receive_bulk(WaitMode /*mode*/) {
+    throw std::logic_error("this transport does not measure large messages");
+  }
+  virtual void check_bulk() {}
 
   /// For transports with more than one way to send: how this side's messages went, e.g.
   /// "vmsplice 99.9% · copy 0.1%". Empty for the others.
@@ -93,6 +108,9 @@ struct Transport {
   bool in_one_process = false;
   /// False for transports that have no round trip to measure (memcpy).
   bool supports_round_trip = true;
+  /// True for transports in the large-message latency workload (capnsplice's paths and
+  /// capnp over a socketpair): their endpoints implement prepare_bulk() and friends.
+  bool supports_large_messages = false;
   std::function<std::unique_ptr<Link>(const LinkParams& params)> make_link;
 };
 

@@ -72,18 +72,75 @@ WorkloadOutcome stream_receive(Endpoint& endpoint, const WorkloadPlan& plan,
   }
 }
 
+/// A percentile of samples in nanoseconds, in microseconds; sorts `samples`.
+double percentile_us(std::vector<std::uint32_t>& samples, double p) {
+  std::sort(samples.begin(), samples.end());
+  const std::size_t rank = static_cast<std::size_t>(p * static_cast<double>(samples.size() - 1));
+  return samples[rank] / 1000.0;
+}
+
 /// Summarises round-trip samples (nanoseconds) as percentiles in microseconds.
 void summarise_round_trips(std::vector<std::uint32_t>& samples, WorkloadOutcome& outcome) {
   if (samples.empty()) return;
-  std::sort(samples.begin(), samples.end());
-  const auto percentile_us = [&](double p) {
-    const std::size_t rank = static_cast<std::size_t>(p * static_cast<double>(samples.size() - 1));
-    return samples[rank] / 1000.0;
-  };
   outcome.messages = samples.size();
-  outcome.rtt_p50_us = percentile_us(0.50);
-  outcome.rtt_p99_us = percentile_us(0.99);
-  outcome.rtt_p999_us = percentile_us(0.999);
+  outcome.rtt_p50_us = percentile_us(samples, 0.50);
+  outcome.rtt_p99_us = percentile_us(samples, 0.99);
+  outcome.rtt_p999_us = percentile_us(samples, 0.999);
+}
+
+/// Nanoseconds on the steady clock: what an acknowledgement's seq carries.
+std::uint64_t now_ns() {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+          .count());
+}
+
+std::uint32_t clamp_ns(std::uint64_t ns) {
+  return static_cast<std::uint32_t>(std::min<std::uint64_t>(ns, UINT32_MAX));
+}
+
+WorkloadOutcome send_large(Endpoint& endpoint, const WorkloadPlan& plan, StartBarrier& barrier) {
+  std::uint64_t seq = 0;
+  for (; seq < plan.warmup_messages; ++seq) {
+    endpoint.prepare_bulk(seq, plan.payload_bytes);
+    endpoint.send_prepared();
+    endpoint.receive(WaitMode::spin);
+  }
+  barrier.arrive_and_wait();
+  std::vector<std::uint32_t> samples;
+  Budget budget(plan);
+  while (!budget.spent(samples.size())) {
+    endpoint.prepare_bulk(seq++, plan.payload_bytes);  // building is not what is timed
+    const std::uint64_t sent_at = now_ns();
+    endpoint.send_prepared();
+    const std::uint64_t taken_at = endpoint.receive(WaitMode::spin);  // the receiver's clock
+    samples.push_back(clamp_ns(taken_at > sent_at ? taken_at - sent_at : 0));
+  }
+  endpoint.prepare_bulk(kEndOfRun, 0);
+  endpoint.send_prepared();
+  WorkloadOutcome outcome;
+  if (samples.empty()) return outcome;
+  outcome.messages = samples.size();
+  outcome.one_way_p50_us = percentile_us(samples, 0.50);
+  outcome.one_way_p99_us = percentile_us(samples, 0.99);
+  return outcome;
+}
+
+WorkloadOutcome receive_large(Endpoint& endpoint, const WorkloadPlan& plan, StartBarrier& barrier) {
+  for (std::size_t i = 0; i < plan.warmup_messages; ++i) {
+    endpoint.receive_bulk(WaitMode::spin);
+    endpoint.check_bulk();
+    endpoint.send(now_ns(), 0);
+  }
+  barrier.arrive_and_wait();
+  WorkloadOutcome outcome;
+  for (;;) {
+    if (endpoint.receive_bulk(WaitMode::spin) == kEndOfRun) return outcome;
+    const std::uint64_t taken_at = now_ns();  // the message's root is in hand
+    endpoint.check_bulk();
+    endpoint.send(taken_at, 0);  // the reading travels back as the answer's seq
+    ++outcome.messages;
+  }
 }
 
 WorkloadOutcome ping(Endpoint& endpoint, const WorkloadPlan& plan, StartBarrier& barrier) {
@@ -133,6 +190,10 @@ WorkloadOutcome run_side(Side side, Endpoint& endpoint, const WorkloadPlan& plan
   if (plan.workload == Workload::throughput) {
     return side == Side::a ? stream_send(endpoint, plan, barrier)
                            : stream_receive(endpoint, plan, barrier);
+  }
+  if (plan.workload == Workload::large_message) {
+    return side == Side::a ? send_large(endpoint, plan, barrier)
+                           : receive_large(endpoint, plan, barrier);
   }
   return side == Side::a ? ping(endpoint, plan, barrier) : pong(endpoint, plan, barrier);
 }

@@ -7,6 +7,10 @@
 // Round trip: side A sends a message, waits for B's answer of the same size, and
 // records the time; B answers every message until the end-of-run message.
 //
+// Large-message latency: side A builds a large message (outside the clock), notes the
+// time and sends it; side B takes it (busy-polling), notes the time and answers with that
+// reading. One-way latency = B's reading - A's (CLOCK_MONOTONIC is one clock for both).
+//
 // Every side warms up (caches, page faults, pool and ring memory) before arriving at
 // the start barrier; warm-up messages are not counted.
 #pragma once
@@ -21,7 +25,7 @@
 
 namespace bench {
 
-enum class Workload { throughput, round_trip };
+enum class Workload { throughput, round_trip, large_message };
 
 inline constexpr int kMinimumWaivedAfter = 4;
 
@@ -45,6 +49,7 @@ struct WorkloadOutcome {
   std::uint64_t messages = 0;           ///< counted messages (warm-up excluded)
   Clock::time_point last_message_at{};  ///< stream receiver: arrival of the last message
   double rtt_p50_us = 0, rtt_p99_us = 0, rtt_p999_us = 0;  ///< round trip, side A
+  double one_way_p50_us = 0, one_way_p99_us = 0;           ///< large messages, side A
 };
 
 /// Runs `side`'s role of the plan's workload on `endpoint`, between the barrier and

@@ -19,6 +19,7 @@ namespace bench {
 
 namespace {
 
+using capnsplice::demo::Bulk;
 using capnsplice::demo::Chunk;
 
 /// "vmsplice 99.9% · copy 0.1%": the share of messages each path carried.
@@ -66,6 +67,33 @@ class CapnspliceEndpoint final : public Endpoint {
     return check_chunk(message.root<Chunk>());
   }
 
+  /// The payload parts come from allocate_data(): filled in place, no zeroing pass,
+  /// built in the shared-memory arena when the path allows.
+  void prepare_bulk(std::uint64_t seq, std::size_t payload_bytes) override {
+    prepared_ = channel_.new_message();
+    auto bulk = prepared_.init_root<Bulk>();
+    bulk.setSeq(seq);
+    const std::vector<std::size_t> sizes = bulk_part_sizes(payload_bytes);
+    auto parts = bulk.initParts(static_cast<unsigned>(sizes.size()));
+    for (unsigned i = 0; i < sizes.size(); ++i) {
+      auto data = prepared_.allocate_data(sizes[i]);
+      fill_part(data.bytes, seq);
+      parts.adopt(i, std::move(data.orphan));
+    }
+  }
+
+  void send_prepared() override { channel_.send(std::move(prepared_)); }
+
+  std::uint64_t receive_bulk(WaitMode mode) override {
+    received_ = mode == WaitMode::spin ? receive_spinning() : channel_.receive();
+    return bulk_arrived(received_.root<Bulk>());
+  }
+
+  void check_bulk() override {
+    bench::check_bulk(received_.root<Bulk>());
+    received_ = {};  // dropped: its memory goes back to the sender
+  }
+
   std::string paths_taken() override { return describe_paths(channel_.sender().stats()); }
 
  private:
@@ -83,6 +111,8 @@ class CapnspliceEndpoint final : public Endpoint {
 
   capnsplice::Channel channel_;
   bool batch_streams_;
+  capnsplice::OutgoingMessage prepared_;
+  capnsplice::ReceivedMessage received_;
 };
 
 class CapnspliceLink final : public Link {
@@ -114,17 +144,19 @@ class CapnspliceLink final : public Link {
 /// Streams use queue() unless `batch_streams` is false.
 Transport capnsplice_transport(std::string name, std::string description,
                                void (*choose_path)(capnsplice::ChannelOptions&),
-                               bool batch_streams = true) {
-  return {
-      .name = name,
-      .description = std::move(description),
-      .make_link = [name, choose_path, batch_streams](const LinkParams&) -> std::unique_ptr<Link> {
-        // The traversal limit follows the message size limit.
-        auto options = capnsplice::ChannelOptions().with_name(name).with_max_message_bytes(
-            max_frame_bytes(kMaxPayloadBytes));
-        choose_path(options);
-        return std::make_unique<CapnspliceLink>(std::move(options), batch_streams);
-      }};
+                               bool batch_streams = true, bool large_messages = true) {
+  return {.name = name,
+          .description = std::move(description),
+          .supports_large_messages = large_messages,
+          .make_link = [name, choose_path,
+                        batch_streams](const LinkParams& params) -> std::unique_ptr<Link> {
+            // The traversal limit follows the message size limit; a large message's parts add
+            // a few words each.
+            auto options = capnsplice::ChannelOptions().with_name(name).with_max_message_bytes(
+                max_frame_bytes(std::max(kMaxPayloadBytes, params.payload_bytes)) + 4096);
+            choose_path(options);
+            return std::make_unique<CapnspliceLink>(std::move(options), batch_streams);
+          }};
 }
 
 }  // namespace
@@ -143,15 +175,16 @@ Transport capnsplice_send_transport() {
       "capnsplice-send",
       "capnsplice defaults, but a stream sends every message with its own send() "
       "(no batching)",
-      [](capnsplice::ChannelOptions&) {}, /*batch_streams=*/false);
+      [](capnsplice::ChannelOptions&) {}, /*batch_streams=*/false, /*large_messages=*/false);
 }
 
 Transport capnsplice_copy_transport() {
-  return capnsplice_transport("capnsplice-copy",
-                              "capnsplice with every message sent through the pipe by writev copy",
-                              [](capnsplice::ChannelOptions& options) {
-                                options.with_send_path(capnsplice::SendPath::copy);
-                              });
+  return capnsplice_transport(
+      "capnsplice-copy", "capnsplice with every message sent through the pipe by writev copy",
+      [](capnsplice::ChannelOptions& options) {
+        options.with_send_path(capnsplice::SendPath::copy);
+      },
+      /*batch_streams=*/true, /*large_messages=*/false);
 }
 
 Transport capnsplice_vmsplice_transport() {
