@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -92,6 +93,9 @@ WaitResult spin_then_wait(int fd, short events, std::chrono::nanoseconds spin,
     do {
       const WaitResult result = wait_for(fd, events, Deadline::immediate(), interrupt_fd);
       if (result != WaitResult::timed_out) return result;
+      // When the peer waits for this very core, spinning would only delay it: let it
+      // run. With a core of its own the call returns at once.
+      ::sched_yield();
     } while (std::chrono::steady_clock::now() < stop && !deadline.expired());
   }
   return wait_for(fd, events, deadline, interrupt_fd);
@@ -144,7 +148,7 @@ std::size_t pipe_queued_bytes(int fd, std::string_view context) {
 
 namespace {
 std::size_t pipe_max_size() {
-  std::size_t limit = 1024 * 1024;
+  std::size_t limit = std::size_t{1024} * 1024;
   if (FILE* file = std::fopen("/proc/sys/fs/pipe-max-size", "re")) {
     unsigned long value = 0;
     if (std::fscanf(file, "%lu", &value) == 1 && value > 0) limit = value;
@@ -156,7 +160,7 @@ std::size_t pipe_max_size() {
 
 std::size_t set_pipe_capacity(int fd, std::size_t wanted) {
   static const std::size_t kernel_limit = pipe_max_size();
-  constexpr std::size_t kSweetSpot = 1024 * 1024;
+  constexpr std::size_t kSweetSpot = std::size_t{1024} * 1024;
   std::size_t size = wanted != 0 ? wanted : std::min(kernel_limit, kSweetSpot);
   // The per-user pipe budget (pipe-user-pages-soft) can refuse large pipes with
   // EPERM; halve until the kernel agrees, and keep whatever the pipe has otherwise.

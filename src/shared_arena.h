@@ -101,6 +101,7 @@ class SendArena {
   Allocator allocator_;
   std::map<std::uint64_t, std::vector<ArenaBlock>> held_;  // message id -> its blocks
   std::size_t bytes_in_use_ = 0;
+  std::size_t kept_bytes_ = 0;  // freed, still resident (an estimate)
 };
 
 /// The receiving side's view of a peer's arena.
