@@ -41,7 +41,7 @@ std::pair<UniqueFd, UniqueFd> make_control_pair(const ChannelOptions& options) {
 
 }  // namespace
 
-Channel Channel::from_fds(UniqueFd receive_fd, UniqueFd send_fd, ChannelOptions options,
+Channel Channel::from_fds(UniqueFd receive_fd, UniqueFd send_fd, const ChannelOptions& options,
                           bool keep_blocking, UniqueFd control_fd) {
   if (!keep_blocking) detail::set_nonblocking(send_fd.get(), context_of(options.name, "create"));
   std::shared_ptr<detail::ControlLink> link;
@@ -55,7 +55,7 @@ Channel Channel::from_fds(UniqueFd receive_fd, UniqueFd send_fd, ChannelOptions 
   return Channel(std::move(sender), std::move(receiver), options.name);
 }
 
-std::pair<Channel, Channel> Channel::pair(ChannelOptions options) {
+std::pair<Channel, Channel> Channel::pair(const ChannelOptions& options) {
   Pipe a_to_b = make_pipe(options);
   Pipe b_to_a = make_pipe(options);
   auto [a_control, b_control] = make_control_pair(options);
@@ -66,7 +66,7 @@ std::pair<Channel, Channel> Channel::pair(ChannelOptions options) {
   return {std::move(a), std::move(b)};
 }
 
-std::pair<Channel, RemoteEnd> Channel::pair_with_remote_end(ChannelOptions options) {
+std::pair<Channel, RemoteEnd> Channel::pair_with_remote_end(const ChannelOptions& options) {
   Pipe to_remote = make_pipe(options);
   Pipe from_remote = make_pipe(options);
   auto [local_control, remote_control] = make_control_pair(options);

@@ -9,7 +9,7 @@
 namespace capnsplice::detail {
 
 namespace {
-constexpr std::size_t kHugePageBytes = 2 * 1024 * 1024;
+constexpr std::size_t kHugePageBytes = std::size_t{2} * 1024 * 1024;
 }  // namespace
 
 std::size_t page_size() noexcept {

@@ -12,7 +12,7 @@ namespace capnsplice::detail {
 namespace {
 /// Arena segments made when every message goes to the arena start this large, so a
 /// message of many small objects does not become one segment per object.
-constexpr std::size_t kArenaSegmentFloor = 64 * 1024;
+constexpr std::size_t kArenaSegmentFloor = std::size_t{64} * 1024;
 }  // namespace
 
 PooledMessageBuilder::PooledMessageBuilder(

@@ -209,9 +209,9 @@ Child spawn(const SpawnOptions& options) {
   return Child{ChildProcess(pid, options.channel.name), std::move(local)};
 }
 
-Child fork_with_channel(const std::function<int(Channel&)>& body, ChannelOptions options) {
+Child fork_with_channel(const std::function<int(Channel&)>& body, const ChannelOptions& options) {
   const std::string name = options.name;
-  auto [local, remote] = Channel::pair(std::move(options));
+  auto [local, remote] = Channel::pair(options);
   std::fflush(nullptr);
   const pid_t pid = ::fork();
   if (pid < 0) throw_system_error("fork '" + name + "'", "fork");
@@ -220,7 +220,7 @@ Child fork_with_channel(const std::function<int(Channel&)>& body, ChannelOptions
   return Child{ChildProcess(pid, name), std::move(local)};
 }
 
-Channel child_channel(ChannelOptions options) {
+Channel child_channel(const ChannelOptions& options) {
   const std::string context = "channel '" + options.name + "': open";
   const std::string variable(kChannelVariable);
   const char* value = std::getenv(variable.c_str());
@@ -234,7 +234,7 @@ Channel child_channel(ChannelOptions options) {
   UniqueFd send_end = adopt_inherited(fds[1], context);
   UniqueFd control = fds.size() > 2 ? adopt_inherited(fds[2], context, true) : UniqueFd();
   ::unsetenv(variable.c_str());
-  return Channel::from_fds(std::move(receive_end), std::move(send_end), std::move(options),
+  return Channel::from_fds(std::move(receive_end), std::move(send_end), options,
                            /*keep_blocking=*/false, std::move(control));
 }
 

@@ -201,7 +201,7 @@ void ReceiverCore::grow_own_frame(std::size_t bytes) {
 void ReceiverCore::compact_if_idle() {
   // When every message has been dropped, move a small partial frame to the ring's
   // start: reads then keep landing in the same, cache-warm bytes.
-  constexpr std::size_t kMaxMove = 128 * 1024;
+  constexpr std::size_t kMaxMove = std::size_t{128} * 1024;
   const std::size_t offset = static_cast<std::size_t>(parse_ % ring_->capacity());
   if (offset == 0 || ring_->oldest_leased_or(parse_) != parse_) return;
   const std::size_t partial = static_cast<std::size_t>(head_ - parse_);

@@ -84,7 +84,7 @@ Connection RendezvousListener::accept(Deadline deadline) {
 
     ChannelOptions channel_options = options_.channel;
     channel_options.name += ":" + std::to_string(peer.pid);
-    auto [channel, remote] = Channel::pair_with_remote_end(std::move(channel_options));
+    auto [channel, remote] = Channel::pair_with_remote_end(channel_options);
     try {
       detail::send_handover(client.get(), /*accepted=*/true, {},
                             {remote.receive_fd.get(), remote.send_fd.get(), remote.control_fd.get()},

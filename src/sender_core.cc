@@ -3,6 +3,7 @@
 #include <poll.h>
 
 #include <array>
+#include <cerrno>
 #include <ctime>
 
 #include "capnsplice/error.h"
@@ -340,7 +341,10 @@ void SenderCore::wait_for_reader(Deadline deadline) {
   std::lock_guard lock(mutex_);
   ensure_open();
   pollfd probe{fd_.get(), POLLOUT, 0};
-  if (::poll(&probe, 1, 0) < 0) throw_system_error(context_, "poll");
+  // A zero-timeout poll still fails with EINTR when a signal is pending: try again.
+  while (::poll(&probe, 1, 0) < 0) {
+    if (errno != EINTR) throw_system_error(context_, "poll");
+  }
   if ((probe.revents & POLLERR) != 0) {
     throw Error(ErrorCode::PeerClosed, context_, "peer closed its receiving end");
   }

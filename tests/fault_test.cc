@@ -10,6 +10,7 @@
 #include <csignal>
 #include <cstdio>
 #include <thread>
+#include <vector>
 
 #include "capnsplice/process.h"
 #include "support/error_from.h"
@@ -101,7 +102,7 @@ void check_stream_survives_storm(Channel parent, Channel child, const char* what
   SignalStorm storm(kStormInterval);
   Random random(11);
   for (std::uint64_t seq = 0; seq < kStormMessages; ++seq) {
-    send_mixed(parent, seq, mixed_size(random, 1 * MiB), random);
+    send_mixed(parent, seq, mixed_size(random, 2 * MiB), random);
   }
   parent.close_sending();
   ReceivedMessage answer = parent.receive(Deadline::after(60s));
@@ -139,11 +140,31 @@ std::pair<Channel, Channel> blocking_pair(const ChannelOptions& options) {
 
 const auto kFaultOptions = ChannelOptions().with_send_timeout(60s);
 
+/// A way for a large message to travel: copied into the pipe, spliced into it, or left in
+/// shared memory with a small descriptor on the pipe (messages of 1 MiB and more).
+struct Route {
+  const char* name;
+  ChannelOptions options;
+};
+
+std::vector<Route> pipe_routes() {
+  auto through_pipe = ChannelOptions(kFaultOptions).with_shared_memory_threshold_bytes(0);
+  return {{"copy", ChannelOptions(through_pipe).with_send_path(SendPath::copy)},
+          {"vmsplice", ChannelOptions(through_pipe).with_send_path(SendPath::vmsplice)}};
+}
+
+std::vector<Route> all_routes() {
+  std::vector<Route> routes = pipe_routes();
+  routes.push_back({"shared memory", kFaultOptions});
+  return routes;
+}
+
 }  // namespace
 
 TEST_CASE("an EINTR storm loses and duplicates no message") {
   auto [parent, child] = Channel::pair(kFaultOptions);
-  check_stream_survives_storm(std::move(parent), std::move(child), "non-blocking pipes");
+  check_stream_survives_storm(std::move(parent), std::move(child),
+                              "non-blocking pipes and shared memory");
 }
 
 TEST_CASE("an EINTR storm on blocking descriptors loses and duplicates no message") {
@@ -153,8 +174,9 @@ TEST_CASE("an EINTR storm on blocking descriptors loses and duplicates no messag
 
 TEST_CASE("a sender facing a full pipe waits for the sleeping reader, then completes") {
   constexpr std::uint64_t kMessages = 32;  // 8 MiB: eight times what the pipe holds
-  for (SendPath path : {SendPath::copy, SendPath::vmsplice}) {
-    auto [near, far] = Channel::pair(ChannelOptions(kFaultOptions).with_send_path(path));
+  for (const Route& route : pipe_routes()) {
+    INFO(route.name);
+    auto [near, far] = Channel::pair(route.options);
     std::atomic<bool> reader_awake{false};
     StreamTally tally;
     std::thread reader([&far = far, &reader_awake, &tally] {
@@ -177,9 +199,8 @@ TEST_CASE("a sender facing a full pipe waits for the sleeping reader, then compl
 TEST_CASE(
     "a sender facing a full pipe past its send timeout gets Timeout, and every message "
     "it reported sent arrives intact") {
-  for (SendPath path : {SendPath::copy, SendPath::vmsplice}) {
-    auto [near, far] =
-        Channel::pair(ChannelOptions().with_send_path(path).with_send_timeout(100ms));
+  for (const Route& route : pipe_routes()) {
+    auto [near, far] = Channel::pair(ChannelOptions(route.options).with_send_timeout(100ms));
     Random random(13);
     std::uint64_t sent = 0;
     Error timeout = error_from([&near = near, &random, &sent] {
@@ -193,7 +214,7 @@ TEST_CASE(
     Error end = error_from([&far = far, &tally] {
       for (;;) tally.add(far.receive_for(200ms).root<test::Blob>());
     });
-    INFO("send path " << static_cast<int>(path) << ": " << timeout.what());
+    INFO(route.name << ": " << timeout.what());
     CHECK(sent > 0);
     CHECK(tally.messages == sent);
     CHECK(tally.mismatches == 0);
@@ -206,20 +227,20 @@ TEST_CASE(
     "a reader process that exits mid-send fails the send with PeerClosed, and this "
     "process lives on") {
   REQUIRE(std::signal(SIGPIPE, SIG_DFL) != SIG_ERR);  // the default: SIGPIPE kills
-  for (SendPath path : {SendPath::copy, SendPath::vmsplice}) {
+  for (const Route& route : all_routes()) {
     Child reader = fork_with_channel(
         [](Channel& channel) {
           channel.receive();
           channel.receive();
           return 0;  // gone while the parent is still sending
         },
-        ChannelOptions(kFaultOptions).with_send_path(path));
+        route.options);
     Random random(14);
     std::uint64_t sent = 0;
     Error error = error_from([&reader, &random, &sent] {
       for (;; ++sent) send_blob(reader.channel, sent, 4 * MiB, random);
     });
-    INFO(error.what());
+    INFO(route.name << ": " << error.what());
     CHECK(error.code() == ErrorCode::PeerClosed);
     CHECK(sent >= 2);
     CHECK(reader.process.wait().success());

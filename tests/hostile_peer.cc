@@ -8,6 +8,7 @@
 //   truncate            one whole message, then half of one, then exit
 //   garbage             three whole messages, then bytes that are no segment table
 //   stall               one whole message, then the first 4 KiB of a 60 MiB frame
+//   forged-descriptor   a shared-memory descriptor naming an arena it never sent
 //
 // Unless it exits on purpose, the peer then waits to be killed: the errors the parent
 // sees come from the bytes, not from end of stream.
@@ -20,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "capnsplice.capnp.h"
 #include "capnsplice/process.h"
 #include "support/test_support.h"
 #include "test.capnp.h"
@@ -59,6 +61,20 @@ std::vector<std::uint32_t> segment_table(const std::vector<std::uint32_t>& sizes
   return words;
 }
 
+/// A shared-memory descriptor as a capnsplice sender writes it, but for arena 7, which
+/// this peer never put on the control link.
+void write_forged_descriptor() {
+  capnp::MallocMessageBuilder message;
+  auto descriptor = message.initRoot<capnsplice::wire::SharedMessage>();
+  descriptor.setMagic(capnsplice::wire::SharedMessage::EXPECTED_MAGIC);
+  descriptor.setArena(7);
+  descriptor.setId(1);
+  auto segment = descriptor.initSegments(1)[0];
+  segment.setOffset(0);
+  segment.setWords(1);
+  capnp::writeMessageToFd(kChildSendFd, message);
+}
+
 [[noreturn]] void wait_to_be_killed() {
   for (;;) ::pause();
 }
@@ -86,6 +102,9 @@ int run(const std::string& mode) {
     std::vector<std::uint32_t> start = segment_table({60u << 17});  // 60 MiB of words
     start.resize(start.size() + 1024);
     write_words(start);
+  } else if (mode == "forged-descriptor") {
+    write_message(0);
+    write_forged_descriptor();
   } else {
     std::fprintf(stderr, "usage: capnsplice_hostile_peer MODE (see the source)\n");
     return 2;

@@ -32,17 +32,24 @@ struct HostileRun {
   std::size_t resident_growth = 0;  ///< VmRSS after the error minus before the spawn
 };
 
+/// How long a receive waits: long enough for a slow machine, except once a stalling
+/// peer has sent what it sends whole (`stall_after` messages).
+constexpr auto kPatientReceive = 10s;
+constexpr auto kStalledReceive = 300ms;
+
 /// Spawns the hostile peer in `mode` and receives until the channel fails.
 HostileRun receive_from_hostile_peer(const char* mode,
-                                     std::chrono::nanoseconds receive_timeout = 10s) {
+                                     std::optional<std::size_t> stall_after = std::nullopt) {
   HostileRun run;
   const std::size_t resident_before = resident_bytes();
   Child peer = spawn({.program = CAPNSPLICE_HOSTILE_PEER,
                       .arguments = {mode},
                       .channel = ChannelOptions().with_name(mode)});
   while (!run.error) {
+    const bool stalled = stall_after && run.intact_seqs.size() >= *stall_after;
     try {
-      ReceivedMessage message = peer.channel.receive_for(receive_timeout);
+      ReceivedMessage message = peer.channel.receive_for(
+          stalled ? std::chrono::nanoseconds(kStalledReceive) : kPatientReceive);
       auto blob = message.root<test::Blob>();
       if (blob_intact(blob)) run.intact_seqs.push_back(blob.getSeq());
     } catch (const Error& error) {
@@ -119,7 +126,14 @@ TEST_CASE(
 }
 
 TEST_CASE("a peer stalling inside a 60 MiB frame times the receive out without the memory") {
-  HostileRun run = receive_from_hostile_peer("stall", 300ms);
+  HostileRun run = receive_from_hostile_peer("stall", /*stall_after=*/1);
   check_refused_then_next_channel_works(run, ErrorCode::Timeout);
   CHECK(run.intact_seqs == std::vector<std::uint64_t>{0});
+}
+
+TEST_CASE("a forged shared-memory descriptor naming an arena never sent is MalformedFrame") {
+  HostileRun run = receive_from_hostile_peer("forged-descriptor");
+  check_refused_then_next_channel_works(run, ErrorCode::MalformedFrame);
+  CHECK(run.intact_seqs == std::vector<std::uint64_t>{0});
+  CHECK_THAT(run.error->what(), Catch::Contains("arena 7, which the peer never sent"));
 }

@@ -12,6 +12,7 @@
 #include "capnsplice/channel.h"
 #include "support/blob.h"
 #include "support/raw_pipe.h"
+#include "support/sanitizer.h"
 
 namespace {
 
@@ -83,7 +84,9 @@ TEST_CASE("destroying a used channel releases its descriptors and memory mapping
     exercise(a, b);
   }
   CHECK(open_descriptors() == fds_before);
-  CHECK(mapping_count() <= maps_before + 2);  // allocator noise, not one mapping per channel
+  // Allocator noise, not one mapping per channel. ThreadSanitizer maps shadow for every new
+  // address range, so only the other builds can hold this to a small number.
+  CHECK(mapping_count() <= maps_before + (kThreadSanitizer ? 200 : 2));
 }
 
 TEST_CASE("a received message outlives its channel") {

@@ -157,7 +157,7 @@ TEST_CASE("both directions of a channel carry messages at once") {
     return intact;
   };
   int left_intact = 0;
-  std::thread left_receiver([&] { left_intact = drain(left); });
+  std::thread left_receiver([&, &left = left] { left_intact = drain(left); });
   int right_intact = drain(right);
   left_sender.join();
   right_sender.join();

@@ -43,11 +43,11 @@ class Channel {
   /// Two connected ends. Each end has two pipe ends and one end of a control socket
   /// (which the shared-memory path uses for large messages), all close-on-exec; each
   /// pipe's capacity is raised with F_SETPIPE_SZ (options.pipe_bytes).
-  static std::pair<Channel, Channel> pair(ChannelOptions options = {});
+  static std::pair<Channel, Channel> pair(const ChannelOptions& options = {});
 
   /// One end as a Channel, the other as raw descriptors for another process. The remote
   /// end is left blocking, so a plain Cap'n Proto peer can use it as it is.
-  static std::pair<Channel, RemoteEnd> pair_with_remote_end(ChannelOptions options = {});
+  static std::pair<Channel, RemoteEnd> pair_with_remote_end(const ChannelOptions& options = {});
 
   /// An end made of existing descriptors: `receive_fd` (read end of the incoming pipe)
   /// and `send_fd` (write end of the outgoing pipe). The send descriptor is switched
@@ -55,7 +55,7 @@ class Channel {
   /// it as it is (for descriptors shared with other processes, such as stdout).
   /// `control_fd`, the peer's control socket, enables the shared-memory path; without
   /// it every message goes through the pipes.
-  static Channel from_fds(UniqueFd receive_fd, UniqueFd send_fd, ChannelOptions options = {},
+  static Channel from_fds(UniqueFd receive_fd, UniqueFd send_fd, const ChannelOptions& options = {},
                           bool keep_blocking = false, UniqueFd control_fd = {});
 
   Channel(Channel&&) noexcept = default;

@@ -80,13 +80,14 @@ Child spawn(const SpawnOptions& options);
 /// for long-lived children. In a multi-threaded parent, `body` runs in a copy of the
 /// process where only the forking thread exists (no locks held by other threads may be
 /// taken). stdio buffers are flushed before the fork so output is not duplicated.
-Child fork_with_channel(const std::function<int(Channel&)>& body, ChannelOptions options = {});
+Child fork_with_channel(const std::function<int(Channel&)>& body,
+                        const ChannelOptions& options = {});
 
 /// Opens the channel a parent made with spawn(), from CAPNSPLICE_CHANNEL. Call it once,
 /// early in main() (it unsets the variable, which is not thread-safe). The descriptors
 /// are made close-on-exec so the child's own children do not inherit them. Throws
 /// SystemError (EINVAL/EBADF) when the variable is missing or does not name two pipe
 /// ends open in the right directions.
-Channel child_channel(ChannelOptions options = ChannelOptions().with_name("parent"));
+Channel child_channel(const ChannelOptions& options = ChannelOptions().with_name("parent"));
 
 }  // namespace capnsplice

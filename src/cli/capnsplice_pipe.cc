@@ -118,10 +118,9 @@ int main(int argc, char** argv) {
   for (int i = 2; i < argc; ++i) {
     const std::string_view flag = argv[i];
     const char* value = i + 1 < argc ? argv[i + 1] : nullptr;
-    if (flag == "--count") {
-      count = parse_number("--count", value);
-    } else if (flag == "--size") {
-      size = parse_number("--size", value);
+    if (flag == "--count" || flag == "--size") {
+      std::optional<std::uint64_t>& target = flag == "--count" ? count : size;
+      target = parse_number(argv[i], value);
     } else if (flag == "--max-message-bytes") {
       max_message_bytes = parse_number("--max-message-bytes", value);
     } else if (flag == "--path") {

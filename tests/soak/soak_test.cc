@@ -6,7 +6,9 @@
 //   build/tests/soak_test                 what ctest runs: 2 GiB (CAPNSPLICE_SOAK_CI_BYTES)
 //
 // Options: --bytes N[K|M|G] payload bytes over both directions (binary units),
-//          --seed S, --max-growth-mib M (default 16).
+//          --seed S, --max-growth-mib M (default 16),
+//          --shared-memory-from N[K|M|G] messages this large go through shared memory
+//          (the library's default: 1 MiB; 0: every message through the pipes).
 //
 // Each side sends from a thread while its main thread receives. The receiver replays
 // the peer's size sequence, so it knows how many messages must come and how large each
@@ -18,12 +20,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include "capnsplice/process.h"
 #include "support/mixed_stream.h"
 #include "support/resident_memory.h"
+#include "support/sanitizer.h"
 
 namespace {
 
@@ -35,19 +39,11 @@ constexpr std::size_t kMaxMessageBytes = 8 * MiB;
 /// Sampling /proc/self/status costs ~20 µs: every 8th message keeps it out of the way.
 constexpr std::uint64_t kSampleEvery = 8;
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kUnderSanitizer = true;
-#elif defined(__has_feature)
-constexpr bool kUnderSanitizer =
-    __has_feature(address_sanitizer) || __has_feature(thread_sanitizer);
-#else
-constexpr bool kUnderSanitizer = false;
-#endif
-
 struct Settings {
   std::uint64_t bytes = 2ull << 30;
   std::uint64_t seed = 1;
   std::size_t max_growth = 16 * MiB;
+  std::optional<std::size_t> shared_memory_from;  ///< empty: the library's default
 };
 
 /// VmRSS over the run, by quarter of the stream received.
@@ -188,6 +184,8 @@ bool parse(int argc, char** argv, Settings& settings) {
       settings.seed = std::strtoull(argv[i + 1], nullptr, 10);
     } else if (option == "--max-growth-mib") {
       settings.max_growth = std::strtoull(argv[i + 1], nullptr, 10) * MiB;
+    } else if (option == "--shared-memory-from") {
+      settings.shared_memory_from = parse_bytes(argv[i + 1]);
     } else {
       return false;
     }
@@ -200,17 +198,23 @@ bool parse(int argc, char** argv, Settings& settings) {
 int main(int argc, char** argv) {
   Settings settings;
   if (!parse(argc, argv, settings)) {
-    std::fprintf(stderr, "usage: soak_test [--bytes N[K|M|G]] [--seed S] [--max-growth-mib M]\n");
+    std::fprintf(stderr,
+                 "usage: soak_test [--bytes N[K|M|G]] [--seed S] [--max-growth-mib M] "
+                 "[--shared-memory-from N[K|M|G]]\n");
     return 2;
   }
   const std::uint64_t parent_seed = settings.seed * 2;
   const std::uint64_t child_seed = settings.seed * 2 + 1;
+  auto options = ChannelOptions().with_name("soak").with_send_timeout(std::chrono::seconds(60));
+  if (settings.shared_memory_from) {
+    options.with_shared_memory_threshold_bytes(*settings.shared_memory_from);
+  }
   const auto started = Clock::now();
   Child child = fork_with_channel(
       [&](Channel& channel) {
         return run_side(channel, "child", child_seed, parent_seed, settings) ? 0 : 1;
       },
-      ChannelOptions().with_name("soak-child").with_send_timeout(std::chrono::seconds(60)));
+      options);
   const bool parent_ok = run_side(child.channel, "parent", parent_seed, child_seed, settings);
   const ExitStatus child_status = child.process.wait();
   const double seconds = std::chrono::duration<double>(Clock::now() - started).count();

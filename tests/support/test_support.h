@@ -32,7 +32,8 @@ class Random {
       std::memcpy(bytes.begin() + i, &value, 8);
     }
     std::uint64_t value = next();
-    std::memcpy(bytes.begin() + i, &value, bytes.size() - i);
+    // An empty array may have no address at all: memcpy to null is undefined, even of 0.
+    if (i < bytes.size()) std::memcpy(bytes.begin() + i, &value, bytes.size() - i);
   }
 
  private:
