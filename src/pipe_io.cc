@@ -123,11 +123,11 @@ std::size_t write_some(int fd, WriteMethod method, const IovCursor& cursor,
   }
 }
 
-long read_some(int fd, bool is_pipe, std::byte* buffer, std::size_t bytes,
+long read_some(int fd, bool splice, std::byte* buffer, std::size_t bytes,
                std::string_view context) {
   for (;;) {
     ssize_t got;
-    if (is_pipe) {
+    if (splice) {
       iovec target{buffer, bytes};
       got = ::vmsplice(fd, &target, 1, SPLICE_F_NONBLOCK);
     } else {
@@ -136,7 +136,7 @@ long read_some(int fd, bool is_pipe, std::byte* buffer, std::size_t bytes,
     if (got >= 0) return static_cast<long>(got);
     if (errno == EINTR) continue;
     if (errno == EAGAIN) return -1;
-    throw_system_error(context, is_pipe ? "vmsplice (read)" : "read");
+    throw_system_error(context, splice ? "vmsplice (read)" : "read");
   }
 }
 
@@ -199,6 +199,11 @@ bool vmsplice_aliases_pages() noexcept {
 bool is_pipe(int fd) noexcept {
   struct stat info {};
   return ::fstat(fd, &info) == 0 && S_ISFIFO(info.st_mode);
+}
+
+bool reads_by_splice(int fd) noexcept {
+  const int flags = ::fcntl(fd, F_GETFL);
+  return flags >= 0 && (flags & O_ACCMODE) == O_RDONLY && is_pipe(fd);
 }
 
 void require_access_mode(int fd, bool for_writing, std::string_view context) {

@@ -71,9 +71,9 @@ std::size_t write_some(int fd, WriteMethod method, const IovCursor& cursor,
                        std::string_view context, SigpipeGuard& guard);
 
 /// One attempt to read up to `bytes` into `buffer` without blocking: vmsplice in the
-/// read direction for pipes, read() otherwise. Returns bytes read, 0 at end of stream,
-/// or -1 when nothing is ready. Throws SystemError.
-long read_some(int fd, bool is_pipe, std::byte* buffer, std::size_t bytes,
+/// read direction when `splice` (see reads_by_splice), read() otherwise. Returns bytes
+/// read, 0 at end of stream, or -1 when nothing is ready. Throws SystemError.
+long read_some(int fd, bool splice, std::byte* buffer, std::size_t bytes,
                std::string_view context);
 
 /// Bytes written into the pipe and not yet read (ioctl FIONREAD). Works on either end.
@@ -90,6 +90,11 @@ bool vmsplice_aliases_pages() noexcept;
 
 /// True when `fd` is a pipe or FIFO.
 bool is_pipe(int fd) noexcept;
+
+/// True when a receiver may read `fd` with vmsplice: a pipe open read-only. On a pipe
+/// open O_RDWR (a FIFO opened that way, a reopened /proc/self/fd) vmsplice would take
+/// the write direction and splice the receive buffer into the pipe; such ends use read().
+bool reads_by_splice(int fd) noexcept;
 
 /// Throws SystemError (EBADF) unless `fd` is open for reading (`for_writing` false) or
 /// writing. vmsplice picks its direction from the descriptor's mode, so a wrong end

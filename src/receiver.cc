@@ -24,9 +24,9 @@ class ReceiverCore {
       : fd_(std::move(fd)),
         options_(options),
         context_(std::move(context)),
-        pipe_(is_pipe(fd_.get())),
-        // read() on a blocking non-pipe descriptor would block: ask poll() first.
-        poll_before_read_(!pipe_ && !is_nonblocking(fd_.get())) {
+        splice_reads_(reads_by_splice(fd_.get())),
+        // read() on a blocking descriptor would block: ask poll() first.
+        poll_before_read_(!splice_reads_ && !is_nonblocking(fd_.get())) {
     const ReceiveLimits& limits = options_.limits;
     reader_options_.traversalLimitInWords =
         limits.traversal_limit_words != 0 ? limits.traversal_limit_words
@@ -112,7 +112,7 @@ class ReceiverCore {
   UniqueFd wake_fd_;  // eventfd: interrupt() makes it readable
   ReceiverOptions options_;
   std::string context_;
-  bool pipe_;
+  bool splice_reads_;  // vmsplice (read direction) rather than read()
   bool poll_before_read_;
   capnp::ReaderOptions reader_options_;
   std::shared_ptr<ReceiveRing> ring_;
@@ -238,7 +238,7 @@ ReceiverCore::ReadOutcome ReceiverCore::read_more() {
       wait_for(fd_.get(), POLLIN, Deadline::immediate()) == WaitResult::timed_out) {
     return ReadOutcome::would_block;
   }
-  const long got = read_some(fd_.get(), pipe_, target, length, context_);
+  const long got = read_some(fd_.get(), splice_reads_, target, length, context_);
   if (got < 0) return ReadOutcome::would_block;
   if (got == 0) {
     end_of_stream_ = true;

@@ -219,7 +219,7 @@ void SenderCore::flush_locked(Deadline deadline) {
   std::size_t partial_bytes = 0;  // bytes of queued_[written_frames] already written
   try {
     while (written_frames < queued_.size()) {
-      written_frames = write_run(written_frames, deadline, guard, partial_bytes);
+      write_run(written_frames, deadline, guard, partial_bytes);
     }
   } catch (const Error& error) {
     const std::size_t total = queued_.size();
@@ -235,14 +235,14 @@ void SenderCore::flush_locked(Deadline deadline) {
   clear_queue();
 }
 
-std::size_t SenderCore::write_run(std::size_t first, Deadline deadline, SigpipeGuard& guard,
-                                  std::size_t& partial_bytes) {
+void SenderCore::write_run(std::size_t& done, Deadline deadline, SigpipeGuard& guard,
+                           std::size_t& partial_bytes) {
+  const std::size_t first = done;
   const WriteMethod method = queued_[first].method;
   std::size_t end = first;
   while (end < queued_.size() && queued_[end].method == method) ++end;
   const std::size_t iov_begin = first == 0 ? 0 : queued_[first - 1].iov_end;
   IovCursor cursor{gather_.data() + iov_begin, queued_[end - 1].iov_end - iov_begin};
-  std::size_t done = first;
   partial_bytes = 0;
   while (!cursor.empty()) {
     const std::size_t written = write_some(fd_.get(), method, cursor, context_, guard);
@@ -264,7 +264,6 @@ std::size_t SenderCore::write_run(std::size_t first, Deadline deadline, SigpipeG
       ++done;
     }
   }
-  return done;
 }
 
 void SenderCore::retire(QueuedFrame& frame, std::uint64_t stream_end) {

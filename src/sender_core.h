@@ -85,9 +85,12 @@ class SenderCore final : public ConsumptionSource {
                                                         std::uint64_t& shared_id);
   /// Writes the queue (the lock is held).
   void flush_locked(Deadline deadline);
-  /// Writes queued_[first..) while they share a method; returns one past the last written.
-  std::size_t write_run(std::size_t first, Deadline deadline, SigpipeGuard& guard,
-                        std::size_t& partial_bytes);
+  /// Writes queued_[done..) while they share a method. Moves `done` past every frame
+  /// written whole and keeps `partial_bytes` (bytes of queued_[done] already in the pipe)
+  /// up to date as it goes, so that both are right when it throws: the frames after
+  /// `done` are untouched, the one at `done` may be referenced by the pipe.
+  void write_run(std::size_t& done, Deadline deadline, SigpipeGuard& guard,
+                 std::size_t& partial_bytes);
   /// Gives a written frame's chunks back; `stream_end` is the stream offset after it.
   void retire(QueuedFrame& frame, std::uint64_t stream_end);
   /// After a failed flush: returns every chunk safely and empties the queue.

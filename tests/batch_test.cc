@@ -6,6 +6,7 @@
 
 #include "capnsplice/channel.h"
 #include "support/blob.h"
+#include "support/error_from.h"
 
 namespace {
 
@@ -98,4 +99,31 @@ TEST_CASE("messages queued when the peer is gone are reported as not written") {
     CHECK_THAT(error.what(), Catch::Contains("0 of 2 queued messages were written"));
   }
   CHECK_FALSE(near.sender().has_queued());
+}
+
+TEST_CASE("a batch cut by a timeout keeps the cut frame's pages until the reader read them") {
+  // A 64 KiB pipe takes the first 40 KB frame whole and the second only in part; the
+  // third is never written. The cut frame's pool pages are still in the pipe, so they
+  // must not go back to the pool (which zeroes them) before the reader has read them:
+  // the reader then sees the frame's real bytes end early (TruncatedMessage), never
+  // zeroed ones (which would read as a malformed frame).
+  auto [near, far] = Channel::pair(ChannelOptions()
+                                       .with_pipe_bytes(64 * KiB)
+                                       .with_send_path(SendPath::vmsplice)
+                                       .with_send_timeout(std::chrono::milliseconds(50)));
+  Random random(7);
+  for (int i = 0; i < 3; ++i) queue_blob(near, i, 40000, random);
+  const Error cut = error_from([&near = near] { near.flush(); });
+  CHECK(cut.code() == ErrorCode::Timeout);
+  CHECK_THAT(cut.what(), Catch::Contains("1 of 3 queued messages were written"));
+  CHECK_THAT(cut.what(), Catch::Contains("cut mid-message"));
+  // Memory the sender takes now must come from elsewhere than the cut frame's pages.
+  for (int i = 0; i < 8; ++i) {
+    auto scribble = near.new_message();
+    fill_blob(scribble.init_root<test::Blob>(), 99, 40000, random);
+  }
+  auto first = far.receive_as<test::Blob>();
+  CHECK(first->getSeq() == 0);
+  CHECK(blob_intact(first.root()));
+  CHECK(error_from([&far = far] { far.receive(); }).code() == ErrorCode::TruncatedMessage);
 }

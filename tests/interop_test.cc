@@ -4,6 +4,7 @@
 
 #include <capnp/serialize.h>
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <array>
@@ -76,6 +77,29 @@ TEST_CASE("a capnsplice receiver reads what capnp::writeMessageToFd writes") {
     CHECK(blob_intact(blob));
   }
   writer.join();
+}
+
+TEST_CASE("a receiver on a pipe end opened read-write reads from it and never into it") {
+  // vmsplice takes its direction from the descriptor's mode: on an O_RDWR end (a FIFO
+  // opened that way, a reopened /proc/self/fd) it would splice the receive buffer into
+  // the pipe and the receiver would parse its own stale bytes.
+  RawPipe pipe;
+  const std::string path = "/proc/self/fd/" + std::to_string(pipe.read_end.get());
+  UniqueFd read_write(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  REQUIRE(read_write);
+  Receiver receiver(std::move(read_write));
+  Random random(2);
+  for (int i = 0; i < 3; ++i) {
+    capnp::MallocMessageBuilder builder;
+    fill_blob(builder.initRoot<test::Blob>(), i, 20000, random);
+    capnp::writeMessageToFd(pipe.write_end.get(), builder);
+    auto message = receiver.receive_for(std::chrono::seconds(5));
+    CHECK(message.root<test::Blob>().getSeq() == static_cast<std::uint64_t>(i));
+    CHECK(blob_intact(message.root<test::Blob>()));
+  }
+  int queued = -1;
+  REQUIRE(::ioctl(pipe.write_end.get(), FIONREAD, &queued) == 0);
+  CHECK(queued == 0);  // nothing was written back into the pipe
 }
 
 TEST_CASE("capnp::StreamFdMessageReader reads what a capnsplice sender writes") {
