@@ -1,5 +1,6 @@
 // Messages of every size and shape arrive intact, in one process and across fork().
 #include <capnp/message.h>
+#include <fcntl.h>
 
 #include <catch2/catch.hpp>
 #include <thread>
@@ -17,8 +18,9 @@ using namespace capnsplice::testing;
 const std::vector<std::size_t> kSizes = {0,     1,     63,      64,      4096,        16383,
                                          16384, 65536, 1 << 20, 3 << 20, 5 << 20 | 7, 32 << 20};
 
-/// Sends every size from a thread and checks each on arrival.
-void round_trip_all_sizes(ChannelOptions options, unsigned parts = 0) {
+/// Sends every size from a thread and checks each on arrival. Returns the sender's
+/// counters, so a test can check which path the messages took.
+SenderStats round_trip_all_sizes(ChannelOptions options, unsigned parts = 0) {
   auto [near, far] = Channel::pair(options);
   std::thread sender([&near = near, parts] {
     Random random(1);
@@ -32,25 +34,44 @@ void round_trip_all_sizes(ChannelOptions options, unsigned parts = 0) {
     CHECK(blob_intact(blob.root()));
   }
   sender.join();
+  return near.sender().stats();
+}
+
+/// Spliced messages, or copied ones where this kernel's vmsplice copies anyway.
+std::uint64_t spliced_where_possible(const SenderStats& stats) {
+  return stats.vmsplice_aliases_pages ? stats.spliced_messages : stats.copied_messages;
 }
 
 }  // namespace
 
 TEST_CASE("messages from empty to 32 MiB round-trip intact on the automatic path") {
-  round_trip_all_sizes(ChannelOptions().with_max_message_bytes(64 * MiB));
+  const SenderStats stats = round_trip_all_sizes(ChannelOptions().with_max_message_bytes(64 * MiB));
+  CHECK(stats.messages == kSizes.size());
+  CHECK(stats.copied_messages > 0);  // the small ones
+  CHECK(stats.shared_messages > 0);  // 1 MiB and up
 }
 
 TEST_CASE("messages from empty to 32 MiB round-trip intact when always copied") {
-  round_trip_all_sizes(ChannelOptions().with_send_path(SendPath::copy));
+  const SenderStats stats = round_trip_all_sizes(ChannelOptions().with_send_path(SendPath::copy));
+  CHECK(stats.copied_messages == kSizes.size());
 }
 
 TEST_CASE("messages from empty to 32 MiB round-trip intact when always spliced") {
-  round_trip_all_sizes(ChannelOptions().with_send_path(SendPath::vmsplice));
+  const SenderStats stats =
+      round_trip_all_sizes(ChannelOptions().with_send_path(SendPath::vmsplice));
+  CHECK(spliced_where_possible(stats) == kSizes.size());
 }
 
 TEST_CASE("multi-segment messages round-trip intact") {
   // A small pool forces payload pieces into several segments.
   round_trip_all_sizes(ChannelOptions().with_pool_bytes(256 * KiB), /*parts=*/7);
+}
+
+TEST_CASE("multi-segment messages up to 32 MiB round-trip intact when always spliced") {
+  const SenderStats stats = round_trip_all_sizes(
+      ChannelOptions().with_pool_bytes(256 * KiB).with_send_path(SendPath::vmsplice),
+      /*parts=*/7);
+  CHECK(spliced_where_possible(stats) == kSizes.size());
 }
 
 TEST_CASE("data filled in place with allocate_data round-trips at every size") {
@@ -78,6 +99,17 @@ TEST_CASE("data filled in place with allocate_data round-trips at every size") {
     for (std::size_t b = kSizes[i]; b < last.size() * 8; ++b) CHECK(bytes[b] == 0);
   }
   sender.join();
+}
+
+TEST_CASE("a channel's pipes are raised to the configured capacity") {
+  for (std::size_t wanted : {std::size_t{64} * KiB, std::size_t{256} * KiB}) {
+    auto [near, far] = Channel::pair(ChannelOptions().with_pipe_bytes(wanted));
+    CHECK(::fcntl(near.sender().fd(), F_GETPIPE_SZ) == static_cast<int>(wanted));
+    CHECK(::fcntl(far.receive_fd(), F_GETPIPE_SZ) == static_cast<int>(wanted));
+  }
+  // The default: 1 MiB where pipe-max-size allows it (unprivileged users' limit).
+  auto [near, far] = Channel::pair();
+  CHECK(::fcntl(near.sender().fd(), F_GETPIPE_SZ) == static_cast<int>(MiB));
 }
 
 TEST_CASE("a message with no root at all arrives as an empty message") {
@@ -166,16 +198,20 @@ TEST_CASE("both directions of a channel carry messages at once") {
   CHECK(right_intact == kCount);
 }
 
-TEST_CASE("messages of every size cross fork() in both directions") {
-  auto [parent, child] = Channel::pair(ChannelOptions().with_name("fork"));
+TEST_CASE("messages of every size cross fork() in both directions on every path") {
+  const SendPath path = GENERATE(SendPath::automatic, SendPath::copy, SendPath::vmsplice);
+  INFO("path " << static_cast<int>(path));
+  auto [parent, child] = Channel::pair(ChannelOptions().with_name("fork").with_send_path(path));
   pid_t pid = fork_child([&child = child, &parent = parent] {
     { Channel dropped = std::move(parent); }  // the child keeps only its end
-    // Echo each message back, checking it on the way.
+    // Echo each message back, rebuilt in the child's own pool, checking it on the way.
     for (std::size_t i = 0; i < kSizes.size(); ++i) {
       auto message = child.receive();
       auto blob = message.root<test::Blob>();
       if (!blob_intact(blob) || blob.getSeq() != i) return 1;
-      child.sender().send_copy(message.segments(), Deadline::never());
+      auto echo = child.new_message();
+      echo.builder().setRoot(blob);
+      child.send(std::move(echo));
     }
     return 0;
   });
@@ -192,4 +228,9 @@ TEST_CASE("messages of every size cross fork() in both directions") {
   }
   sender.join();
   CHECK(wait_child(pid) == 0);
+  const SenderStats stats = parent.sender().stats();
+  CHECK(stats.messages == kSizes.size());
+  if (path == SendPath::vmsplice) CHECK(spliced_where_possible(stats) == kSizes.size());
+  if (path == SendPath::copy) CHECK(stats.copied_messages == kSizes.size());
+  if (path == SendPath::automatic) CHECK(stats.shared_messages > 0);
 }

@@ -13,6 +13,11 @@
 // system call — several times faster for small messages (see README "Batching");
 // send() and flush() write whatever was queued before, in order.
 //
+// The reader must take the bytes out of the pipe (read, or vmsplice in the read
+// direction) to count as having consumed them. A reader that splice(2)s them on to
+// another pipe or socket moves the page references with them, so a vmspliced message
+// could be overwritten while still in flight downstream: use SendPath::copy there.
+//
 // A closed peer is an Error with code PeerClosed, never a SIGPIPE death; the
 // process's signal dispositions are left alone.
 //
