@@ -6,6 +6,7 @@
 #include <fstream>
 #include <string>
 
+#include "capnsplice/channel.h"
 #include "units.h"
 
 namespace bench {
@@ -38,6 +39,13 @@ std::string transparent_huge_pages() {
   return setting.substr(open + 1, close - open - 1);
 }
 
+/// The library's own probe (done once per process): whether vmsplice maps the sender's
+/// pages into the pipe, or copies them as a 2026 kernel proposal would have it.
+std::string vmsplice_behaviour() {
+  auto [near, far] = capnsplice::Channel::pair();
+  return near.sender().stats().vmsplice_aliases_pages ? "maps pages" : "copies";
+}
+
 }  // namespace
 
 std::string describe_machine() {
@@ -45,7 +53,8 @@ std::string describe_machine() {
   ::uname(&system);
   return std::to_string(::sysconf(_SC_NPROCESSORS_ONLN)) + " cores · " + cpu_model() + " · " +
          system.sysname + " " + system.release + " " + system.machine + " · pipe-max-size " +
-         pipe_max_size() + " · THP " + transparent_huge_pages();
+         pipe_max_size() + " · THP " + transparent_huge_pages() + " · vmsplice " +
+         vmsplice_behaviour();
 }
 
 double load_average() {
