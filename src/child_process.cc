@@ -29,7 +29,8 @@ std::string ExitStatus::describe() const {
 }
 
 ChildProcess::ChildProcess(pid_t pid, std::string name) : pid_(pid), name_(std::move(name)) {
-  // The pidfd only serves timed waits; without it they poll instead.
+  // The pidfd serves timed waits, exit_fd() and signals; without it (kernel < 5.3) waits
+  // poll and signals go by pid.
   pidfd_.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
 }
 
@@ -52,8 +53,11 @@ ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
 
 ChildProcess::~ChildProcess() {
   if (!running()) return;
-  ::kill(pid_, SIGKILL);
   try {
+    // A child that exits on end of stream (its Child's channel is closed by now) gets to
+    // finish cleanly; one that does not is killed.
+    if (wait(Deadline::after(kChildExitGracePeriod))) return;
+    static_cast<void>(send_signal(SIGKILL));
     wait();
   } catch (const Error&) {
     // Reaped by someone else (ECHILD): nothing left to do.
@@ -69,8 +73,7 @@ bool ChildProcess::reap(bool block) {
   for (;;) {
     const pid_t got = ::waitpid(pid_, &status, block ? 0 : WNOHANG);
     if (got == pid_) {
-      status_ = ExitStatus::from_wait_status(status);
-      pidfd_.reset();
+      status_ = ExitStatus::from_wait_status(status);  // the pidfd stays: see exit_fd()
       return true;
     }
     if (got == 0) return false;
@@ -97,9 +100,21 @@ std::optional<ExitStatus> ChildProcess::wait(Deadline deadline) {
   return status_;
 }
 
+int ChildProcess::send_signal(int signal) const noexcept {
+  if (pidfd_) {
+    if (::syscall(SYS_pidfd_send_signal, pidfd_.get(), signal, nullptr, 0) == 0) return 0;
+    if (errno != ENOSYS) return errno;  // ENOSYS: a seccomp filter that only knows kill()
+  }
+  return ::kill(pid_, signal) == 0 ? 0 : errno;
+}
+
 void ChildProcess::kill(int signal) {
   if (!running()) return;
-  if (::kill(pid_, signal) != 0) throw_system_error(context("kill"), "kill");
+  const int error = send_signal(signal);
+  // ESRCH: it has ended and waits to be reaped, which wait() does.
+  if (error != 0 && error != ESRCH) {
+    throw_system_error(context("kill"), pidfd_ ? "pidfd_send_signal" : "kill", error);
+  }
 }
 
 pid_t ChildProcess::release() noexcept {

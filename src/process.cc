@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -20,6 +21,11 @@ extern char** environ;
 
 namespace capnsplice {
 namespace {
+
+/// Throws SystemError for a posix_spawn* call that returned `result` (an errno value).
+void check_spawn_call(int result, const std::string& context, const char* call) {
+  if (result != 0) throw_system_error(context, call, result);
+}
 
 /// posix_spawn_file_actions_t, destroyed when done.
 class FileActions {
@@ -44,25 +50,36 @@ class FileActions {
   const posix_spawn_file_actions_t* get() const noexcept { return &actions_; }
 
  private:
-  void check(int result, const char* call) const {
-    if (result != 0) throw_system_error(context_, call, result);
-  }
+  void check(int result, const char* call) const { check_spawn_call(result, context_, call); }
   posix_spawn_file_actions_t actions_;
   const std::string& context_;
 };
 
-/// posix_spawnattr_t that starts the child with an empty signal mask: a thread that
-/// spawns while it blocks signals (as a send does with SIGPIPE) must not pass that on.
+/// posix_spawnattr_t that starts the child with an empty signal mask — a thread that
+/// spawns while it blocks signals (as a send does with SIGPIPE) must not pass that on —
+/// and with SIGPIPE and SIGCHLD at their default disposition: exec keeps a signal the
+/// parent ignores ignored, and a child must not inherit a parent's SIG_IGN for these
+/// (its writes to a closed pipe would not end it, its own waitpid would fail ECHILD).
 class SpawnAttributes {
  public:
-  explicit SpawnAttributes(const std::string& context) {
-    if (int result = ::posix_spawnattr_init(&attributes_); result != 0) {
-      throw_system_error(context, "posix_spawnattr_init", result);
-    }
+  explicit SpawnAttributes(const std::string& context) : context_(context) {
+    check(::posix_spawnattr_init(&attributes_), "posix_spawnattr_init");
     sigset_t empty;
     sigemptyset(&empty);
-    ::posix_spawnattr_setsigmask(&attributes_, &empty);
-    ::posix_spawnattr_setflags(&attributes_, POSIX_SPAWN_SETSIGMASK);
+    sigset_t to_default;
+    sigemptyset(&to_default);
+    for (int signal : kSignalsToDefault) sigaddset(&to_default, signal);
+    try {
+      check(::posix_spawnattr_setsigmask(&attributes_, &empty), "posix_spawnattr_setsigmask");
+      check(::posix_spawnattr_setsigdefault(&attributes_, &to_default),
+            "posix_spawnattr_setsigdefault");
+      check(::posix_spawnattr_setflags(&attributes_,
+                                       POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF),
+            "posix_spawnattr_setflags");
+    } catch (...) {
+      ::posix_spawnattr_destroy(&attributes_);
+      throw;
+    }
   }
   ~SpawnAttributes() { ::posix_spawnattr_destroy(&attributes_); }
   SpawnAttributes(const SpawnAttributes&) = delete;
@@ -70,7 +87,11 @@ class SpawnAttributes {
   const posix_spawnattr_t* get() const noexcept { return &attributes_; }
 
  private:
+  static constexpr int kSignalsToDefault[] = {SIGPIPE, SIGCHLD};
+
+  void check(int result, const char* call) const { check_spawn_call(result, context_, call); }
   posix_spawnattr_t attributes_;
+  const std::string& context_;
 };
 
 /// Strings kept alive next to the char* array exec wants.
@@ -130,7 +151,6 @@ UniqueFd duplicate_above_targets(int fd, const std::string& context) {
   ::_exit(code);
 }
 
-/// Parses "<receive fd>,<send fd>".
 /// The descriptors named by the variable: receive, send and (optional) control.
 std::vector<int> parse_channel_variable(std::string_view value, const std::string& context) {
   std::vector<int> fds;
@@ -157,22 +177,49 @@ std::vector<int> parse_channel_variable(std::string_view value, const std::strin
   return fds;
 }
 
-/// Takes an inherited descriptor: checks it is an open pipe (or, for the control link,
-/// a socket), makes it close-on-exec.
-UniqueFd adopt_inherited(int fd, const std::string& context, bool is_control = false) {
+/// Throws unless the descriptors named by `value` can be a channel: none of them
+/// standard input, output or error, no two the same, each open and of the right kind
+/// (pipe ends in the right directions, a socket for the control link). Nothing is taken
+/// over or changed until all of them pass, so a bad variable leaves every descriptor as
+/// it was.
+void check_inherited(const std::vector<int>& fds, std::string_view value,
+                     const std::string& context) {
+  const std::string variable = std::string(kChannelVariable) + "='" + std::string(value) + "'";
+  static constexpr const char* kRoles[] = {"receive", "send", "control"};
+  for (std::size_t i = 0; i < fds.size(); ++i) {
+    const std::string which =
+        variable + ": " + kRoles[i] + " descriptor " + std::to_string(fds[i]);
+    if (fds[i] <= STDERR_FILENO) {
+      throw Error(ErrorCode::SystemError, context,
+                  which + " is standard input, output or error, not a channel end", EINVAL);
+    }
+    for (std::size_t j = 0; j < i; ++j) {
+      if (fds[j] == fds[i]) {
+        throw Error(ErrorCode::SystemError, context,
+                    which + " is also the " + kRoles[j] + " descriptor", EINVAL);
+      }
+    }
+    if (::fcntl(fds[i], F_GETFD) < 0) throw_system_error(context, which + ": fcntl(F_GETFD)");
+    const bool is_control = i == 2;
+    struct stat info {};
+    const bool right_kind = is_control ? ::fstat(fds[i], &info) == 0 && S_ISSOCK(info.st_mode)
+                                       : detail::is_pipe(fds[i]);
+    if (!right_kind) {
+      throw Error(ErrorCode::SystemError, context,
+                  which + " is not a " + (is_control ? "socket" : "pipe"), EINVAL);
+    }
+    if (!is_control) {
+      detail::require_access_mode(fds[i], /*for_writing=*/i == 1, context + ": " + which);
+    }
+  }
+}
+
+/// Takes a descriptor check_inherited() accepted and makes it close-on-exec.
+UniqueFd adopt_inherited(int fd, const std::string& context) {
+  UniqueFd owned(fd);
   if (::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
     throw_system_error(context, "descriptor " + std::to_string(fd) + " from " +
                                     std::string(kChannelVariable) + ": fcntl");
-  }
-  UniqueFd owned(fd);
-  struct stat info {};
-  const bool right_kind =
-      is_control ? ::fstat(fd, &info) == 0 && S_ISSOCK(info.st_mode) : detail::is_pipe(fd);
-  if (!right_kind) {
-    throw Error(ErrorCode::SystemError, context,
-                "descriptor " + std::to_string(fd) + " is not a " +
-                    (is_control ? "socket" : "pipe"),
-                EINVAL);
   }
   return owned;
 }
@@ -230,9 +277,10 @@ Channel child_channel(const ChannelOptions& options) {
                 EINVAL);
   }
   const std::vector<int> fds = parse_channel_variable(value, context);
+  check_inherited(fds, value, context);
   UniqueFd receive_end = adopt_inherited(fds[0], context);
   UniqueFd send_end = adopt_inherited(fds[1], context);
-  UniqueFd control = fds.size() > 2 ? adopt_inherited(fds[2], context, true) : UniqueFd();
+  UniqueFd control = fds.size() > 2 ? adopt_inherited(fds[2], context) : UniqueFd();
   ::unsetenv(variable.c_str());
   return Channel::from_fds(std::move(receive_end), std::move(send_end), options,
                            /*keep_blocking=*/false, std::move(control));

@@ -5,15 +5,21 @@
 //   inventory            report descriptors and environment as test::Inventory, then echo
 //   stream SEED          send Blobs of random sizes (up to 3 MiB) until the peer is gone
 //   sink                 receive until the peer is gone
+//   stall                open the channel, never read it, wait to be killed
 //   half-frame           write part of a frame by hand, then wait to be killed
+//   send-frame HEX       write the frame HEX (e.g. a forged hello) as it is, then sink
+//   signals              sink, then exit 10 + 1 if SIGPIPE was ignored at start
+//                        + 2 if SIGCHLD was
 //   plain                plain Cap'n Proto on descriptors 3 and 4: echo one message
 //   connect NAME [APP VERSION]   connect to a rendezvous, then echo
 //
-// Exits 0 once the peer is gone, 1 on any other error.
+// Exits 0 once the peer is gone, 3 when a hello fails (IncompatiblePeer), 1 on any other
+// error.
 #include <capnp/any.h>
 #include <capnp/serialize.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -101,6 +107,30 @@ int half_frame() {
   for (;;) ::pause();
 }
 
+/// Writes the bytes spelled by `hex` to the send descriptor, whole.
+int write_hex(const char* hex) {
+  std::vector<unsigned char> bytes;
+  for (const char* at = hex; at[0] != '\0' && at[1] != '\0'; at += 2) {
+    const char pair[3] = {at[0], at[1], '\0'};
+    bytes.push_back(static_cast<unsigned char>(std::strtoul(pair, nullptr, 16)));
+  }
+  for (std::size_t done = 0; done < bytes.size();) {
+    const ssize_t written = ::write(kChildSendFd, bytes.data() + done, bytes.size() - done);
+    if (written <= 0) return 1;
+    done += static_cast<std::size_t>(written);
+  }
+  return 0;
+}
+
+bool ignored(int signal) {
+  struct sigaction current {};
+  return ::sigaction(signal, nullptr, &current) == 0 && current.sa_handler == SIG_IGN;
+}
+
+[[noreturn]] void sink(Channel& channel) {
+  for (;;) channel.receive();
+}
+
 int plain() {
   capnp::StreamFdMessageReader request(kChildReceiveFd);
   capnp::MallocMessageBuilder reply;
@@ -136,9 +166,25 @@ int run(int argc, char** argv) {
     return stream(std::strtoull(argv[2], nullptr, 10));
   } else if (mode == "sink") {
     Channel parent = child_channel();
-    for (;;) parent.receive();
+    sink(parent);
+  } else if (mode == "stall") {
+    Channel parent = child_channel();
+    for (;;) ::pause();
   } else if (mode == "half-frame") {
     return half_frame();
+  } else if (mode == "send-frame" && argc > 2) {
+    if (write_hex(argv[2]) != 0) return 1;
+    Channel parent = child_channel();
+    sink(parent);
+  } else if (mode == "signals") {
+    const int code = 10 + (ignored(SIGPIPE) ? 1 : 0) + (ignored(SIGCHLD) ? 2 : 0);
+    Channel parent = child_channel();
+    try {
+      sink(parent);
+    } catch (const Error& error) {
+      if (!error.peer_gone()) throw;
+    }
+    return code;
   } else if (mode == "plain") {
     return plain();
   } else if (mode == "connect" && argc > 2) {
@@ -159,6 +205,7 @@ int main(int argc, char** argv) {
   } catch (const Error& error) {
     if (error.peer_gone()) return 0;
     std::fprintf(stderr, "capnsplice_test_peer: %s\n", error.what());
+    if (error.code() == ErrorCode::IncompatiblePeer) return 3;
   } catch (const std::exception& error) {
     std::fprintf(stderr, "capnsplice_test_peer: %s\n", error.what());
   }

@@ -134,6 +134,34 @@ TEST_CASE("a child's exit descriptor is reported next to its channel when it die
   CHECK(seen == std::set<std::uint64_t>{1, 2});
 }
 
+TEST_CASE("a child's exit descriptor outlives wait(), so the poller can remove it then") {
+  Child child = spawn_peer({"sink"});
+  const int exit_fd = child.process.exit_fd();
+  REQUIRE(exit_fd >= 0);
+  Poller poller;
+  poller.add(child.channel, 1);
+  poller.add(exit_fd, 2);
+  child.channel.close_sending();  // the sink exits 0
+  std::set<std::uint64_t> ended;
+  while (poller.size() > 0) {  // the loop use-cases.md shows: it must end
+    auto events = poller.wait(Deadline::after(10s));
+    REQUIRE_FALSE(events.empty());
+    for (const PollEvent& event : events) {
+      ended.insert(event.key);
+      if (event.key == 1) {
+        CHECK(error_from([&] { child.channel.try_receive(); }).code() == ErrorCode::PeerClosed);
+        poller.remove(child.channel);
+      } else {
+        CHECK(child.process.wait().success());
+        CHECK(child.process.exit_fd() == exit_fd);  // still open, still the same
+        poller.remove(child.process.exit_fd());
+      }
+    }
+  }
+  CHECK(ended == std::set<std::uint64_t>{1, 2});
+  CHECK(descriptor_readable(exit_fd));  // a pidfd of a reaped child stays readable
+}
+
 TEST_CASE("one thread serves many spawned children and keeps serving when one crashes") {
   constexpr int kChildren = 4;
   constexpr std::uint64_t kRequestsEach = 50;

@@ -20,6 +20,51 @@ using namespace capnsplice;
 using namespace capnsplice::testing;
 using namespace std::chrono_literals;
 
+/// While alive, records how each child ended as SIGCHLD tells it — before the child is
+/// reaped, so also for a child a destroyed handle reaps.
+class ChildEndRecorder {
+ public:
+  ChildEndRecorder() {
+    pid_ = 0;
+    struct sigaction action {};
+    action.sa_sigaction = [](int, siginfo_t* info, void*) {
+      if (info->si_code != CLD_EXITED && info->si_code != CLD_KILLED) return;
+      code_ = info->si_code;
+      status_ = info->si_status;
+      pid_ = info->si_pid;
+    };
+    action.sa_flags = SA_SIGINFO | SA_RESTART | SA_NOCLDSTOP;
+    REQUIRE(::sigaction(SIGCHLD, &action, &previous_) == 0);
+  }
+  ~ChildEndRecorder() { ::sigaction(SIGCHLD, &previous_, nullptr); }
+
+  /// The last child that ended: its pid, CLD_EXITED or CLD_KILLED, and exit code or signal.
+  pid_t pid() const { return pid_; }
+  int code() const { return code_; }
+  int status() const { return status_; }
+
+ private:
+  static inline volatile std::sig_atomic_t code_ = 0;
+  static inline volatile std::sig_atomic_t status_ = 0;
+  static inline volatile std::sig_atomic_t pid_ = 0;
+  struct sigaction previous_ {};
+};
+
+/// Sets the disposition of `signal` for the lifetime of the object.
+class SignalDisposition {
+ public:
+  SignalDisposition(int signal, void (*handler)(int)) : signal_(signal) {
+    struct sigaction action {};
+    action.sa_handler = handler;
+    REQUIRE(::sigaction(signal, &action, &previous_) == 0);
+  }
+  ~SignalDisposition() { ::sigaction(signal_, &previous_, nullptr); }
+
+ private:
+  int signal_;
+  struct sigaction previous_ {};
+};
+
 /// Sends a blob of `size` bytes and checks the copy that comes back.
 void round_trip(Channel& channel, std::uint64_t seq, std::size_t size) {
   Random random(seq);
@@ -95,6 +140,48 @@ TEST_CASE("child_channel in a process that was not spawned with a channel says s
   ::unsetenv("CAPNSPLICE_CHANNEL");
 }
 
+TEST_CASE(
+    "child_channel refuses descriptors that cannot be a channel and leaves them as they "
+    "were") {
+  int ends[2];
+  REQUIRE(::pipe(ends) == 0);  // inheritable, as a spawned child's are
+  UniqueFd read_end(ends[0]);
+  UniqueFd write_end(ends[1]);
+  UniqueFd not_a_pipe(::open("/dev/null", O_RDWR));
+  const auto r = std::to_string(read_end.get());
+  const auto w = std::to_string(write_end.get());
+  const auto flags = [](int fd) { return ::fcntl(fd, F_GETFD); };
+  const int stdin_flags = flags(STDIN_FILENO);
+  const int stdout_flags = flags(STDOUT_FILENO);
+  const struct {
+    std::string value;
+    int sys_errno;
+    std::string says;
+  } refused[] = {
+      {"0,1", EINVAL, "CAPNSPLICE_CHANNEL='0,1': receive descriptor 0 is standard input, "
+                      "output or error, not a channel end"},
+      {r + "," + r, EINVAL, "send descriptor " + r + " is also the receive descriptor"},
+      {r + "," + w + "," + w, EINVAL, "control descriptor " + w + " is also the send descriptor"},
+      {w + "," + r, EBADF, "receive descriptor " + w + ": descriptor is not open for reading"},
+      {r + "," + std::to_string(not_a_pipe.get()), EINVAL, "is not a pipe"},
+      {r + "," + w + "," + std::to_string(not_a_pipe.get()), EINVAL, "is not a socket"},
+  };
+  for (const auto& bad : refused) {
+    ::setenv("CAPNSPLICE_CHANNEL", bad.value.c_str(), 1);
+    Error error = error_from([] { child_channel(); });
+    INFO(bad.value << ": " << error.what());
+    CHECK(error.sys_errno() == bad.sys_errno);
+    CHECK_THAT(error.what(), Catch::Contains(bad.says));
+    // Nothing was taken over: all still open, none made close-on-exec.
+    CHECK(flags(STDIN_FILENO) == stdin_flags);
+    CHECK(flags(STDOUT_FILENO) == stdout_flags);
+    CHECK(flags(read_end.get()) == 0);
+    CHECK(flags(write_end.get()) == 0);
+    CHECK(flags(not_a_pipe.get()) == 0);
+  }
+  ::unsetenv("CAPNSPLICE_CHANNEL");
+}
+
 TEST_CASE("a forked child runs the function with its end and exits with its return value") {
   Child child = fork_with_channel([](Channel& parent) {
     auto blob = parent.receive_as<test::Blob>();
@@ -140,16 +227,51 @@ TEST_CASE("wait_for gives up on a running child, and kill ends it with the signa
   CHECK(no_children_left());
 }
 
-TEST_CASE("a child handle destroyed while its child runs kills and reaps it") {
+TEST_CASE("a child that exits on end of stream exits cleanly when its handle is destroyed") {
+  ChildEndRecorder ended;
   pid_t pid;
   {
-    Child child = spawn_peer({"sink"});
+    Child child = spawn_peer({"sink"});  // exits 0 once its peer is gone
+    pid = child.process.pid();
+  }  // the channel closes first, then the handle waits for the child
+  CHECK(ended.pid() == pid);
+  CHECK(ended.code() == CLD_EXITED);  // not killed
+  CHECK(ended.status() == 0);
+  CHECK(::kill(pid, 0) == -1);  // reaped: not even a zombie holds the pid
+  CHECK(no_children_left());
+}
+
+TEST_CASE(
+    "a child handle destroyed while its child ignores end of stream kills it after the "
+    "grace period and reaps it") {
+  ChildEndRecorder ended;
+  pid_t pid;
+  std::chrono::steady_clock::time_point destroyed;
+  {
+    Child child = spawn_peer({"stall"});  // never reads, so never sees end of stream
     pid = child.process.pid();
     REQUIRE(::kill(pid, 0) == 0);
+    destroyed = std::chrono::steady_clock::now();
   }
+  const double took_ms = ms_since(destroyed);
+  CHECK(took_ms >= static_cast<double>(kChildExitGracePeriod.count()));
+  CHECK(took_ms < 10'000);
+  CHECK(ended.pid() == pid);
+  CHECK(ended.code() == CLD_KILLED);
+  CHECK(ended.status() == SIGKILL);
   CHECK(::kill(pid, 0) == -1);  // gone entirely: not even a zombie holds the pid
   CHECK(errno == ESRCH);
   CHECK(no_children_left());
+}
+
+TEST_CASE("a spawned child starts with SIGPIPE and SIGCHLD at their default disposition") {
+  Child child = [] {
+    SignalDisposition no_sigpipe(SIGPIPE, SIG_IGN);
+    SignalDisposition no_sigchld(SIGCHLD, SIG_IGN);  // restored before the child may exit
+    return spawn_peer({"signals"});
+  }();
+  child.channel.close_sending();
+  CHECK(child.process.wait().exit_code() == 10);  // 11, 12 or 13: it inherited SIG_IGN
 }
 
 TEST_CASE("a child that exited is reaped by try_wait and leaves no zombie") {
@@ -185,5 +307,5 @@ TEST_CASE("a spawned child with another application version fails the hello on b
   CHECK_THAT(error.what(), Catch::Contains("channel 'peer': hello: the peer speaks application "
                                            "'thumbnailer' version 4, this end expects "
                                            "'thumbnailer' version 3"));
-  CHECK(child.process.wait().exit_code() == 1);  // the child refused this end just the same
+  CHECK(child.process.wait().exit_code() == 3);  // the child refused this end just the same
 }

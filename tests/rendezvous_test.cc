@@ -1,6 +1,7 @@
 // The named rendezvous (a Unix socket that hands out pipe pairs) and the hello on connect.
 #include "capnsplice/rendezvous.h"
 
+#include <capnp/serialize.h>
 #include <grp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -221,7 +222,7 @@ TEST_CASE("a rendezvous client speaking another application fails at once on bot
   CHECK(error.code() == ErrorCode::IncompatiblePeer);
   CHECK_THAT(error.what(), Catch::Contains("the peer speaks application 'transcoder' version 1, "
                                            "this end expects 'thumbnailer' version 1"));
-  CHECK(client.process.wait().exit_code() == 1);
+  CHECK(client.process.wait().exit_code() == 3);  // IncompatiblePeer on its side too
 }
 
 TEST_CASE("connecting where nobody listens fails with a SystemError naming the place") {
@@ -245,6 +246,40 @@ TEST_CASE("a hello from another protocol version fails with IncompatiblePeer") {
   CHECK_THAT(error.what(),
              Catch::Equals("channel 'versions': hello: the peer speaks capnsplice protocol "
                            "version 99, this end speaks version 1 [IncompatiblePeer]"));
+}
+
+TEST_CASE("across exec, a hello from another protocol version fails at once on both sides") {
+  // The child's first message is a hello claiming version 99; this end speaks version 1.
+  capnp::MallocMessageBuilder forged;
+  auto hello = forged.initRoot<wire::Hello>();
+  hello.setMagic(wire::Hello::EXPECTED_MAGIC);
+  hello.setProtocolVersion(99);
+  hello.setMaxMessageBytes(ReceiveLimits{}.max_message_bytes);
+  const kj::Array<capnp::word> frame = capnp::messageToFlatArray(forged);
+  std::string hex;
+  for (capnp::byte byte : frame.asBytes()) {
+    static constexpr char kDigits[] = "0123456789abcdef";
+    hex += {kDigits[byte >> 4], kDigits[byte & 15]};
+  }
+  Child forger = spawn_peer({"send-frame", hex});
+  auto started = std::chrono::steady_clock::now();
+  Error error = error_from([&] { exchange_hello(forger.channel); });
+  CHECK(ms_since(started) < 1000);  // at once, not after the hello's 5 s timeout
+  CHECK(error.code() == ErrorCode::IncompatiblePeer);
+  CHECK_THAT(error.what(),
+             Catch::Equals("channel 'peer': hello: the peer speaks capnsplice protocol "
+                           "version 99, this end speaks version 1 [IncompatiblePeer]"));
+
+  // The other way round: the child calls exchange_hello(), this end claims version 99.
+  Child child = spawn_peer({"hello"});
+  child.channel.send_copy(forged);
+  started = std::chrono::steady_clock::now();
+  auto status = child.process.wait_for(10s);
+  CHECK(ms_since(started) < 1000);
+  REQUIRE(status.has_value());
+  CHECK(status->exit_code() == 3);  // the test peer's code for IncompatiblePeer
+  auto its_hello = child.channel.receive_as<wire::Hello>(Deadline::after(10s));
+  CHECK(its_hello->getProtocolVersion() == kProtocolVersion);
 }
 
 TEST_CASE("a first message that is not a hello fails with IncompatiblePeer") {

@@ -122,7 +122,8 @@ class Channel {
   int receive_fd() const noexcept { return receiver_.fd(); }
   bool has_buffered_message() { return receiver_.has_buffered_message(); }
 
-  /// Makes a receive() blocked in another thread throw Interrupted.
+  /// Makes the receive() blocked in another thread, or else the next one that would
+  /// block, throw Interrupted, once (Receiver::interrupt).
   void interrupt_receive() { receiver_.interrupt(); }
 
   // --- Parts ---------------------------------------------------------------------

@@ -8,9 +8,14 @@
 //   child.channel.close_sending();          // the child sees PeerClosed and exits
 //   capnsplice::ExitStatus status = child.process.wait();
 //
-// Reaping: a ChildProcess destroyed while its child still runs kills it (SIGKILL) and
-// waits for it, so no child outlives its handle and none is left a zombie. Call wait()
-// (or wait_for()) first to let the child finish on its own.
+// Reaping: a ChildProcess destroyed while its child still runs gives it
+// kChildExitGracePeriod (100 ms) to exit on its own — a Child closes its channel first,
+// so a child that exits on end of stream exits cleanly — then kills it (SIGKILL) and
+// reaps it: no child outlives its handle and none is left a zombie. Call wait() (or
+// wait_for()) first to let a slower child finish on its own.
+//
+// Signals go through the child's pidfd when the kernel has pidfd_open (>= 5.3), so a
+// signal can never reach another process that was given a recycled pid.
 //
 // Threads: one thread at a time per handle. The process must not reap the child behind
 // the handle's back (waitpid(-1, ...) or SIGCHLD set to SIG_IGN); wait() then reports
@@ -28,6 +33,9 @@
 #include "capnsplice/unique_fd.h"
 
 namespace capnsplice {
+
+/// How long ~ChildProcess waits for a running child to exit before it sends SIGKILL.
+inline constexpr std::chrono::milliseconds kChildExitGracePeriod{100};
 
 /// How a child process ended.
 class ExitStatus {
@@ -68,7 +76,9 @@ class ChildProcess {
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;
 
-  /// Kills (SIGKILL) and reaps a child still running; reaps one that already exited.
+  /// Reaps a child that already exited. One still running gets kChildExitGracePeriod to
+  /// exit (a Child's channel is closed by then, so it has seen end of stream), then is
+  /// killed (SIGKILL) and reaped.
   ~ChildProcess();
 
   /// The child's pid (-1 when empty). Valid until the child is reaped.
@@ -91,12 +101,16 @@ class ChildProcess {
   /// Reaps the child if it has ended, without blocking.
   std::optional<ExitStatus> try_wait() { return wait(Deadline::immediate()); }
 
-  /// Sends `signal` (SIGKILL by default) unless the child was reaped already. The
-  /// child stays owned: wait() to reap it.
+  /// Sends `signal` (SIGKILL by default) unless the child was reaped already — through
+  /// the pidfd when there is one, so a recycled pid is never hit. The child stays owned:
+  /// wait() to reap it. Throws SystemError naming the child when the kernel refuses.
   void kill(int signal = SIGKILL);
 
   /// A descriptor that becomes readable (POLLIN) when the child ends, to poll next to
   /// channels (Poller::add(int, ...)); -1 when the kernel has no pidfd_open (< 5.3).
+  /// It stays open, with the same number, until the handle is destroyed or released —
+  /// wait() does not close it — so poller.remove(process.exit_fd()) works after wait().
+  /// Remove it from a poller before the handle goes.
   int exit_fd() const noexcept { return pidfd_.get(); }
 
   /// Gives up ownership: the handle forgets the child without waiting. Returns the pid.
@@ -106,6 +120,8 @@ class ChildProcess {
   std::string context(const char* operation) const;
   /// waitpid(WNOHANG or blocking); stores the status when the child was reaped.
   bool reap(bool block);
+  /// Sends `signal` by pidfd (or by pid without one); errno on failure.
+  int send_signal(int signal) const noexcept;
 
   pid_t pid_ = -1;
   UniqueFd pidfd_;

@@ -61,10 +61,17 @@ class Poller {
   void add(Channel& channel, std::uint64_t key);
 
   /// Watches any descriptor for POLLIN under `key`: a RendezvousListener's fd(), a
-  /// ChildProcess's exit_fd(). The descriptor must stay open until remove().
+  /// ChildProcess's exit_fd(). The descriptor must stay open until remove() — an
+  /// exit_fd() does, wait() included, until its handle is destroyed:
+  ///
+  ///   poller.add(child.process.exit_fd(), key);
+  ///   ...  // reported: the child ended
+  ///   ExitStatus status = child.process.wait();
+  ///   poller.remove(child.process.exit_fd());
   void add(int fd, std::uint64_t key);
 
-  /// Stops watching. Removing what is not watched does nothing.
+  /// Stops watching. Removing what is not watched does nothing. Remove a descriptor
+  /// before closing it: the poller cannot tell it was closed, and size() still counts it.
   void remove(Channel& channel) { remove(channel.receive_fd()); }
   void remove(int fd);
 

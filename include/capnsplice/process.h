@@ -18,10 +18,10 @@
 //       capnsplice::ChannelOptions().with_name("parent"));
 //
 // The child inherits exactly its channel's descriptors (pipe ends 3 and 4, control socket
-// 5, named in the CAPNSPLICE_CHANNEL environment variable) besides stdin, stdout and stderr: every
-// descriptor capnsplice opens is close-on-exec, and spawn() closes any other inherited
-// descriptor in the child. When the parent dies, the child's receive reports PeerClosed,
-// and the other way round.
+// 5, named in the CAPNSPLICE_CHANNEL environment variable) besides stdin, stdout and
+// stderr: every descriptor capnsplice opens is close-on-exec, and spawn() closes any other
+// inherited descriptor in the child. When the parent dies, the child's receive and send
+// report PeerClosed, and the other way round.
 #pragma once
 
 #include <functional>
@@ -47,8 +47,9 @@ inline constexpr int kChildSendFd = 4;
 inline constexpr int kChildControlFd = 5;
 
 /// A started child: the parent's end of the channel and the process handle.
-/// The channel is declared last so it is closed first: the child sees end of stream
-/// before its handle (if not waited for) kills and reaps it.
+/// The channel is declared last so it is closed first: when a Child is destroyed without
+/// wait(), the child sees end of stream and has kChildExitGracePeriod (100 ms) to exit
+/// on its own before its handle kills (SIGKILL) and reaps it.
 struct Child {
   ChildProcess process;
   Channel channel;
@@ -67,9 +68,12 @@ struct SpawnOptions {
 };
 
 /// Starts `options.program` with posix_spawn (safe in a multi-threaded parent) and a
-/// channel to it. The child gets its pipe ends as blocking descriptors 3 and 4 and an
-/// empty signal mask; descriptors 5 and up are closed in it. Throws SystemError naming
-/// the program when it cannot be started (ENOENT, EACCES, ...).
+/// channel to it. The child gets its pipe ends as blocking descriptors 3 and 4, the
+/// control socket as descriptor 5, and descriptors 6 and up closed; it starts with an
+/// empty signal mask and with SIGPIPE and SIGCHLD at their default disposition even
+/// when the parent ignores them (other signals the parent ignores stay ignored, as
+/// exec does: nohup's SIGHUP, for one). Throws SystemError naming the program when it
+/// cannot be started (ENOENT, EACCES, ...).
 Child spawn(const SpawnOptions& options);
 
 /// Forks and runs `body` in the child with the child's end of a new channel; the child
@@ -86,8 +90,10 @@ Child fork_with_channel(const std::function<int(Channel&)>& body,
 /// Opens the channel a parent made with spawn(), from CAPNSPLICE_CHANNEL. Call it once,
 /// early in main() (it unsets the variable, which is not thread-safe). The descriptors
 /// are made close-on-exec so the child's own children do not inherit them. Throws
-/// SystemError (EINVAL/EBADF) when the variable is missing or does not name two pipe
-/// ends open in the right directions.
+/// SystemError (EINVAL/EBADF) naming the variable and the descriptor when the variable
+/// is missing or malformed, or names standard input/output/error, one descriptor twice,
+/// or anything but two pipe ends open in the right directions (and a socket); then no
+/// descriptor is closed or changed.
 Channel child_channel(const ChannelOptions& options = ChannelOptions().with_name("parent"));
 
 }  // namespace capnsplice

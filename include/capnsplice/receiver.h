@@ -76,8 +76,9 @@ class Receiver {
   /// After poll() says readable, call try_receive() until it returns empty.
   bool has_buffered_message();
 
-  /// Wakes the thread blocked in receive() on this receiver (or the next receive() that
-  /// would block): it throws Interrupted. Safe to call from any thread.
+  /// Wakes the thread blocked in receive() on this receiver, or else the next receive()
+  /// that would block, exactly once: it throws Interrupted. Interrupts made meanwhile
+  /// count as one. Safe to call from any thread.
   void interrupt();
 
   /// The descriptor to poll for POLLIN (or add to epoll).
