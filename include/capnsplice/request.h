@@ -23,6 +23,10 @@
 // can still send from other threads: nothing is lost and neither direction stalls.
 // Queued messages hold their space in the receive buffer until they are taken.
 //
+// With a Poller: the poller sees the channel, not the tracker's queue. After an await,
+// drain the tracker (try_receive() until empty) before waiting on the poller again, or
+// messages queued during the await wait for the next one that arrives.
+//
 // Threads: one thread receives through the tracker (and not through the channel
 // directly while the tracker holds queued messages).
 #pragma once
