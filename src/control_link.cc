@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -23,6 +24,38 @@ struct Record {
   std::uint64_t spare;
 };
 static_assert(sizeof(Record) == 24);
+
+/// The one descriptor `message` carries, or none. Every descriptor the kernel delivered
+/// is owned here, so any beyond the first, and the only one of a record that carries
+/// two, are closed on the spot: a peer can attach several to a record (the control
+/// buffer holds two; the kernel closes the rest itself, MSG_CTRUNC).
+UniqueFd take_descriptor(msghdr& message) {
+  UniqueFd kept;
+  std::size_t count = 0;
+  for (cmsghdr* header = CMSG_FIRSTHDR(&message); header != nullptr;
+       header = CMSG_NXTHDR(&message, header)) {
+    if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS ||
+        header->cmsg_len < CMSG_LEN(0)) {
+      continue;
+    }
+    const std::size_t fds = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < fds; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof fd);
+      UniqueFd owned(fd);
+      if (++count == 1) kept = std::move(owned);
+    }
+  }
+  if (count != 1) kept.reset();
+  return kept;
+}
+
+/// "1" or "1, 2": the arena ids a link accepted, for errors.
+std::string list_ids(const std::vector<std::uint32_t>& ids) {
+  std::string text;
+  for (std::uint32_t id : ids) text += (text.empty() ? "" : ", ") + std::to_string(id);
+  return text.empty() ? "none" : text;
+}
 
 }  // namespace
 
@@ -128,6 +161,14 @@ std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_i
       arenas_.erase(found);
       return result;
     }
+    // Every arena this link will ever accept is in: no use waiting for another.
+    if (accepted_arenas_.size() >= kMaxArenasPerLink) {
+      throw Error(ErrorCode::MalformedFrame, context_,
+                  "a shared-memory message names arena " + std::to_string(arena_id) +
+                      ", but the link accepted only arena " + list_ids(accepted_arenas_) +
+                      " from the peer (at most " + std::to_string(kMaxArenasPerLink) +
+                      " per link, each taken once)");
+    }
     if (peer_gone_ || deadline.expired()) {
       throw Error(ErrorCode::MalformedFrame, context_,
                   "a shared-memory message names arena " + std::to_string(arena_id) +
@@ -137,9 +178,24 @@ std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_i
   }
 }
 
+void ControlLink::file_arena_locked(std::uint32_t arena_id, std::uint64_t capacity,
+                                    UniqueFd memfd) {
+  // Anything not kept closes `memfd` on return.
+  if (!memfd || accepted_arenas_.size() >= kMaxArenasPerLink ||
+      std::find(accepted_arenas_.begin(), accepted_arenas_.end(), arena_id) !=
+          accepted_arenas_.end()) {
+    return;
+  }
+  accepted_arenas_.push_back(arena_id);
+  arenas_.emplace(arena_id, ReceivedArena{std::move(memfd), capacity});
+}
+
 void ControlLink::pump_locked(Deadline deadline) {
+  // An immediate pump takes what is pending; one that may wait also stops once its
+  // deadline passed, however fast records come.
+  const bool may_wait = !deadline.expired();
   bool waited = false;
-  while (!peer_gone_) {
+  for (std::size_t taken = 0; taken < kMaxRecordsPerPump && !peer_gone_;) {
     Record record{};
     iovec iov{&record, sizeof record};
     msghdr message{};
@@ -148,7 +204,6 @@ void ControlLink::pump_locked(Deadline deadline) {
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
     message.msg_control = control;
     message.msg_controllen = sizeof control;
-    // The kernel closes descriptors beyond the one there is room for (MSG_CTRUNC).
     const ssize_t got = ::recvmsg(socket_.get(), &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (got < 0) {
       if (errno == EINTR) continue;
@@ -167,36 +222,30 @@ void ControlLink::pump_locked(Deadline deadline) {
       return;
     }
     waited = true;  // something came: from now on only take what is already there
-    UniqueFd received;
-    for (cmsghdr* header = CMSG_FIRSTHDR(&message); header != nullptr;
-         header = CMSG_NXTHDR(&message, header)) {
-      if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_RIGHTS &&
-          header->cmsg_len == CMSG_LEN(sizeof(int))) {
-        int fd;
-        std::memcpy(&fd, CMSG_DATA(header), sizeof fd);
-        received.reset(fd);
+    ++taken;
+    // Closed at the end of this turn unless an accepted arena keeps it. A message that is
+    // not one of our records is ignored.
+    UniqueFd received = take_descriptor(message);
+    if (got == sizeof record) {
+      switch (record.kind) {
+        case kAcceptsShared:
+          peer_accepts_shared_ = true;
+          break;
+        case kArena:
+          file_arena_locked(record.arena, record.value, std::move(received));
+          break;
+        case kRelease:
+          // SendArena::release() checks the id against what it holds: a forged or
+          // repeated record changes nothing.
+          if (auto arena = send_arena_.lock(); arena && arena->id() == record.arena) {
+            arena->release(record.value);
+          }
+          break;
+        default:
+          break;
       }
     }
-    if (got != sizeof record) continue;  // not a record of ours: ignore it
-    switch (record.kind) {
-      case kAcceptsShared:
-        peer_accepts_shared_ = true;
-        break;
-      case kArena:
-        if (received && arenas_.count(record.arena) == 0) {
-          arenas_.emplace(record.arena, ReceivedArena{std::move(received), record.value});
-        }
-        break;
-      case kRelease:
-        // SendArena::release() checks the id against what it holds: a forged or repeated
-        // record changes nothing.
-        if (auto arena = send_arena_.lock(); arena && arena->id() == record.arena) {
-          arena->release(record.value);
-        }
-        break;
-      default:
-        break;
-    }
+    if (may_wait && deadline.expired()) return;
   }
 }
 

@@ -17,6 +17,12 @@
 // Records are small and bounded: a sender holds at most kMaxHeldSharedMessages
 // messages un-released, so Release records always fit in the socket buffer (278
 // records measured with the default 212 KiB) and sending one never has to wait.
+//
+// The peer is not trusted to keep to this. A link keeps the descriptors of at most
+// kMaxArenasPerLink Arena records over its life and closes every other descriptor the
+// moment it arrives (whatever the record, however many per record), and one pump takes
+// at most kMaxRecordsPerPump records: a flood of records costs neither descriptors nor
+// an unbounded wait.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +31,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "capnsplice/deadline.h"
 #include "capnsplice/unique_fd.h"
@@ -35,6 +42,18 @@ class SendArena;
 
 /// Shared-memory messages a sender keeps un-released at most.
 inline constexpr std::size_t kMaxHeldSharedMessages = 128;
+
+/// Arena records (each with a memfd) a link accepts from its peer over its whole life.
+/// A sender makes one arena, once (SharedSender), so one is all an honest peer sends;
+/// the descriptors of further Arena records are closed as they arrive, and a message
+/// naming an arena not accepted is MalformedFrame. This also bounds the mappings a
+/// receiver makes (each reserves the arena plus 16 GiB of guard address space).
+inline constexpr std::size_t kMaxArenasPerLink = 1;
+
+/// Records one pump takes at most, whatever its deadline: a peer that sends records
+/// without pause cannot keep a pump (and the link's lock) for ever. Well above what an
+/// honest peer has pending (kMaxHeldSharedMessages releases and two other records).
+inline constexpr std::size_t kMaxRecordsPerPump = 256;
 
 class ControlLink {
  public:
@@ -63,13 +82,15 @@ class ControlLink {
   /// Where Release records go: the arena of this end's sender.
   void attach_send_arena(std::weak_ptr<SendArena> arena);
 
-  /// Reads every pending record; with a deadline that is not immediate, first waits
-  /// until one arrives or the deadline passes. Releases go to the attached arena.
+  /// Reads the pending records, at most kMaxRecordsPerPump; with a deadline that is not
+  /// immediate, first waits until one arrives or the deadline passes, and stops once it
+  /// has passed even if records keep coming. Releases go to the attached arena.
   void pump(Deadline deadline);
 
   /// The memfd of the peer's arena `arena_id` and its capacity, once the peer sent it
-  /// (it does before any descriptor naming it). Throws MalformedFrame when the peer
-  /// never sends it before `deadline`.
+  /// (it does before any descriptor naming it). Each arena is handed out once. Throws
+  /// MalformedFrame when the link accepted its kMaxArenasPerLink arenas and `arena_id`
+  /// is not one still to take, or when the peer does not send it before `deadline`.
   std::pair<UniqueFd, std::uint64_t> take_arena(std::uint32_t arena_id, Deadline deadline);
 
   /// True once a pump saw the peer close its end of the link (it exited or closed the
@@ -83,6 +104,8 @@ class ControlLink {
   };
 
   void pump_locked(Deadline deadline);
+  /// Files an Arena record: keeps `memfd` while the link has room for another arena.
+  void file_arena_locked(std::uint32_t arena_id, std::uint64_t capacity, UniqueFd memfd);
   /// Sends one record (and a descriptor); false when the socket buffer is full.
   bool send_record_locked(std::uint32_t kind, std::uint32_t arena, std::uint64_t value,
                           int fd);
@@ -92,7 +115,8 @@ class ControlLink {
   std::mutex mutex_;
   bool peer_accepts_shared_ = false;
   bool peer_gone_ = false;
-  std::map<std::uint32_t, ReceivedArena> arenas_;
+  std::map<std::uint32_t, ReceivedArena> arenas_;  // accepted, not taken yet
+  std::vector<std::uint32_t> accepted_arenas_;     // ids, at most kMaxArenasPerLink
   std::weak_ptr<SendArena> send_arena_;
   std::deque<std::pair<std::uint32_t, std::uint64_t>> unsent_releases_;
 };

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <utility>
 
 #include "capnsplice/error.h"
 
@@ -21,10 +22,24 @@ struct DescriptorMapping {
   }
 };
 
-/// Only blocks at least this large ever give their pages back to the kernel.
-constexpr std::size_t kReturnPagesFrom = std::size_t{4} * 1024 * 1024;
+/// What a sender seals its arena with, once its own writable mapping exists.
+constexpr int kArenaSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL;
 
-constexpr int kRequiredSeals = F_SEAL_SHRINK;
+/// What a receiver needs: no SIGBUS from a shrunk file, no way to write the sender's
+/// pages through the descriptor it was given.
+constexpr int kRequiredSeals = F_SEAL_SHRINK | F_SEAL_FUTURE_WRITE;
+
+/// The seals of `required` missing from `seals`, by name.
+std::string missing_seals(int seals, int required) {
+  std::string names;
+  for (auto [seal, name] : {std::pair{F_SEAL_SHRINK, "F_SEAL_SHRINK"},
+                            std::pair{F_SEAL_FUTURE_WRITE, "F_SEAL_FUTURE_WRITE"}}) {
+    if ((required & seal) != 0 && (seals & seal) == 0) {
+      names += (names.empty() ? "" : " | ") + std::string(name);
+    }
+  }
+  return names;
+}
 
 }  // namespace
 
@@ -37,9 +52,6 @@ SendArena::SendArena(std::uint32_t id, std::size_t capacity, std::string context
   if (::ftruncate(file_.get(), static_cast<off_t>(capacity_)) != 0) {
     throw_system_error(context_, "ftruncate (arena)");
   }
-  if (::fcntl(file_.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
-    throw_system_error(context_, "fcntl(F_ADD_SEALS)");
-  }
   try {
     region_ = boost::interprocess::mapped_region(DescriptorMapping{file_.get()},
                                                  boost::interprocess::read_write, 0, capacity_);
@@ -48,6 +60,10 @@ SendArena::SendArena(std::uint32_t id, std::size_t capacity, std::string context
     throw Error(ErrorCode::SystemError, context_,
                 std::string("mapping the shared-memory arena failed: ") + error.what(),
                 error.get_native_error());
+  }
+  // Only now: F_SEAL_FUTURE_WRITE leaves the mapping above writable and no other.
+  if (::fcntl(file_.get(), F_ADD_SEALS, kArenaSeals) != 0) {
+    throw_system_error(context_, "fcntl(F_ADD_SEALS) (arena)");
   }
 }
 
@@ -60,29 +76,14 @@ std::optional<ArenaBlock> SendArena::allocate(std::size_t bytes, bool zeroed) {
   if (zeroed) std::memset(memory, 0, bytes);
   auto* data = static_cast<std::byte*>(memory);
   bytes_in_use_ += bytes;
-  // Roughly: new allocations land on kept pages first (best fit reuses freed places).
-  kept_bytes_ -= std::min(kept_bytes_, bytes);
   return ArenaBlock{data, static_cast<std::uint64_t>(data - static_cast<std::byte*>(region_.get_address())),
                     bytes};
 }
 
 void SendArena::free_locked(const ArenaBlock& block) {
-  // Freed memory stays resident up to half the arena: the allocator hands the same places
-  // out again, and the next message finds its pages there. Giving them back costs dearly
-  // both ways — MADV_REMOVE of 256 MiB took ~90 ms here, faulting them in again as much,
-  // and 16 MiB messages that did it every time ran at 0.8 GB/s instead of 17 — so only a
-  // burst beyond that budget is returned.
-  const bool over_budget = kept_bytes_ + block.bytes > capacity_ / 2;
-  if (block.bytes < kReturnPagesFrom || !over_budget) {
-    kept_bytes_ += block.bytes;
-  } else {
-    // Keep the first page: the allocator keeps its free-list node there.
-    // Page boundaries as offsets from the block's pointer, not integers cast back.
-    const auto address = reinterpret_cast<std::uintptr_t>(block.data);
-    std::byte* first = block.data + (round_up(address + page_size(), page_size()) - address);
-    std::byte* last = block.data + block.bytes - ((address + block.bytes) & (page_size() - 1));
-    if (last > first) ::madvise(first, static_cast<std::size_t>(last - first), MADV_REMOVE);
-  }
+  // The pages stay resident: the write seal refuses MADV_REMOVE (a hole punch). Best fit
+  // hands the same places out again, so the next message finds its pages there (giving
+  // them back and faulting them in again cost ~90 ms each way per 256 MiB here).
   allocator_.deallocate(block.data);
   bytes_in_use_ -= block.bytes;
 }
@@ -131,12 +132,18 @@ ReceiveArena::ReceiveArena(std::uint32_t id, UniqueFd file, std::size_t capacity
     : id_(id), capacity_(capacity) {
   struct stat info {};
   if (::fstat(file.get(), &info) != 0) throw_system_error(context, "fstat (arena)");
-  const int seals = ::fcntl(file.get(), F_GET_SEALS);
-  if (seals < 0 || (seals & kRequiredSeals) != kRequiredSeals || !S_ISREG(info.st_mode) ||
-      static_cast<std::size_t>(info.st_size) != capacity || capacity % page_size() != 0) {
+  if (!S_ISREG(info.st_mode) || static_cast<std::size_t>(info.st_size) != capacity ||
+      capacity % page_size() != 0) {
     throw Error(ErrorCode::MalformedFrame, context,
-                "the peer's shared-memory arena is not a sealed memfd of the announced size (" +
-                    std::to_string(capacity) + " bytes)");
+                "the peer's shared-memory arena is not a memfd of the announced size (" +
+                    std::to_string(capacity) + " bytes, a whole number of pages)");
+  }
+  const int seals = ::fcntl(file.get(), F_GET_SEALS);
+  if (seals < 0 || (seals & kRequiredSeals) != kRequiredSeals) {
+    throw Error(ErrorCode::MalformedFrame, context,
+                "the peer's shared-memory arena lacks " +
+                    missing_seals(seals < 0 ? 0 : seals, kRequiredSeals) +
+                    ", which a capnsplice arena is sealed with");
   }
   reservation_ = MappedMemory::readable_reservation(capacity + 2 * kArenaGuardBytes, context);
   std::byte* at = reservation_.data() + kArenaGuardBytes;

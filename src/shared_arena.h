@@ -4,20 +4,33 @@
 // descriptor (a wire::SharedMessage) and the receiver reads the message where it is.
 //
 //   sender (read-write)                          receiver (read-only)
-//   SendArena: memfd, sealed against resizing    ReceiveArena: the same memfd, mapped
+//   SendArena: memfd, sealed                     ReceiveArena: the same memfd, mapped
 //   +----------+---------------------+-----+     read-only inside a reservation of
 //   | boost    | msg 7 segments      | ... |     zero pages:
 //   | segment  | (allocated with the |     |     [ guard | arena (r--s) | guard ]
 //   | manager  | rbtree allocator)   |     |     so a pointer changed while it is read
 //   +----------+---------------------+-----+     lands in zeros, never outside.
 //
-// The arena file is a memfd: it has no name, so nothing is ever left in /dev/shm, and
-// it is sealed (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) before the receiver sees it,
-// so a sender cannot shrink it under the receiver's reads (which would raise SIGBUS).
+// The arena file is a memfd: it has no name, so nothing is ever left in /dev/shm. The
+// sender maps it read-write first, then seals it before the receiver sees it:
+//   F_SEAL_SHRINK | F_SEAL_GROW   a sender cannot shrink it under the receiver's reads
+//                                 (which would raise SIGBUS);
+//   F_SEAL_FUTURE_WRITE           only mappings made before the seal can write: the
+//                                 receiver's descriptor (the same open file, O_RDWR)
+//                                 cannot mmap it writable, write(), fallocate() holes
+//                                 into it, or mprotect its read-only mapping writable,
+//                                 so it cannot touch the allocator's metadata or a
+//                                 message being built (tests/hostile_peer_test.cc);
+//   F_SEAL_SEAL                   and nobody can change the seals.
+// ReceiveArena refuses an arena without the first and the third (MalformedFrame).
 //
-// Allocation is Boost.Interprocess's rbtree_best_fit, placed in the arena itself (the
-// receiver maps it read-only, so it cannot corrupt it). Memory of a message comes back
-// when the receiver reports it done (SendArena::release), after checking the report.
+// The write seal also refuses the sender's own hole punching (MADV_REMOVE), so freed
+// arena memory stays resident: an arena's resident size is its high-water mark, at
+// most its capacity (SenderOptions::arena_bytes), until the channel closes.
+//
+// Allocation is Boost.Interprocess's rbtree_best_fit, placed in the arena itself. Memory
+// of a message comes back when the receiver reports it done (SendArena::release), after
+// checking the report.
 #pragma once
 
 #include <boost/interprocess/indexes/iset_index.hpp>
@@ -51,8 +64,8 @@ struct ArenaBlock {
 /// The sending side's arena: a sealed memfd mapped read-write, and its allocator.
 class SendArena {
  public:
-  /// Creates a memfd of `capacity` bytes (sparse: memory is used only when touched).
-  /// Throws SystemError naming `context`.
+  /// Creates a memfd of `capacity` bytes (sparse: memory is used only when touched),
+  /// maps it and seals it (see above). Throws SystemError naming `context`.
   SendArena(std::uint32_t id, std::size_t capacity, std::string context);
   ~SendArena();
   SendArena(const SendArena&) = delete;
@@ -101,18 +114,19 @@ class SendArena {
   Allocator allocator_;
   std::map<std::uint64_t, std::vector<ArenaBlock>> held_;  // message id -> its blocks
   std::size_t bytes_in_use_ = 0;
-  std::size_t kept_bytes_ = 0;  // freed, still resident (an estimate)
 };
 
 /// The receiving side's view of a peer's arena.
 class ReceiveArena {
  public:
-  /// Checks that `file` is a memfd sealed against shrinking, of `capacity` bytes, and
-  /// maps it read-only between guard zones. Throws MalformedFrame (a peer sent
-  /// something that is not a usable arena) or SystemError.
+  /// Checks that `file` is a memfd of `capacity` bytes sealed against shrinking and
+  /// against new writable uses (F_SEAL_FUTURE_WRITE), and maps it read-only between
+  /// guard zones. Throws MalformedFrame (a peer sent something that is not a usable
+  /// arena, naming what is missing) or SystemError.
   ReceiveArena(std::uint32_t id, UniqueFd file, std::size_t capacity, std::string_view context);
 
   std::uint32_t id() const noexcept { return id_; }
+  std::size_t capacity() const noexcept { return capacity_; }
 
   /// The words at [offset, offset + words * 8) of the arena, or empty when that range
   /// is not inside it or not 8-byte aligned.

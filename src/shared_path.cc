@@ -1,5 +1,6 @@
 #include "shared_path.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "capnsplice.capnp.h"
@@ -57,8 +58,19 @@ ArenaBlock SharedSender::allocate(std::size_t bytes, bool zeroed, Deadline deadl
   for (;;) {
     link_->pump(Deadline::immediate());           // take in what the reader released
     if (link_->peer_gone()) arena.release_all();  // nobody will read what is held
-    if (arena.held_messages() < kMaxHeldSharedMessages) {
+    const std::size_t held = arena.held_messages();
+    if (held < kMaxHeldSharedMessages) {
       if (auto block = arena.allocate(bytes, zeroed)) return *block;
+      // Nothing the reader could release: what fills the arena is being built (each
+      // object is at most half of it, but one message's objects can add up to more).
+      if (held == 0) {
+        throw Error(ErrorCode::MessageTooLarge, context_,
+                    "an object of " + std::to_string(bytes) +
+                        " bytes does not fit in the shared-memory arena of " +
+                        std::to_string(arena.capacity()) + " bytes, " +
+                        std::to_string(arena.bytes_in_use()) +
+                        " of them taken by messages being built and none held for the reader");
+      }
     }
     // Queued messages hold blocks too, and are released only once written and read.
     if (auto sender = sender_.lock(); sender && sender->flush_queued(deadline)) continue;
@@ -156,7 +168,11 @@ bool SharedReceiver::is_descriptor(kj::ArrayPtr<const kj::ArrayPtr<const capnp::
 
 std::shared_ptr<ReceiveArena> SharedReceiver::arena(std::uint32_t id) {
   if (auto known = arenas_.find(id); known != arenas_.end()) return known->second;
-  // The sender puts an arena on the control link before any descriptor naming it.
+  // The sender puts its arena on the control link before it writes any descriptor
+  // naming it, so the record is queued by the time the descriptor is read: the wait is
+  // only a bound for a peer that lies (a descriptor for an arena it never sends), and it
+  // is spent at most once per link (take_arena refuses at once when the link has all
+  // the arenas it accepts).
   auto [memfd, capacity] = link_->take_arena(id, Deadline::after(std::chrono::seconds(1)));
   if (capacity == 0 || capacity > kLargestArena) {
     throw Error(ErrorCode::MalformedFrame, context_,
@@ -190,6 +206,10 @@ void SharedReceiver::open(capnp::MessageReader& descriptor, ReceivedMessageState
     slots[i] = *segment;
     words += places[i].getWords();
   }
+  // Segments may overlap (each may even cover the whole arena): what they declare can
+  // add up to far more than there is, so the arena's size caps the words counted.
+  const std::uint64_t readable =
+      std::min<std::uint64_t>(words, arena->capacity() / sizeof(capnp::word));
   state.segments = kj::arrayPtr(slots, places.size());
   state.frame_bytes = words * sizeof(capnp::word);
   state.shared_arena = std::move(arena);
@@ -201,7 +221,7 @@ void SharedReceiver::open(capnp::MessageReader& descriptor, ReceivedMessageState
   const std::uint64_t configured = limits_.traversal_limit_words != 0
                                        ? limits_.traversal_limit_words
                                        : 4 * (limits_.max_message_bytes / sizeof(capnp::word));
-  options.traversalLimitInWords = std::max(configured, 4 * words);
+  options.traversalLimitInWords = std::max(configured, 4 * readable);
   options.nestingLimit = limits_.nesting_limit;
   state.reader.emplace(state.segments, options);
 }

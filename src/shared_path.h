@@ -55,7 +55,11 @@ class SharedSender {
   bool everything() const noexcept { return everything_; }
 
   /// Arena memory for a message being built. While the arena is full of messages the
-  /// reader holds, waits for it to release some, until `deadline` (then Timeout).
+  /// reader holds, waits for it to release some, until `deadline` (then Timeout). When
+  /// it holds none and there is still no room, no release can make any: throws
+  /// MessageTooLarge at once (one message's objects add up to more than the arena). It
+  /// cannot tell which message the unsent blocks belong to, so messages built on other
+  /// threads at the same time that fill the arena also make it fail rather than wait.
   ArenaBlock allocate(std::size_t bytes, bool zeroed, Deadline deadline);
 
   /// Gives back a block of a message that was dropped unsent.
@@ -97,8 +101,9 @@ class SharedReceiver {
   /// at the root pointer and one word.
   static bool is_descriptor(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments);
 
-  /// Fills `state` with the message `descriptor` describes, checking every field.
-  /// Throws MalformedFrame naming what is wrong.
+  /// Fills `state` with the message `descriptor` describes, checking every field: its
+  /// arena must be one the link accepted (ControlLink::take_arena). Throws
+  /// MalformedFrame naming what is wrong.
   void open(capnp::MessageReader& descriptor, ReceivedMessageState& state);
 
  private:
@@ -107,6 +112,7 @@ class SharedReceiver {
   std::shared_ptr<ControlLink> link_;
   const ReceiveLimits limits_;
   const std::string context_;
+  /// The arenas mapped so far: at most kMaxArenasPerLink, as the link hands out no more.
   std::map<std::uint32_t, std::shared_ptr<ReceiveArena>> arenas_;
 };
 

@@ -9,15 +9,34 @@
 //   garbage             three whole messages, then bytes that are no segment table
 //   stall               one whole message, then the first 4 KiB of a 60 MiB frame
 //   forged-descriptor   a shared-memory descriptor naming an arena it never sent
+//   unsealed-arena      an arena memfd without F_SEAL_FUTURE_WRITE, and a descriptor in it
+//   arena-flood         one valid arena and a message in it, then 1000 more Arena
+//                       records (every other one with two descriptors) while draining
+//                       what the parent sends; once the parent has read them all, a
+//                       message, then a descriptor naming one of the flooded arenas
+//   write-arena         a hostile receiver: says it reads shared memory, sends a message
+//                       (ready), takes the parent's arena memfd from the control link and
+//                       tries every way to write it; sends a Blob whose data lists each
+//                       attempt as "<what>: refused (<errno text>)" or "<what>: ALLOWED"
 //
-// Unless it exits on purpose, the peer then waits to be killed: the errors the parent
-// sees come from the bytes, not from end of stream.
+// The control-link records (24 bytes: kind, arena, value, spare) are written as
+// src/control_link.cc lays them out. Unless it exits on purpose, the peer then waits to
+// be killed: the errors the parent sees come from the bytes, not from end of stream.
 #include <capnp/message.h>
 #include <capnp/serialize.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -28,7 +47,21 @@
 
 namespace {
 
+using capnsplice::kChildControlFd;
+using capnsplice::kChildReceiveFd;
 using capnsplice::kChildSendFd;
+
+enum RecordKind : std::uint32_t { kAcceptsShared = 1, kArena = 2 };
+
+/// A control-link record, as src/control_link.cc lays it out.
+struct Record {
+  std::uint32_t kind;
+  std::uint32_t arena;
+  std::uint64_t value;
+  std::uint64_t spare;
+};
+
+constexpr std::size_t kArenaBytes = 1 << 20;
 
 void write_all(const void* data, std::size_t bytes) {
   const auto* at = static_cast<const char*>(data);
@@ -61,18 +94,152 @@ std::vector<std::uint32_t> segment_table(const std::vector<std::uint32_t>& sizes
   return words;
 }
 
-/// A shared-memory descriptor as a capnsplice sender writes it, but for arena 7, which
-/// this peer never put on the control link.
-void write_forged_descriptor() {
+/// A shared-memory descriptor as a capnsplice sender writes it: message 1, one segment
+/// of `words` words at the start of arena `arena`.
+void write_descriptor(std::uint32_t arena, std::uint64_t words) {
   capnp::MallocMessageBuilder message;
   auto descriptor = message.initRoot<capnsplice::wire::SharedMessage>();
   descriptor.setMagic(capnsplice::wire::SharedMessage::EXPECTED_MAGIC);
-  descriptor.setArena(7);
+  descriptor.setArena(arena);
   descriptor.setId(1);
   auto segment = descriptor.initSegments(1)[0];
   segment.setOffset(0);
-  segment.setWords(1);
+  segment.setWords(words);
   capnp::writeMessageToFd(kChildSendFd, message);
+}
+
+/// Reads and drops whatever the parent sent; false once it closed its end.
+bool drain_received() {
+  char buffer[1 << 16];
+  const ssize_t got = ::read(kChildReceiveFd, buffer, sizeof buffer);
+  return got != 0;
+}
+
+/// Waits up to `ms` for the control link to be writable, reading what the parent sends
+/// meanwhile (so a parent that sends never blocks on this peer).
+void wait_draining(short control_events, int ms) {
+  pollfd fds[2] = {{kChildControlFd, control_events, 0}, {kChildReceiveFd, POLLIN, 0}};
+  if (::poll(fds, 2, ms) > 0 && (fds[1].revents & POLLIN) != 0) drain_received();
+}
+
+/// Sends one record with `fds` attached, waiting while the link is full.
+void send_record(std::uint32_t kind, std::uint32_t arena, std::uint64_t value,
+                 std::initializer_list<int> fds) {
+  Record record{kind, arena, value, 0};
+  iovec iov{&record, sizeof record};
+  msghdr message{};
+  message.msg_iov = &iov;
+  message.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(2 * sizeof(int))];
+  if (fds.size() != 0) {
+    message.msg_control = control;
+    message.msg_controllen = CMSG_SPACE(fds.size() * sizeof(int));
+    cmsghdr* header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
+    std::memcpy(CMSG_DATA(header), fds.begin(), fds.size() * sizeof(int));
+  }
+  while (::sendmsg(kChildControlFd, &message, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+    if (errno != EAGAIN && errno != EINTR) ::_exit(4);
+    wait_draining(POLLOUT, 100);
+  }
+}
+
+/// A memfd of kArenaBytes holding `contents` at its start, sealed with `seals`.
+int make_arena(int seals, const kj::ArrayPtr<const capnp::word>& contents = {}) {
+  const int fd = ::memfd_create("capnsplice-arena", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0 || ::ftruncate(fd, kArenaBytes) != 0 ||
+      ::pwrite(fd, contents.begin(), contents.size() * sizeof(capnp::word), 0) < 0 ||
+      ::fcntl(fd, F_ADD_SEALS, seals) != 0) {
+    ::_exit(5);
+  }
+  return fd;
+}
+
+/// Floods the link with Arena records for ids 2 to 1001 after one honest arena, then
+/// proves the parent read them all before naming one of them.
+void flood_arenas() {
+  capnp::MallocMessageBuilder blob_message;
+  auto blob = blob_message.initRoot<capnsplice::test::Blob>();
+  blob.setChecksum(capnsplice::testing::checksum(blob.initData(100)));  // seq 0
+  const auto words = blob_message.getSegmentsForOutput()[0];
+  const int arena =
+      make_arena(F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL, words);
+  send_record(kArena, 1, kArenaBytes, {arena});
+  write_descriptor(1, words.size());
+  for (std::uint32_t id = 2; id < 1002; ++id) {
+    if (id % 2 == 0) {
+      send_record(kArena, id, kArenaBytes, {arena});
+    } else {
+      send_record(kArena, id, kArenaBytes, {arena, arena});
+    }
+  }
+  // Records the parent has not read yet still count against this socket (SIOCOUTQ).
+  for (int unread = 1; unread > 0;) {
+    if (::ioctl(kChildControlFd, SIOCOUTQ, &unread) != 0) ::_exit(6);
+    wait_draining(0, 10);
+  }
+  write_message(1);
+  write_descriptor(500, words.size());
+  while (drain_received()) {
+  }
+}
+
+/// "<what>: refused (<errno text>)" or "<what>: ALLOWED", and a newline.
+std::string attempt(const char* what, bool allowed) {
+  const int error = errno;
+  return std::string(what) +
+         (allowed ? ": ALLOWED" : ": refused (" + std::string(std::strerror(error)) + ")") + "\n";
+}
+
+/// Takes the parent's arena memfd off the link and tries to write it; the verdict goes
+/// back as a Blob whose data is the list of attempts.
+void attack_arena() {
+  send_record(kAcceptsShared, 0, 0, {});
+  write_message(0);  // sent after the announcement: the parent may now send shared
+  Record record{};
+  iovec iov{&record, sizeof record};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  msghdr message{};
+  message.msg_iov = &iov;
+  message.msg_iovlen = 1;
+  while (record.kind != kArena) {  // the parent's own announcement comes first
+    message.msg_control = control;
+    message.msg_controllen = sizeof control;
+    pollfd control_link{kChildControlFd, POLLIN, 0};
+    if (::poll(&control_link, 1, 10000) != 1 ||
+        ::recvmsg(kChildControlFd, &message, MSG_DONTWAIT) != sizeof record) {
+      ::_exit(7);
+    }
+  }
+  if (CMSG_FIRSTHDR(&message) == nullptr) ::_exit(8);
+  int fd;
+  std::memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&message)), sizeof fd);
+  const std::size_t size = record.value;
+  // Writes go to the middle of the arena, free space: if one were allowed, the parent's
+  // bytes would still be what they were.
+  const off_t middle = static_cast<off_t>(size / 2 / 4096 * 4096);
+  std::string report;
+  void* readable = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  report += attempt("mmap(PROT_READ, MAP_SHARED)", readable != MAP_FAILED);
+  report += attempt("mmap(PROT_READ | PROT_WRITE, MAP_SHARED)",
+                    ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) != MAP_FAILED);
+  char byte = 0;
+  report +=
+      attempt("write()", ::pread(fd, &byte, 1, middle) == 1 && ::pwrite(fd, &byte, 1, middle) == 1);
+  report +=
+      attempt("mprotect(PROT_WRITE) of the read-only mapping",
+              readable != MAP_FAILED && ::mprotect(readable, size, PROT_READ | PROT_WRITE) == 0);
+  report += attempt("fallocate(FALLOC_FL_PUNCH_HOLE)",
+                    ::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, middle, 4096) == 0);
+  const int reopened = ::open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_RDWR);
+  report += attempt("write() through /proc/self/fd reopened O_RDWR",
+                    reopened >= 0 && ::pwrite(reopened, &byte, 1, middle) == 1);
+  capnp::MallocMessageBuilder verdict;
+  auto blob = verdict.initRoot<capnsplice::test::Blob>();
+  blob.setData(kj::arrayPtr(reinterpret_cast<const kj::byte*>(report.data()), report.size()));
+  capnp::writeMessageToFd(kChildSendFd, verdict);
 }
 
 [[noreturn]] void wait_to_be_killed() {
@@ -104,7 +271,15 @@ int run(const std::string& mode) {
     write_words(start);
   } else if (mode == "forged-descriptor") {
     write_message(0);
-    write_forged_descriptor();
+    write_descriptor(7, 1);  // an arena this peer never put on the control link
+  } else if (mode == "unsealed-arena") {
+    write_message(0);
+    send_record(kArena, 1, kArenaBytes, {make_arena(F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)});
+    write_descriptor(1, 1);
+  } else if (mode == "arena-flood") {
+    flood_arenas();
+  } else if (mode == "write-arena") {
+    attack_arena();
   } else {
     std::fprintf(stderr, "usage: capnsplice_hostile_peer MODE (see the source)\n");
     return 2;

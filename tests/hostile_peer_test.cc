@@ -5,9 +5,12 @@
 // The single-process versions of some of these cases (error_test.cc, frame_test.cc)
 // check the parser; here the bytes come from another process, through a real channel.
 #include <catch2/catch.hpp>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "capnsplice/process.h"
@@ -136,4 +139,66 @@ TEST_CASE("a forged shared-memory descriptor naming an arena never sent is Malfo
   check_refused_then_next_channel_works(run, ErrorCode::MalformedFrame);
   CHECK(run.intact_seqs == std::vector<std::uint64_t>{0});
   CHECK_THAT(run.error->what(), Catch::Contains("arena 7, which the peer never sent"));
+}
+
+TEST_CASE("an arena memfd without F_SEAL_FUTURE_WRITE is MalformedFrame") {
+  HostileRun run = receive_from_hostile_peer("unsealed-arena");
+  check_refused_then_next_channel_works(run, ErrorCode::MalformedFrame);
+  CHECK(run.intact_seqs == std::vector<std::uint64_t>{0});
+  CHECK_THAT(run.error->what(), Catch::Contains("lacks F_SEAL_FUTURE_WRITE"));
+}
+
+TEST_CASE("a flood of arena records costs no descriptors, and a flooded arena is refused") {
+  HostileRun run;
+  Child peer = spawn({.program = CAPNSPLICE_HOSTILE_PEER,
+                      .arguments = {"arena-flood"},
+                      .channel = ChannelOptions().with_name("arena-flood").with_send_timeout(10s)});
+  const std::size_t resident_before = resident_bytes();
+  auto first = peer.channel.receive_for(kPatientReceive);  // in the one arena accepted
+  REQUIRE(blob_intact(first.root<test::Blob>()));
+  CHECK(peer.channel.receiver().stats().shared_messages == 1);
+  const int fds_before = open_fd_count();
+  // This end reads its control link when its sender asks whether the peer reads shared
+  // memory (before each object over the threshold): sending keeps the flood flowing.
+  std::atomic<bool> flood_read{false};
+  std::thread sender([&] {
+    Random random(8);
+    while (!flood_read) send_blob(peer.channel, 0, 2 * MiB, random);
+  });
+  // The peer sends seq 1 only once this end has read all 1000 records (1500 descriptors).
+  auto after_flood = peer.channel.receive_for(30s);
+  flood_read = true;
+  sender.join();
+  CHECK(after_flood.root<test::Blob>().getSeq() == 1);
+  CHECK(open_fd_count() <= fds_before + 1);
+  run.error = receive_until_error(peer.channel);
+  const std::size_t resident_after = resident_bytes();
+  run.resident_growth = resident_after > resident_before ? resident_after - resident_before : 0;
+  check_refused_then_next_channel_works(run, ErrorCode::MalformedFrame);
+  CHECK_THAT(run.error->what(),
+             Catch::Contains("names arena 500, but the link accepted only arena 1"));
+}
+
+TEST_CASE("a receiver cannot write the sender's arena through the memfd it is sent") {
+  Child peer = spawn({.program = CAPNSPLICE_HOSTILE_PEER,
+                      .arguments = {"write-arena"},
+                      .channel = ChannelOptions().with_name("write-arena").with_send_timeout(10s)});
+  // The peer said it reads shared memory before sending this.
+  CHECK(peer.channel.receive_for(kPatientReceive).root<test::Blob>().getSeq() == 0);
+  Random random(9);
+  auto message = peer.channel.new_message();
+  fill_blob_in_place(message, 1, 4 * MiB, random);
+  peer.channel.send(std::move(message));
+  REQUIRE(peer.channel.sender().stats().shared_messages == 1);
+  auto verdict = peer.channel.receive_for(kPatientReceive);
+  const auto data = verdict.root<test::Blob>().getData();
+  const std::string attempts(reinterpret_cast<const char*>(data.begin()), data.size());
+  INFO(attempts);
+  CHECK_THAT(attempts, Catch::Contains("mmap(PROT_READ, MAP_SHARED): ALLOWED"));  // it is the arena
+  // What Linux refuses for F_SEAL_FUTURE_WRITE (each is allowed without it).
+  CHECK_THAT(attempts, Catch::Contains("mmap(PROT_READ | PROT_WRITE, MAP_SHARED): refused"));
+  CHECK_THAT(attempts, Catch::Contains("write(): refused"));
+  CHECK_THAT(attempts, Catch::Contains("mprotect(PROT_WRITE) of the read-only mapping: refused"));
+  CHECK_THAT(attempts, Catch::Contains("fallocate(FALLOC_FL_PUNCH_HOLE): refused"));
+  CHECK_THAT(attempts, Catch::Contains("write() through /proc/self/fd reopened O_RDWR: refused"));
 }

@@ -245,11 +245,13 @@ TEST_CASE("a hello from another protocol version fails with IncompatiblePeer") {
   CHECK(error.code() == ErrorCode::IncompatiblePeer);
   CHECK_THAT(error.what(),
              Catch::Equals("channel 'versions': hello: the peer speaks capnsplice protocol "
-                           "version 99, this end speaks version 1 [IncompatiblePeer]"));
+                           "version 99, this end speaks version " +
+                                               std::to_string(kProtocolVersion) +
+                                               " [IncompatiblePeer]"));
 }
 
 TEST_CASE("across exec, a hello from another protocol version fails at once on both sides") {
-  // The child's first message is a hello claiming version 99; this end speaks version 1.
+  // The child's first message is a hello claiming version 99; this end speaks kProtocolVersion.
   capnp::MallocMessageBuilder forged;
   auto hello = forged.initRoot<wire::Hello>();
   hello.setMagic(wire::Hello::EXPECTED_MAGIC);
@@ -268,7 +270,9 @@ TEST_CASE("across exec, a hello from another protocol version fails at once on b
   CHECK(error.code() == ErrorCode::IncompatiblePeer);
   CHECK_THAT(error.what(),
              Catch::Equals("channel 'peer': hello: the peer speaks capnsplice protocol "
-                           "version 99, this end speaks version 1 [IncompatiblePeer]"));
+                           "version 99, this end speaks version " +
+                                               std::to_string(kProtocolVersion) +
+                                               " [IncompatiblePeer]"));
 
   // The other way round: the child calls exchange_hello(), this end claims version 99.
   Child child = spawn_peer({"hello"});

@@ -3,12 +3,13 @@
 #include <catch2/catch.hpp>
 
 #include <capnp/message.h>
-#include <dirent.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <fstream>
 #include <sstream>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -54,11 +55,15 @@ std::vector<std::pair<std::string, std::pair<std::uintptr_t, std::uintptr_t>>> m
   return found;
 }
 
-int count_dev_shm() {
+/// Descriptors of this process open on an arena memfd ("/memfd:capnsplice-arena").
+int arena_descriptors() {
   int count = 0;
-  if (DIR* dir = ::opendir("/dev/shm")) {
-    while (dirent* entry = ::readdir(dir)) count += entry->d_name[0] != '.';
-    ::closedir(dir);
+  for (int fd = 0; fd < 1024; ++fd) {
+    char target[256] = {};
+    const std::string link = "/proc/self/fd/" + std::to_string(fd);
+    if (::readlink(link.c_str(), target, sizeof target - 1) > 0) {
+      count += std::string_view(target).find("memfd:capnsplice-arena") != std::string_view::npos;
+    }
   }
   return count;
 }
@@ -85,6 +90,8 @@ TEST_CASE("a large message travels as a descriptor and is read in place from the
     in_read_only_arena |= perms == "r--s" && payload >= range.first && payload < range.second;
   }
   CHECK(in_read_only_arena);
+  // One descriptor: the sender's. The receiver closed its copy once it had mapped it.
+  CHECK(arena_descriptors() == 1);
 }
 
 TEST_CASE("messages below the shared-memory threshold take the pipe") {
@@ -170,6 +177,26 @@ TEST_CASE("a full arena fails with Timeout once the send timeout passes") {
   CHECK_THAT(error.what(), Catch::Contains("shared-memory arena"));
 }
 
+TEST_CASE("a message whose objects add up to more than the arena fails at once with "
+          "MessageTooLarge") {
+  // Three parts of 12 MiB: each under half the 32 MiB arena, so each goes there, but not
+  // all three fit. Nothing is held for the reader: no release could ever make room.
+  auto [near, far] = Channel::pair(shared_options().with_arena_bytes(32 * MiB));
+  Random random(16);
+  const auto started = std::chrono::steady_clock::now();
+  Error error = error_from([&] {
+    auto message = near.new_message();
+    fill_blob(message.init_root<test::Blob>(), 1, 36 * MiB, random, /*parts=*/3);
+  });
+  CHECK(std::chrono::steady_clock::now() - started < 5s);  // not the 10 s send timeout
+  CHECK(error.code() == ErrorCode::MessageTooLarge);
+  CHECK_THAT(error.what(), Catch::Contains("does not fit in the shared-memory arena of 33554432 "
+                                           "bytes"));
+  CHECK(near.sender().stats().arena_bytes_in_use == 0);  // the unsent message gave it back
+  near.send(blob_in_place(near, 2, 12 * MiB, random));   // and the arena still serves
+  CHECK(blob_intact(far.receive_as<test::Blob>().root()));
+}
+
 TEST_CASE("the receiver maps the arena read-only: writing to a received message faults") {
   auto [near, far] = Channel::pair(shared_options());
   Random random(7);
@@ -251,22 +278,30 @@ TEST_CASE("a sender scribbling on shared segments while they are read gives wron
   CHECK(content_errors > 0);  // the scribbling did reach the pointers being followed
 }
 
-TEST_CASE("a killed sender leaves its messages readable, then PeerClosed, and nothing in "
-          "/dev/shm") {
-  const int shm_before = count_dev_shm();
-  Child child = fork_with_channel([](Channel& parent) {
-    Random random(10);
-    parent.send(blob_in_place(parent, 1, 8 * MiB, random));
-    ::pause();  // until killed
-    return 0;
-  }, shared_options());
-  auto message = child.channel.receive(Deadline::after(10s));
-  child.process.kill(SIGKILL);
-  CHECK(child.process.wait().killed());
-  CHECK(blob_intact(message.root<test::Blob>()));  // still mapped, still intact
-  CHECK(child.channel.receiver().stats().shared_messages == 1);
-  CHECK(receive_until_error(child.channel).peer_gone());
-  CHECK(count_dev_shm() == shm_before);
+TEST_CASE("a killed sender leaves its messages readable, then PeerClosed, and nothing "
+          "behind") {
+  {
+    Child child = fork_with_channel([](Channel& parent) {
+      Random random(10);
+      parent.send(blob_in_place(parent, 1, 8 * MiB, random));
+      ::pause();  // until killed
+      return 0;
+    }, shared_options());
+    auto message = child.channel.receive(Deadline::after(10s));
+    child.process.kill(SIGKILL);
+    CHECK(child.process.wait().killed());
+    CHECK(blob_intact(message.root<test::Blob>()));  // still mapped, still intact
+    CHECK(child.channel.receiver().stats().shared_messages == 1);
+    CHECK(receive_until_error(child.channel).peer_gone());
+    // The survivor holds the dead sender's arena by its mapping alone, while the
+    // message lives; never by a descriptor.
+    CHECK(arena_descriptors() == 0);
+    CHECK(mappings_of("capnsplice-arena").size() == 1);
+  }
+  // Message and channel gone: nothing refers to the arena (a memfd, so nothing was ever
+  // in /dev/shm either), and the kernel frees it.
+  CHECK(mappings_of("capnsplice-arena").empty());
+  CHECK(arena_descriptors() == 0);
 }
 
 TEST_CASE("a killed receiver makes the next send fail with PeerClosed and frees the arena") {

@@ -66,7 +66,9 @@ struct SenderOptions {
   /// that the receiver follows into the arena: no copy at all, whatever the size. Only
   /// used when the peer is capnsplice and said it reads such messages. 0: never.
   std::size_t shared_memory_threshold_bytes = 1 * MiB;
-  /// Size of that arena (a sparse memfd: memory is used only for what is in it).
+  /// Size of that arena: a sparse memfd, whose pages become resident as messages first
+  /// use them and stay so (reused by later messages) until the channel closes — the seal
+  /// that keeps the receiver from writing it also keeps the sender from punching holes.
   std::size_t arena_bytes = std::size_t{2} << 30;
   /// When the pipe is full, keep checking for room this long before sleeping until the
   /// reader frees some: a large message then streams without a sleep and wake-up for
