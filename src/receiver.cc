@@ -17,6 +17,12 @@
 namespace capnsplice {
 namespace detail {
 
+/// The most one read takes out of the pipe. The kernel holds the pipe's lock for the
+/// whole copy, and the sender's vmsplice waits for that lock (it spun there for a fifth
+/// of its time): shorter reads let the two interleave. Measured with 64 KiB messages:
+/// no cap 6.7 GB/s, 16 KiB 7.5, 32 KiB 8.1, 64 KiB 8.8, 128 KiB 8.4.
+constexpr std::size_t kMaxReadBytes = std::size_t{64} * 1024;
+
 class ReceiverCore {
  public:
   ReceiverCore(UniqueFd fd, ReceiverOptions options, std::string context,
@@ -199,12 +205,18 @@ void ReceiverCore::grow_own_frame(std::size_t bytes) {
 }
 
 void ReceiverCore::compact_if_idle() {
-  // When every message has been dropped, move a small partial frame to the ring's
-  // start: reads then keep landing in the same, cache-warm bytes.
+  // When every message has been dropped, move a partial frame to the ring's start:
+  // reads then keep landing in the same, cache-warm bytes. The move is a copy, and with
+  // reads capped at kMaxReadBytes most reads end inside a frame, so a partial frame of
+  // more than a few KiB moves only once reads have wandered a long way (moving every
+  // one cost 7% of the CPU of a 64 KiB stream; this rule took it from 7.9 to 8.8 GB/s).
   constexpr std::size_t kMaxMove = std::size_t{128} * 1024;
+  constexpr std::size_t kAlwaysMove = std::size_t{4} * 1024;
+  constexpr std::size_t kMoveLargerFrom = std::size_t{1024} * 1024;
   const std::size_t offset = static_cast<std::size_t>(parse_ % ring_->capacity());
   if (offset == 0 || ring_->oldest_leased_or(parse_) != parse_) return;
   const std::size_t partial = static_cast<std::size_t>(head_ - parse_);
+  if (partial > kAlwaysMove && offset < kMoveLargerFrom) return;
   if (partial > kMaxMove || partial > offset || offset + partial > ring_->capacity()) return;
   if (partial != 0) std::memcpy(ring_->at(0), ring_->at(parse_), partial);
   parse_ = 0;
@@ -234,6 +246,7 @@ ReceiverCore::ReadOutcome ReceiverCore::read_more() {
       target = ring_->at(head_);
     }
   }
+  length = std::min(length, kMaxReadBytes);
   if (poll_before_read_ &&
       wait_for(fd_.get(), POLLIN, Deadline::immediate()) == WaitResult::timed_out) {
     return ReadOutcome::would_block;

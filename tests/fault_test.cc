@@ -141,7 +141,7 @@ std::pair<Channel, Channel> blocking_pair(const ChannelOptions& options) {
 const auto kFaultOptions = ChannelOptions().with_send_timeout(60s);
 
 /// A way for a large message to travel: copied into the pipe, spliced into it, or left in
-/// shared memory with a small descriptor on the pipe (messages of 1 MiB and more).
+/// shared memory with a small descriptor on the pipe (messages of 128 KiB and more).
 struct Route {
   const char* name;
   ChannelOptions options;

@@ -97,7 +97,8 @@ TEST_CASE("a large message travels as a descriptor and is read in place from the
 TEST_CASE("messages below the shared-memory threshold take the pipe") {
   auto [near, far] = Channel::pair(shared_options());
   Random random(2);
-  std::thread sender([&] { send_blob(near, 1, 512 * KiB, random); });
+  const std::size_t below = SenderOptions().shared_memory_threshold_bytes / 2;
+  std::thread sender([&] { send_blob(near, 1, below, random); });
   CHECK(blob_intact(far.receive_as<test::Blob>().root()));
   sender.join();
   CHECK(near.sender().stats().shared_messages == 0);
