@@ -3,7 +3,6 @@
 #include <poll.h>
 #include <sys/socket.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -48,13 +47,6 @@ UniqueFd take_descriptor(msghdr& message) {
   }
   if (count != 1) kept.reset();
   return kept;
-}
-
-/// "1" or "1, 2": the arena ids a link accepted, for errors.
-std::string list_ids(const std::vector<std::uint32_t>& ids) {
-  std::string text;
-  for (std::uint32_t id : ids) text += (text.empty() ? "" : ", ") + std::to_string(id);
-  return text.empty() ? "none" : text;
 }
 
 }  // namespace
@@ -155,19 +147,22 @@ std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_i
                                                           Deadline deadline) {
   std::lock_guard lock(mutex_);
   for (;;) {
-    if (auto found = arenas_.find(arena_id); found != arenas_.end()) {
-      std::pair<UniqueFd, std::uint64_t> result{std::move(found->second.memfd),
-                                                found->second.capacity};
-      arenas_.erase(found);
-      return result;
+    const std::uint32_t latest = latest_arena_.load(std::memory_order_relaxed);
+    if (arena_id == latest && unclaimed_arena_.memfd) {
+      return {std::move(unclaimed_arena_.memfd), unclaimed_arena_.capacity};
     }
-    // Every arena this link will ever accept is in: no use waiting for another.
-    if (accepted_arenas_.size() >= kMaxArenasPerLink) {
+    // An arena the link has seen replaced (or handed out) will not come again: no use
+    // waiting for it.
+    if (arena_id < latest) {
       throw Error(ErrorCode::MalformedFrame, context_,
                   "a shared-memory message names arena " + std::to_string(arena_id) +
-                      ", but the link accepted only arena " + list_ids(accepted_arenas_) +
-                      " from the peer (at most " + std::to_string(kMaxArenasPerLink) +
-                      " per link, each taken once)");
+                      ", but the latest arena the peer announced is " + std::to_string(latest) +
+                      " (a sender names only its latest arena)");
+    }
+    if (arena_id == latest) {
+      throw Error(ErrorCode::MalformedFrame, context_,
+                  "a shared-memory message names arena " + std::to_string(arena_id) +
+                      ", which was already taken from the link and could not be used");
     }
     if (peer_gone_ || deadline.expired()) {
       throw Error(ErrorCode::MalformedFrame, context_,
@@ -180,14 +175,10 @@ std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_i
 
 void ControlLink::file_arena_locked(std::uint32_t arena_id, std::uint64_t capacity,
                                     UniqueFd memfd) {
-  // Anything not kept closes `memfd` on return.
-  if (!memfd || accepted_arenas_.size() >= kMaxArenasPerLink ||
-      std::find(accepted_arenas_.begin(), accepted_arenas_.end(), arena_id) !=
-          accepted_arenas_.end()) {
-    return;
-  }
-  accepted_arenas_.push_back(arena_id);
-  arenas_.emplace(arena_id, ReceivedArena{std::move(memfd), capacity});
+  // Anything not kept closes `memfd` on return; a replaced descriptor closes here.
+  if (!memfd || arena_id <= latest_arena_.load(std::memory_order_relaxed)) return;
+  unclaimed_arena_ = ReceivedArena{std::move(memfd), capacity};
+  latest_arena_.store(arena_id, std::memory_order_release);
 }
 
 void ControlLink::pump_locked(Deadline deadline) {

@@ -18,20 +18,20 @@
 // messages un-released, so Release records always fit in the socket buffer (278
 // records measured with the default 212 KiB) and sending one never has to wait.
 //
-// The peer is not trusted to keep to this. A link keeps the descriptors of at most
-// kMaxArenasPerLink Arena records over its life and closes every other descriptor the
-// moment it arrives (whatever the record, however many per record), and one pump takes
-// at most kMaxRecordsPerPump records: a flood of records costs neither descriptors nor
-// an unbounded wait.
+// The peer is not trusted to keep to this. A link keeps the descriptor of at most one
+// Arena record, the latest, until it is taken: a record with a higher id replaces it
+// (the replaced descriptor is closed at once), one whose id is not higher is dropped,
+// and every other descriptor is closed the moment it arrives (whatever the record,
+// however many per record). One pump takes at most kMaxRecordsPerPump records: a flood
+// of records costs neither descriptors nor an unbounded wait.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <vector>
 
 #include "capnsplice/deadline.h"
 #include "capnsplice/unique_fd.h"
@@ -42,13 +42,6 @@ class SendArena;
 
 /// Shared-memory messages a sender keeps un-released at most.
 inline constexpr std::size_t kMaxHeldSharedMessages = 128;
-
-/// Arena records (each with a memfd) a link accepts from its peer over its whole life.
-/// A sender makes one arena, once (SharedSender), so one is all an honest peer sends;
-/// the descriptors of further Arena records are closed as they arrive, and a message
-/// naming an arena not accepted is MalformedFrame. This also bounds the mappings a
-/// receiver makes (each reserves the arena plus 16 GiB of guard address space).
-inline constexpr std::size_t kMaxArenasPerLink = 1;
 
 /// Records one pump takes at most, whatever its deadline: a peer that sends records
 /// without pause cannot keep a pump (and the link's lock) for ever. Well above what an
@@ -88,10 +81,17 @@ class ControlLink {
   void pump(Deadline deadline);
 
   /// The memfd of the peer's arena `arena_id` and its capacity, once the peer sent it
-  /// (it does before any descriptor naming it). Each arena is handed out once. Throws
-  /// MalformedFrame when the link accepted its kMaxArenasPerLink arenas and `arena_id`
-  /// is not one still to take, or when the peer does not send it before `deadline`.
+  /// (it does before any descriptor naming it). Only the latest arena the peer announced
+  /// is handed out, once: an honest sender names no other (SharedSender replaces only
+  /// idle arenas). Throws MalformedFrame at once when `arena_id` is an older arena or
+  /// the latest one already taken, and when the peer does not send it before `deadline`.
   std::pair<UniqueFd, std::uint64_t> take_arena(std::uint32_t arena_id, Deadline deadline);
+
+  /// The highest arena id the peer announced so far (0: none), as of the last pump.
+  /// Lock-free, so a receiver can check each message against it.
+  std::uint32_t latest_arena() const noexcept {
+    return latest_arena_.load(std::memory_order_acquire);
+  }
 
   /// True once a pump saw the peer close its end of the link (it exited or closed the
   /// channel).
@@ -100,11 +100,12 @@ class ControlLink {
  private:
   struct ReceivedArena {
     UniqueFd memfd;
-    std::uint64_t capacity;
+    std::uint64_t capacity = 0;
   };
 
   void pump_locked(Deadline deadline);
-  /// Files an Arena record: keeps `memfd` while the link has room for another arena.
+  /// Files an Arena record: keeps `memfd` when `arena_id` is newer than any before,
+  /// closing the descriptor of an older arena not taken yet.
   void file_arena_locked(std::uint32_t arena_id, std::uint64_t capacity, UniqueFd memfd);
   /// Sends one record (and a descriptor); false when the socket buffer is full.
   bool send_record_locked(std::uint32_t kind, std::uint32_t arena, std::uint64_t value,
@@ -115,8 +116,8 @@ class ControlLink {
   std::mutex mutex_;
   bool peer_accepts_shared_ = false;
   bool peer_gone_ = false;
-  std::map<std::uint32_t, ReceivedArena> arenas_;  // accepted, not taken yet
-  std::vector<std::uint32_t> accepted_arenas_;     // ids, at most kMaxArenasPerLink
+  std::atomic<std::uint32_t> latest_arena_{0};  // written under `mutex_`
+  ReceivedArena unclaimed_arena_;               // of latest_arena_; no memfd once taken
   std::weak_ptr<SendArena> send_arena_;
   std::deque<std::pair<std::uint32_t, std::uint64_t>> unsent_releases_;
 };

@@ -105,7 +105,10 @@ SenderStats SenderCore::stats() const {
     result = stats_;
   }
   result.vmsplice_aliases_pages = vmsplice_aliases_pages();
-  if (shared_) result.arena_bytes_in_use = shared_->arena_bytes_in_use();
+  if (shared_) {
+    result.arena_bytes_in_use = shared_->arena_bytes_in_use();
+    result.arenas_created = shared_->arenas_created();
+  }
   for (const auto* pool : {pool_.get(), data_pool_.get()}) {
     const PoolStats stats = pool->stats();
     result.dedicated_allocations += stats.dedicated_allocations;

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -75,9 +76,13 @@ std::optional<ArenaBlock> SendArena::allocate(std::size_t bytes, bool zeroed) {
   if (memory == nullptr) return std::nullopt;
   if (zeroed) std::memset(memory, 0, bytes);
   auto* data = static_cast<std::byte*>(memory);
+  const auto offset =
+      static_cast<std::uint64_t>(data - static_cast<std::byte*>(region_.get_address()));
   bytes_in_use_ += bytes;
-  return ArenaBlock{data, static_cast<std::uint64_t>(data - static_cast<std::byte*>(region_.get_address())),
-                    bytes};
+  ++blocks_in_use_;
+  footprint_ =
+      std::max(footprint_, round_up(static_cast<std::size_t>(offset) + bytes, page_size()));
+  return ArenaBlock{data, offset, bytes};
 }
 
 void SendArena::free_locked(const ArenaBlock& block) {
@@ -86,6 +91,7 @@ void SendArena::free_locked(const ArenaBlock& block) {
   // them back and faulting them in again cost ~90 ms each way per 256 MiB here).
   allocator_.deallocate(block.data);
   bytes_in_use_ -= block.bytes;
+  --blocks_in_use_;
 }
 
 void SendArena::free(const ArenaBlock& block) {
@@ -123,6 +129,16 @@ std::size_t SendArena::held_messages() const {
 std::size_t SendArena::bytes_in_use() const {
   std::lock_guard lock(mutex_);
   return bytes_in_use_;
+}
+
+bool SendArena::idle() const {
+  std::lock_guard lock(mutex_);
+  return blocks_in_use_ == 0;
+}
+
+std::size_t SendArena::footprint() const {
+  std::lock_guard lock(mutex_);
+  return footprint_;
 }
 
 // --- ReceiveArena --------------------------------------------------------------------

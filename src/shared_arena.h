@@ -25,8 +25,11 @@
 // ReceiveArena refuses an arena without the first and the third (MalformedFrame).
 //
 // The write seal also refuses the sender's own hole punching (MADV_REMOVE), so freed
-// arena memory stays resident: an arena's resident size is its high-water mark, at
-// most its capacity (SenderOptions::arena_bytes), until the channel closes.
+// arena memory stays resident: an arena's resident size is its high-water mark
+// (SendArena::footprint), at most its capacity (SenderOptions::arena_bytes), until the
+// arena is destroyed. A sender therefore replaces an idle arena whose footprint passed
+// SenderOptions::arena_keep_bytes with a fresh one (SharedSender): dropping the old
+// arena is the only way to give its pages back.
 //
 // Allocation is Boost.Interprocess's rbtree_best_fit, placed in the arena itself. Memory
 // of a message comes back when the receiver reports it done (SendArena::release), after
@@ -95,6 +98,17 @@ class SendArena {
   /// Bytes in blocks held for the receiver or being built.
   std::size_t bytes_in_use() const;
 
+  /// True when no block is held for the receiver or being built (not even an empty one):
+  /// nothing anywhere refers to this arena's memory, so it can be dropped.
+  bool idle() const;
+
+  /// The end of the furthest block ever handed out, from the arena's start (the
+  /// allocator's own header included), in whole pages. Best fit hands out the start of
+  /// the smallest free block that fits, so the untouched rest of the arena is cut into
+  /// only when nothing below fits: this is the arena's high-water mark. Every page it
+  /// has made resident lies below it and stays so until the arena is destroyed.
+  std::size_t footprint() const;
+
   /// Messages held for the receiver.
   std::size_t held_messages() const;
 
@@ -114,6 +128,8 @@ class SendArena {
   Allocator allocator_;
   std::map<std::uint64_t, std::vector<ArenaBlock>> held_;  // message id -> its blocks
   std::size_t bytes_in_use_ = 0;
+  std::size_t blocks_in_use_ = 0;  // held or being built; empty blocks count too
+  std::size_t footprint_ = 0;
 };
 
 /// The receiving side's view of a peer's arena.

@@ -11,9 +11,6 @@ namespace capnsplice::detail {
 
 namespace {
 
-/// The one arena a sender uses (ids leave room for more).
-constexpr std::uint32_t kArenaId = 1;
-
 /// A peer announcing an arena larger than this is not believed.
 constexpr std::uint64_t kLargestArena = std::uint64_t{1} << 40;
 
@@ -33,6 +30,7 @@ SharedSender::SharedSender(std::shared_ptr<ControlLink> link, const SenderOption
       threshold_(options.shared_memory_threshold_bytes),
       everything_(options.path == SendPath::shared_memory),
       capacity_(options.arena_bytes),
+      keep_bytes_(options.arena_keep_bytes),
       context_(std::move(context)) {}
 
 bool SharedSender::wants(std::size_t bytes) {
@@ -42,41 +40,56 @@ bool SharedSender::wants(std::size_t bytes) {
   return large_enough && bytes <= capacity_ / 2 && link_->peer_accepts_shared();
 }
 
-SendArena& SharedSender::arena() {
-  std::lock_guard lock(mutex_);
-  if (!arena_) {
-    auto arena = std::make_shared<SendArena>(kArenaId, capacity_, context_);
-    link_->attach_send_arena(arena);
+SendArena& SharedSender::arena_for_allocation_locked() {
+  if (arena_ && link_->peer_gone()) arena_->release_all();  // nobody will read what is held
+  // Only an idle arena is replaced: nothing held or being built refers to it, and no
+  // descriptor naming it is still to be read (each held message is released only after
+  // the reader read its descriptor and dropped the message).
+  if (!arena_ || (arena_->footprint() > keep_bytes_ && arena_->idle())) {
+    auto arena = std::make_shared<SendArena>(next_arena_id_, capacity_, context_);
+    // Announced before anything can name it. Releases go to it alone from now on, and
+    // only now: if the announcement fails, the old arena goes on serving.
     link_->send_arena(arena->id(), arena->capacity(), arena->fd());
-    arena_ = std::move(arena);
+    link_->attach_send_arena(arena);
+    ++next_arena_id_;
+    arena_ = std::move(arena);  // the old one is unmapped and closed here
   }
   return *arena_;
 }
 
+std::shared_ptr<SendArena> SharedSender::current_arena() const {
+  std::lock_guard lock(mutex_);
+  return arena_;
+}
+
 ArenaBlock SharedSender::allocate(std::size_t bytes, bool zeroed, Deadline deadline) {
-  SendArena& arena = this->arena();
   for (;;) {
-    link_->pump(Deadline::immediate());           // take in what the reader released
-    if (link_->peer_gone()) arena.release_all();  // nobody will read what is held
-    const std::size_t held = arena.held_messages();
-    if (held < kMaxHeldSharedMessages) {
-      if (auto block = arena.allocate(bytes, zeroed)) return *block;
-      // Nothing the reader could release: what fills the arena is being built (each
-      // object is at most half of it, but one message's objects can add up to more).
-      if (held == 0) {
-        throw Error(ErrorCode::MessageTooLarge, context_,
-                    "an object of " + std::to_string(bytes) +
-                        " bytes does not fit in the shared-memory arena of " +
-                        std::to_string(arena.capacity()) + " bytes, " +
-                        std::to_string(arena.bytes_in_use()) +
-                        " of them taken by messages being built and none held for the reader");
+    link_->pump(Deadline::immediate());  // take in what the reader released
+    std::size_t held, in_use, capacity;
+    {
+      std::lock_guard lock(mutex_);
+      SendArena& arena = arena_for_allocation_locked();
+      held = arena.held_messages();
+      if (held < kMaxHeldSharedMessages) {
+        if (auto block = arena.allocate(bytes, zeroed)) return *block;
       }
+      in_use = arena.bytes_in_use();
+      capacity = arena.capacity();
+    }
+    // Nothing the reader could release: what fills the arena is being built (each
+    // object is at most half of it, but one message's objects can add up to more).
+    if (held == 0) {
+      throw Error(ErrorCode::MessageTooLarge, context_,
+                  "an object of " + std::to_string(bytes) +
+                      " bytes does not fit in the shared-memory arena of " +
+                      std::to_string(capacity) + " bytes, " + std::to_string(in_use) +
+                      " of them taken by messages being built and none held for the reader");
     }
     // Queued messages hold blocks too, and are released only once written and read.
     if (auto sender = sender_.lock(); sender && sender->flush_queued(deadline)) continue;
     if (deadline.expired()) {
       throw Error(ErrorCode::Timeout, context_,
-                  "the shared-memory arena (" + std::to_string(arena.capacity()) +
+                  "the shared-memory arena (" + std::to_string(capacity) +
                       " bytes) is full of messages the reader still holds, and the deadline "
                       "passed");
     }
@@ -84,7 +97,7 @@ ArenaBlock SharedSender::allocate(std::size_t bytes, bool zeroed, Deadline deadl
   }
 }
 
-void SharedSender::free(const ArenaBlock& block) { arena().free(block); }
+void SharedSender::free(const ArenaBlock& block) { current_arena()->free(block); }
 
 std::uint64_t SharedSender::describe(PooledMessageBuilder& builder, std::vector<ArenaBlock> blocks,
                                      capnp::MessageBuilder& descriptor, Deadline deadline) {
@@ -117,15 +130,17 @@ std::uint64_t SharedSender::describe(PooledMessageBuilder& builder, std::vector<
   }
 
   std::uint64_t id;
+  std::shared_ptr<SendArena> arena;
   {
     std::lock_guard lock(mutex_);
     id = next_message_id_++;
+    arena = arena_;  // where `blocks` are: they keep it from being replaced
   }
-  arena().hold_until_released(id, std::move(blocks));
+  arena->hold_until_released(id, std::move(blocks));
 
   auto root = descriptor.initRoot<wire::SharedMessage>();
   root.setMagic(wire::SharedMessage::EXPECTED_MAGIC);
-  root.setArena(kArenaId);
+  root.setArena(arena->id());
   root.setId(id);
   auto list = root.initSegments(static_cast<unsigned>(places.size()));
   for (unsigned i = 0; i < places.size(); ++i) {
@@ -135,11 +150,16 @@ std::uint64_t SharedSender::describe(PooledMessageBuilder& builder, std::vector<
   return id;
 }
 
-void SharedSender::abandon(std::uint64_t message_id) { arena().release(message_id); }
+void SharedSender::abandon(std::uint64_t message_id) { current_arena()->release(message_id); }
 
 std::uint64_t SharedSender::arena_bytes_in_use() const {
   std::lock_guard lock(mutex_);
   return arena_ ? arena_->bytes_in_use() : 0;
+}
+
+std::uint64_t SharedSender::arenas_created() const {
+  std::lock_guard lock(mutex_);
+  return next_arena_id_ - 1;
 }
 
 // --- SharedReceiver ------------------------------------------------------------------
@@ -167,21 +187,23 @@ bool SharedReceiver::is_descriptor(kj::ArrayPtr<const kj::ArrayPtr<const capnp::
 }
 
 std::shared_ptr<ReceiveArena> SharedReceiver::arena(std::uint32_t id) {
-  if (auto known = arenas_.find(id); known != arenas_.end()) return known->second;
-  // The sender puts its arena on the control link before it writes any descriptor
+  // A sender names only its latest arena: it moves to the next one once nothing in the
+  // old one is held, that is once every message of it was read and dropped here.
+  if (arena_ && arena_->id() == id && link_->latest_arena() == id) return arena_;
+  // The sender puts each arena on the control link before it writes any descriptor
   // naming it, so the record is queued by the time the descriptor is read: the wait is
-  // only a bound for a peer that lies (a descriptor for an arena it never sends), and it
-  // is spent at most once per link (take_arena refuses at once when the link has all
-  // the arenas it accepts).
+  // only a bound for a peer that lies (a descriptor for an arena it never sends), and
+  // take_arena refuses at once an arena older than the latest.
   auto [memfd, capacity] = link_->take_arena(id, Deadline::after(std::chrono::seconds(1)));
   if (capacity == 0 || capacity > kLargestArena) {
     throw Error(ErrorCode::MalformedFrame, context_,
                 "the peer announced an arena of " + std::to_string(capacity) + " bytes");
   }
-  auto arena = std::make_shared<ReceiveArena>(id, std::move(memfd),
-                                              static_cast<std::size_t>(capacity), context_);
-  arenas_.emplace(id, arena);
-  return arena;
+  // Replacing `arena_` drops this end's reference to the older arena: it is unmapped
+  // once the last message reading it is dropped.
+  arena_ = std::make_shared<ReceiveArena>(id, std::move(memfd),
+                                          static_cast<std::size_t>(capacity), context_);
+  return arena_;
 }
 
 void SharedReceiver::open(capnp::MessageReader& descriptor, ReceivedMessageState& state) {

@@ -12,13 +12,19 @@
 //                                                       reader over the arena segments
 //   SendArena::release(id) <-- control link Release <-- ReceivedMessage dropped
 //
+// Arenas are replaced, not kept for ever: pages an arena once used stay resident until
+// it is destroyed (shared_arena.h), so once nothing in it is held or being built and its
+// footprint passed SenderOptions::arena_keep_bytes, the sender starts the next one
+// (ids strictly increase) and drops the old. The receiver maps each new arena when a
+// descriptor first names it and drops its own reference to the older one; messages
+// still reading that keep it mapped until they are dropped.
+//
 // Every segment of a shared message lives in the arena, none in the receiver's own
 // buffers: reads that a concurrent writer could redirect stay inside the arena's guard
 // zones (shared_arena.h).
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -54,8 +60,9 @@ class SharedSender {
   /// True when every segment goes to the arena (SendPath::shared_memory).
   bool everything() const noexcept { return everything_; }
 
-  /// Arena memory for a message being built. While the arena is full of messages the
-  /// reader holds, waits for it to release some, until `deadline` (then Timeout). When
+  /// Arena memory for a message being built, from a fresh arena when the current one is
+  /// idle with a footprint over the keep budget. While the arena is full of messages
+  /// the reader holds, waits for it to release some, until `deadline` (then Timeout). When
   /// it holds none and there is still no room, no release can make any: throws
   /// MessageTooLarge at once (one message's objects add up to more than the arena). It
   /// cannot tell which message the unsent blocks belong to, so messages built on other
@@ -76,17 +83,27 @@ class SharedSender {
 
   std::uint64_t arena_bytes_in_use() const;
 
+  /// Arenas made so far: the first, then one per replacement.
+  std::uint64_t arenas_created() const;
+
  private:
-  SendArena& arena();
+  /// The arena to allocate from, made or replaced first when it should be (see
+  /// allocate()). Called with `mutex_` held, and the allocation made before it is let
+  /// go: blocks are made only in the current arena, so a replaced arena stays idle.
+  SendArena& arena_for_allocation_locked();
+  /// The current arena, which every live block is in (none before the first allocation).
+  std::shared_ptr<SendArena> current_arena() const;
 
   std::shared_ptr<ControlLink> link_;
   const std::size_t threshold_;
   const bool everything_;
   const std::size_t capacity_;
+  const std::size_t keep_bytes_;
   const std::string context_;
-  mutable std::mutex mutex_;  // guards the arena's creation and the message ids
+  mutable std::mutex mutex_;  // guards the arena, its replacement and the ids
   std::shared_ptr<SendArena> arena_;
   std::weak_ptr<ConsumptionSource> sender_;
+  std::uint32_t next_arena_id_ = 1;
   std::uint64_t next_message_id_ = 1;
 };
 
@@ -102,7 +119,7 @@ class SharedReceiver {
   static bool is_descriptor(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments);
 
   /// Fills `state` with the message `descriptor` describes, checking every field: its
-  /// arena must be one the link accepted (ControlLink::take_arena). Throws
+  /// arena must be the latest one the peer announced (ControlLink::take_arena). Throws
   /// MalformedFrame naming what is wrong.
   void open(capnp::MessageReader& descriptor, ReceivedMessageState& state);
 
@@ -112,8 +129,10 @@ class SharedReceiver {
   std::shared_ptr<ControlLink> link_;
   const ReceiveLimits limits_;
   const std::string context_;
-  /// The arenas mapped so far: at most kMaxArenasPerLink, as the link hands out no more.
-  std::map<std::uint32_t, std::shared_ptr<ReceiveArena>> arenas_;
+  /// The arena mapped last. Older ones live on only in the messages that read them, so
+  /// a peer announcing arena after arena pins no more mappings than the application
+  /// holds messages.
+  std::shared_ptr<ReceiveArena> arena_;
 };
 
 }  // namespace capnsplice::detail

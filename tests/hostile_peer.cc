@@ -10,10 +10,21 @@
 //   stall               one whole message, then the first 4 KiB of a 60 MiB frame
 //   forged-descriptor   a shared-memory descriptor naming an arena it never sent
 //   unsealed-arena      an arena memfd without F_SEAL_FUTURE_WRITE, and a descriptor in it
-//   arena-flood         one valid arena and a message in it, then 1000 more Arena
-//                       records (every other one with two descriptors) while draining
-//                       what the parent sends; once the parent has read them all, a
-//                       message, then a descriptor naming one of the flooded arenas
+//   arena-flood         one valid arena and a message in it, then (once the parent took
+//                       the arena) 1000 more Arena records, every other one with two
+//                       descriptors, while draining what the parent sends; once the
+//                       parent has read them all, a message, then a descriptor naming
+//                       one of the flooded arenas
+//   arena-replaced      arena 1 and a message in it, then (once the parent took it) arena
+//                       2 and a message in it, then a descriptor naming arena 1 again
+//   arena-stale         arena 5 and a message in it (seq 0), then (once the parent took
+//                       it) a second arena 5 and an arena 4, each holding seq 1; once the
+//                       parent has read them, a message (seq 2), a descriptor naming
+//                       arena 5, one naming arena 4
+//
+// Like a capnsplice sender, the arena modes announce a new arena only after the parent
+// took the one before: a receiver that reads a newer announcement before the message in
+// the older arena rightly refuses that message.
 //   write-arena         a hostile receiver: says it reads shared memory, sends a message
 //                       (ready), takes the parent's arena memfd from the control link and
 //                       tries every way to write it; sends a Blob whose data lists each
@@ -157,31 +168,71 @@ int make_arena(int seals, const kj::ArrayPtr<const capnp::word>& contents = {}) 
   return fd;
 }
 
-/// Floods the link with Arena records for ids 2 to 1001 after one honest arena, then
-/// proves the parent read them all before naming one of them.
-void flood_arenas() {
-  capnp::MallocMessageBuilder blob_message;
-  auto blob = blob_message.initRoot<capnsplice::test::Blob>();
-  blob.setChecksum(capnsplice::testing::checksum(blob.initData(100)));  // seq 0
-  const auto words = blob_message.getSegmentsForOutput()[0];
-  const int arena =
-      make_arena(F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL, words);
-  send_record(kArena, 1, kArenaBytes, {arena});
-  write_descriptor(1, words.size());
-  for (std::uint32_t id = 2; id < 1002; ++id) {
-    if (id % 2 == 0) {
-      send_record(kArena, id, kArenaBytes, {arena});
-    } else {
-      send_record(kArena, id, kArenaBytes, {arena, arena});
-    }
-  }
-  // Records the parent has not read yet still count against this socket (SIOCOUTQ).
+/// What a capnsplice sender seals its arena with.
+constexpr int kSenderSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL;
+
+/// A sealed arena holding blob `seq` (100 zero bytes of data) at its start.
+struct BlobArena {
+  int fd;
+  std::uint64_t words;  ///< the blob's, for a descriptor
+};
+
+BlobArena make_blob_arena(std::uint64_t seq) {
+  capnp::MallocMessageBuilder message;
+  auto blob = message.initRoot<capnsplice::test::Blob>();
+  blob.setSeq(seq);
+  blob.setChecksum(capnsplice::testing::checksum(blob.initData(100)));
+  const auto words = message.getSegmentsForOutput()[0];
+  return {make_arena(kSenderSeals, words), words.size()};
+}
+
+/// Returns once the parent has read every record sent (unread ones still count against
+/// this socket: SIOCOUTQ), draining what it sends meanwhile.
+void wait_until_records_read() {
   for (int unread = 1; unread > 0;) {
     if (::ioctl(kChildControlFd, SIOCOUTQ, &unread) != 0) ::_exit(6);
     wait_draining(0, 10);
   }
+}
+
+/// Announces arena `id` holding blob `seq`, writes a descriptor of the blob in it, and
+/// returns once the parent has taken the arena to read it.
+BlobArena send_in_new_arena(std::uint32_t id, std::uint64_t seq) {
+  const BlobArena arena = make_blob_arena(seq);
+  send_record(kArena, id, kArenaBytes, {arena.fd});
+  write_descriptor(id, arena.words);
+  wait_until_records_read();
+  return arena;
+}
+
+/// Floods the link with Arena records for ids 2 to 1001 after one honest arena, then
+/// proves the parent read them all before naming one of them.
+void flood_arenas() {
+  const BlobArena arena = send_in_new_arena(1, 0);
+  for (std::uint32_t id = 2; id < 1002; ++id) {
+    if (id % 2 == 0) {
+      send_record(kArena, id, kArenaBytes, {arena.fd});
+    } else {
+      send_record(kArena, id, kArenaBytes, {arena.fd, arena.fd});
+    }
+  }
+  wait_until_records_read();
   write_message(1);
-  write_descriptor(500, words.size());
+  write_descriptor(500, arena.words);
+  while (drain_received()) {
+  }
+}
+
+/// Announces arenas whose ids are not above the latest: the parent must drop them.
+void announce_stale_arenas() {
+  const BlobArena first = send_in_new_arena(5, 0);
+  const BlobArena other = make_blob_arena(1);
+  send_record(kArena, 5, kArenaBytes, {other.fd});
+  send_record(kArena, 4, kArenaBytes, {other.fd});
+  wait_until_records_read();
+  write_message(2);
+  write_descriptor(5, first.words);
+  write_descriptor(4, other.words);
   while (drain_received()) {
   }
 }
@@ -278,6 +329,12 @@ int run(const std::string& mode) {
     write_descriptor(1, 1);
   } else if (mode == "arena-flood") {
     flood_arenas();
+  } else if (mode == "arena-replaced") {
+    const BlobArena first = send_in_new_arena(1, 0);
+    send_in_new_arena(2, 1);
+    write_descriptor(1, first.words);
+  } else if (mode == "arena-stale") {
+    announce_stale_arenas();
   } else if (mode == "write-arena") {
     attack_arena();
   } else {

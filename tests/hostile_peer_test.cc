@@ -80,6 +80,34 @@ void check_refused_then_next_channel_works(const HostileRun& run, ErrorCode code
   CHECK(blob_intact(echoed.root<test::Blob>()));
 }
 
+/// Spawns the hostile peer in an arena `mode`, with a send timeout for the tests that
+/// send to it.
+Child spawn_arena_peer(const char* mode) {
+  return spawn({.program = CAPNSPLICE_HOSTILE_PEER,
+                .arguments = {mode},
+                .channel = ChannelOptions().with_name(mode).with_send_timeout(10s)});
+}
+
+/// The next message from `channel`, sending to the peer meanwhile: this end reads its
+/// control link when its sender asks whether the peer reads shared memory (before each
+/// object over the threshold), so sending keeps the peer's records flowing.
+ReceivedMessage receive_while_sending(Channel& channel) {
+  std::atomic<bool> received{false};
+  std::thread sender([&] {
+    Random random(8);
+    while (!received) send_blob(channel, 0, 2 * MiB, random);
+  });
+  struct StopSending {
+    std::atomic<bool>& received;
+    std::thread& sender;
+    ~StopSending() {
+      received = true;
+      sender.join();
+    }
+  } stop{received, sender};
+  return channel.receive_for(30s);
+}
+
 }  // namespace
 
 TEST_CASE("a peer declaring 2^32 segments gets MalformedFrame, and the next channel works") {
@@ -150,39 +178,62 @@ TEST_CASE("an arena memfd without F_SEAL_FUTURE_WRITE is MalformedFrame") {
 
 TEST_CASE("a flood of arena records costs no descriptors, and a flooded arena is refused") {
   HostileRun run;
-  Child peer = spawn({.program = CAPNSPLICE_HOSTILE_PEER,
-                      .arguments = {"arena-flood"},
-                      .channel = ChannelOptions().with_name("arena-flood").with_send_timeout(10s)});
+  Child peer = spawn_arena_peer("arena-flood");
   const std::size_t resident_before = resident_bytes();
-  auto first = peer.channel.receive_for(kPatientReceive);  // in the one arena accepted
+  auto first = peer.channel.receive_for(kPatientReceive);  // in the first arena
   REQUIRE(blob_intact(first.root<test::Blob>()));
   CHECK(peer.channel.receiver().stats().shared_messages == 1);
   const int fds_before = open_fd_count();
-  // This end reads its control link when its sender asks whether the peer reads shared
-  // memory (before each object over the threshold): sending keeps the flood flowing.
-  std::atomic<bool> flood_read{false};
-  std::thread sender([&] {
-    Random random(8);
-    while (!flood_read) send_blob(peer.channel, 0, 2 * MiB, random);
-  });
   // The peer sends seq 1 only once this end has read all 1000 records (1500 descriptors).
-  auto after_flood = peer.channel.receive_for(30s);
-  flood_read = true;
-  sender.join();
+  auto after_flood = receive_while_sending(peer.channel);
   CHECK(after_flood.root<test::Blob>().getSeq() == 1);
-  CHECK(open_fd_count() <= fds_before + 1);
+  CHECK(open_fd_count() <= fds_before + 1);  // the latest arena's, not taken yet
   run.error = receive_until_error(peer.channel);
   const std::size_t resident_after = resident_bytes();
   run.resident_growth = resident_after > resident_before ? resident_after - resident_before : 0;
   check_refused_then_next_channel_works(run, ErrorCode::MalformedFrame);
   CHECK_THAT(run.error->what(),
-             Catch::Contains("names arena 500, but the link accepted only arena 1"));
+             Catch::Contains("names arena 500, but the latest arena the peer announced is 1000"));
+}
+
+TEST_CASE("arena announcements whose id is not above the latest are dropped with their "
+          "descriptors") {
+  Child peer = spawn_arena_peer("arena-stale");
+  auto first = peer.channel.receive_for(kPatientReceive);  // in arena 5
+  REQUIRE(blob_intact(first.root<test::Blob>()));
+  const int fds_before = open_fd_count();
+  // Seq 2 comes once this end has read the second arena 5 and the arena 4.
+  CHECK(receive_while_sending(peer.channel).root<test::Blob>().getSeq() == 2);
+  CHECK(open_fd_count() <= fds_before);  // neither was kept
+  // Arena 5 is still the first one announced: the message in it reads as before.
+  auto again = peer.channel.receive_for(kPatientReceive);
+  CHECK(again.root<test::Blob>().getSeq() == 0);
+  CHECK(blob_intact(again.root<test::Blob>()));
+  Error error = receive_until_error(peer.channel);
+  CHECK(error.code() == ErrorCode::MalformedFrame);
+  CHECK_THAT(error.what(),
+             Catch::Contains("names arena 4, but the latest arena the peer announced is 5"));
+}
+
+TEST_CASE("a descriptor naming a replaced arena is MalformedFrame, and messages still read "
+          "the replaced arena") {
+  Child peer = spawn_arena_peer("arena-replaced");
+  auto in_first = peer.channel.receive_for(kPatientReceive);
+  auto in_second = peer.channel.receive_for(kPatientReceive);
+  CHECK(in_first.root<test::Blob>().getSeq() == 0);
+  CHECK(in_second.root<test::Blob>().getSeq() == 1);
+  CHECK(peer.channel.receiver().stats().shared_messages == 2);
+  // Mapping arena 2 dropped this end's reference to arena 1, not the message's.
+  CHECK(blob_intact(in_first.root<test::Blob>()));
+  CHECK(blob_intact(in_second.root<test::Blob>()));
+  Error error = receive_until_error(peer.channel);
+  CHECK(error.code() == ErrorCode::MalformedFrame);
+  CHECK_THAT(error.what(),
+             Catch::Contains("names arena 1, but the latest arena the peer announced is 2"));
 }
 
 TEST_CASE("a receiver cannot write the sender's arena through the memfd it is sent") {
-  Child peer = spawn({.program = CAPNSPLICE_HOSTILE_PEER,
-                      .arguments = {"write-arena"},
-                      .channel = ChannelOptions().with_name("write-arena").with_send_timeout(10s)});
+  Child peer = spawn_arena_peer("write-arena");
   // The peer said it reads shared memory before sending this.
   CHECK(peer.channel.receive_for(kPatientReceive).root<test::Blob>().getSeq() == 0);
   Random random(9);

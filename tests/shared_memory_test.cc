@@ -145,6 +145,47 @@ TEST_CASE("arena memory is given back when messages are dropped, and reused unde
   CHECK(near.sender().stats().arena_bytes_in_use <= 2 * MiB + 64 * KiB);
 }
 
+TEST_CASE("once a burst past arena_keep_bytes is dropped, the next shared message goes "
+          "through a fresh arena and the old one is gone from both ends") {
+  auto [near, far] = Channel::pair(shared_options().with_arena_keep_bytes(32 * MiB));
+  Random random(17);
+  {
+    std::vector<ReceivedMessage> burst;  // 48 MiB held at once: past the 32 MiB budget
+    for (int i = 0; i < 6; ++i) {
+      near.send(blob_in_place(near, i, 8 * MiB, random));
+      burst.push_back(far.receive());
+    }
+    for (ReceivedMessage& message : burst) CHECK(blob_intact(message.root<test::Blob>()));
+    CHECK(near.sender().stats().arenas_created == 1);
+  }  // every message dropped: the arena is idle once the sender reads the releases
+  near.send(blob_in_place(near, 6, 8 * MiB, random));
+  auto next = far.receive_as<test::Blob>();
+  CHECK(next->getSeq() == 6);
+  CHECK(blob_intact(next.root()));
+  CHECK(near.sender().stats().arenas_created == 2);
+  // Only the fresh arena is left: the sender's descriptor and read-write mapping, the
+  // receiver's read-only mapping. Nothing refers to the old one: its pages are freed.
+  CHECK(arena_descriptors() == 1);
+  CHECK(mappings_of("capnsplice-arena").size() == 2);
+}
+
+TEST_CASE("a stream whose messages in flight stay below arena_keep_bytes keeps its one "
+          "arena") {
+  // 16 MiB messages, the reader holding the two latest: up to 48 MiB in the arena, under
+  // the default budget, so no message pays for faulting in a fresh arena.
+  auto [near, far] = Channel::pair(shared_options());
+  Random random(18);
+  std::vector<ReceivedMessage> held;
+  for (int i = 0; i < 24; ++i) {
+    near.send(blob_in_place(near, i, 16 * MiB, random));
+    held.push_back(far.receive());
+    CHECK(blob_intact(held.back().root<test::Blob>()));
+    if (held.size() > 2) held.erase(held.begin());
+  }
+  CHECK(near.sender().stats().shared_messages == 24);
+  CHECK(near.sender().stats().arenas_created == 1);
+}
+
 TEST_CASE("a full arena holds the sender back until the reader drops messages") {
   auto [near, far] = Channel::pair(shared_options().with_arena_bytes(32 * MiB));
   Random random(5);

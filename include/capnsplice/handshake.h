@@ -28,8 +28,10 @@ namespace capnsplice {
 
 /// The capnsplice protocol version this library speaks. 2: shared-memory arenas come
 /// sealed against writes through the receiver's descriptor (F_SEAL_FUTURE_WRITE), and a
-/// receiver refuses an arena without that seal, so version-1 senders cannot work with it.
-inline constexpr std::uint32_t kProtocolVersion = 2;
+/// receiver refuses an arena without that seal. 3: a sender replaces an idle arena that
+/// grew past arena_keep_bytes with a fresh one (higher id), which a version-2 receiver
+/// refuses.
+inline constexpr std::uint32_t kProtocolVersion = 3;
 
 /// What this end says about itself and requires of its peer.
 struct HelloOptions {

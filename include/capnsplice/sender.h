@@ -53,6 +53,9 @@ struct SenderStats {
   std::uint64_t waits_for_reader = 0;       ///< times building waited for a full pool
   std::uint64_t shared_messages = 0;        ///< sent as descriptors of the shared-memory arena
   std::uint64_t arena_bytes_in_use = 0;     ///< held for the reader or being built
+  /// Shared-memory arenas made: the first, then one for each idle arena replaced because
+  /// its footprint passed SenderOptions::arena_keep_bytes.
+  std::uint64_t arenas_created = 0;
   /// Whether this kernel's vmsplice maps pages into the pipe (probed once per process:
   /// splice a page, change it, read it back). When it copies instead, every message goes
   /// by writev, which is then no slower, and nothing waits for the reader.
