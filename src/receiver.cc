@@ -49,6 +49,7 @@ class ReceiverCore {
       if (auto message = take_buffered()) return std::move(*message);
       if (end_of_stream_) throw_end_of_stream();
       if (read_more() != ReadOutcome::would_block) continue;
+      if (shared_) shared_->release_retired();  // nothing to read: a good time to free
       switch (spin_then_wait(fd_.get(), POLLIN, options_.spin_before_block, deadline,
                              wake_fd_.get())) {
         case WaitResult::ready:
@@ -73,6 +74,7 @@ class ReceiverCore {
     if (!end_of_stream_) read_more();
     if (auto message = take_buffered()) return message;
     if (end_of_stream_) throw_end_of_stream();
+    if (shared_) shared_->release_retired();
     return std::nullopt;
   }
 

@@ -80,6 +80,7 @@ std::optional<ArenaBlock> SendArena::allocate(std::size_t bytes, bool zeroed) {
       static_cast<std::uint64_t>(data - static_cast<std::byte*>(region_.get_address()));
   bytes_in_use_ += bytes;
   ++blocks_in_use_;
+  busy_peak_ = std::max(busy_peak_, bytes_in_use_);
   footprint_ =
       std::max(footprint_, round_up(static_cast<std::size_t>(offset) + bytes, page_size()));
   return ArenaBlock{data, offset, bytes};
@@ -91,7 +92,10 @@ void SendArena::free_locked(const ArenaBlock& block) {
   // them back and faulting them in again cost ~90 ms each way per 256 MiB here).
   allocator_.deallocate(block.data);
   bytes_in_use_ -= block.bytes;
-  --blocks_in_use_;
+  if (--blocks_in_use_ == 0) {
+    last_busy_peak_ = busy_peak_;
+    busy_peak_ = 0;
+  }
 }
 
 void SendArena::free(const ArenaBlock& block) {
@@ -134,6 +138,11 @@ std::size_t SendArena::bytes_in_use() const {
 bool SendArena::idle() const {
   std::lock_guard lock(mutex_);
   return blocks_in_use_ == 0;
+}
+
+bool SendArena::should_retire(std::size_t keep_bytes) const {
+  std::lock_guard lock(mutex_);
+  return blocks_in_use_ == 0 && footprint_ > keep_bytes && footprint_ / 2 > last_busy_peak_;
 }
 
 std::size_t SendArena::footprint() const {

@@ -28,8 +28,8 @@
 // arena memory stays resident: an arena's resident size is its high-water mark
 // (SendArena::footprint), at most its capacity (SenderOptions::arena_bytes), until the
 // arena is destroyed. A sender therefore replaces an idle arena whose footprint passed
-// SenderOptions::arena_keep_bytes with a fresh one (SharedSender): dropping the old
-// arena is the only way to give its pages back.
+// SenderOptions::arena_keep_bytes and outgrew its recent use (should_retire) with a
+// fresh one (SharedSender): dropping the old arena is the only way to give its pages back.
 //
 // Allocation is Boost.Interprocess's rbtree_best_fit, placed in the arena itself. Memory
 // of a message comes back when the receiver reports it done (SendArena::release), after
@@ -112,6 +112,14 @@ class SendArena {
   /// Messages held for the receiver.
   std::size_t held_messages() const;
 
+  /// True when the arena is idle and keeps more pages resident (footprint) than both
+  /// `keep_bytes` and twice the most its last busy spell (from a first block to idle
+  /// again) had in use at once: the pages no longer earn their keep. A stream of large
+  /// messages reusing the same pages keeps its arena, since refaulting them every time
+  /// would cost more than the copy the arena saves; a burst followed by smaller
+  /// messages gives its pages back.
+  bool should_retire(std::size_t keep_bytes) const;
+
  private:
   using Allocator = boost::interprocess::basic_managed_external_buffer<
       char, boost::interprocess::rbtree_best_fit<boost::interprocess::null_mutex_family>,
@@ -130,6 +138,8 @@ class SendArena {
   std::size_t bytes_in_use_ = 0;
   std::size_t blocks_in_use_ = 0;  // held or being built; empty blocks count too
   std::size_t footprint_ = 0;
+  std::size_t busy_peak_ = 0;       // most bytes in use since the arena was last idle
+  std::size_t last_busy_peak_ = 0;  // the same for the busy spell before that
 };
 
 /// The receiving side's view of a peer's arena.

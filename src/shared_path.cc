@@ -45,7 +45,7 @@ SendArena& SharedSender::arena_for_allocation_locked() {
   // Only an idle arena is replaced: nothing held or being built refers to it, and no
   // descriptor naming it is still to be read (each held message is released only after
   // the reader read its descriptor and dropped the message).
-  if (!arena_ || (arena_->footprint() > keep_bytes_ && arena_->idle())) {
+  if (!arena_ || arena_->should_retire(keep_bytes_)) {
     auto arena = std::make_shared<SendArena>(next_arena_id_, capacity_, context_);
     // Announced before anything can name it. Releases go to it alone from now on, and
     // only now: if the announcement fails, the old arena goes on serving.
@@ -199,8 +199,11 @@ std::shared_ptr<ReceiveArena> SharedReceiver::arena(std::uint32_t id) {
     throw Error(ErrorCode::MalformedFrame, context_,
                 "the peer announced an arena of " + std::to_string(capacity) + " bytes");
   }
-  // Replacing `arena_` drops this end's reference to the older arena: it is unmapped
-  // once the last message reading it is dropped.
+  // The older arena is unmapped once the last message reading it is dropped and this
+  // end lets go of it (release_retired).
+  constexpr std::size_t kMaxRetiredArenas = 2;
+  if (retired_.size() >= kMaxRetiredArenas) retired_.erase(retired_.begin());
+  if (arena_) retired_.push_back(std::move(arena_));
   arena_ = std::make_shared<ReceiveArena>(id, std::move(memfd),
                                           static_cast<std::size_t>(capacity), context_);
   return arena_;

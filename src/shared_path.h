@@ -14,10 +14,12 @@
 //
 // Arenas are replaced, not kept for ever: pages an arena once used stay resident until
 // it is destroyed (shared_arena.h), so once nothing in it is held or being built and its
-// footprint passed SenderOptions::arena_keep_bytes, the sender starts the next one
+// footprint passed SenderOptions::arena_keep_bytes (SendArena::should_retire), the
+// sender starts the next one
 // (ids strictly increase) and drops the old. The receiver maps each new arena when a
-// descriptor first names it and drops its own reference to the older one; messages
-// still reading that keep it mapped until they are dropped.
+// descriptor first names it and lets go of the older one when it next has nothing to
+// read (freeing the pages is slow); messages still reading it keep it mapped until they
+// are dropped.
 //
 // Every segment of a shared message lives in the arena, none in the receiver's own
 // buffers: reads that a concurrent writer could redirect stay inside the arena's guard
@@ -60,8 +62,8 @@ class SharedSender {
   /// True when every segment goes to the arena (SendPath::shared_memory).
   bool everything() const noexcept { return everything_; }
 
-  /// Arena memory for a message being built, from a fresh arena when the current one is
-  /// idle with a footprint over the keep budget. While the arena is full of messages
+  /// Arena memory for a message being built, from a fresh arena when the current one
+  /// should retire (SendArena::should_retire). While the arena is full of messages
   /// the reader holds, waits for it to release some, until `deadline` (then Timeout). When
   /// it holds none and there is still no room, no release can make any: throws
   /// MessageTooLarge at once (one message's objects add up to more than the arena). It
@@ -123,6 +125,12 @@ class SharedReceiver {
   /// MalformedFrame naming what is wrong.
   void open(capnp::MessageReader& descriptor, ReceivedMessageState& state);
 
+  /// Lets go of arenas the peer has replaced. Unmapping the last mapping of an arena
+  /// frees its pages, which takes milliseconds per 100 MiB (17 ms for 256 MiB here), so
+  /// the receiver calls this when it has nothing to read rather than in open(), where it
+  /// would delay the message that names the new arena.
+  void release_retired() noexcept { retired_.clear(); }
+
  private:
   std::shared_ptr<ReceiveArena> arena(std::uint32_t id);
 
@@ -133,6 +141,9 @@ class SharedReceiver {
   /// a peer announcing arena after arena pins no more mappings than the application
   /// holds messages.
   std::shared_ptr<ReceiveArena> arena_;
+  /// Arenas replaced since the receiver last had nothing to read; at most
+  /// kMaxRetiredArenas, so a receiver that never idles still lets go of them.
+  std::vector<std::shared_ptr<ReceiveArena>> retired_;
 };
 
 }  // namespace capnsplice::detail

@@ -145,8 +145,8 @@ TEST_CASE("arena memory is given back when messages are dropped, and reused unde
   CHECK(near.sender().stats().arena_bytes_in_use <= 2 * MiB + 64 * KiB);
 }
 
-TEST_CASE("once a burst past arena_keep_bytes is dropped, the next shared message goes "
-          "through a fresh arena and the old one is gone from both ends") {
+TEST_CASE("once a burst past arena_keep_bytes is over, a fresh arena takes the next "
+          "shared message and the old one is gone from both ends") {
   auto [near, far] = Channel::pair(shared_options().with_arena_keep_bytes(32 * MiB));
   Random random(17);
   {
@@ -156,17 +156,36 @@ TEST_CASE("once a burst past arena_keep_bytes is dropped, the next shared messag
       burst.push_back(far.receive());
     }
     for (ReceivedMessage& message : burst) CHECK(blob_intact(message.root<test::Blob>()));
-    CHECK(near.sender().stats().arenas_created == 1);
   }  // every message dropped: the arena is idle once the sender reads the releases
-  near.send(blob_in_place(near, 6, 8 * MiB, random));
+  // The spell that just ended needed all 48 MiB at once, so the pages still earn their
+  // keep: a smaller message after it goes to the same arena.
+  near.send(blob_in_place(near, 6, 256 * KiB, random));
+  CHECK(blob_intact(far.receive_as<test::Blob>().root()));
+  CHECK(near.sender().stats().arenas_created == 1);
+  // Now the last spell needed 256 KiB: the 48 MiB arena is replaced.
+  near.send(blob_in_place(near, 7, 8 * MiB, random));
   auto next = far.receive_as<test::Blob>();
-  CHECK(next->getSeq() == 6);
+  CHECK(next->getSeq() == 7);
   CHECK(blob_intact(next.root()));
   CHECK(near.sender().stats().arenas_created == 2);
+  // The receiver lets go of a replaced arena when it has nothing to read.
+  CHECK_FALSE(far.try_receive().has_value());
   // Only the fresh arena is left: the sender's descriptor and read-write mapping, the
   // receiver's read-only mapping. Nothing refers to the old one: its pages are freed.
   CHECK(arena_descriptors() == 1);
   CHECK(mappings_of("capnsplice-arena").size() == 2);
+}
+
+TEST_CASE("a stream of messages larger than arena_keep_bytes keeps its one arena") {
+  // Each 40 MiB message reuses the pages the one before it used: replacing the arena
+  // would only fault them in again.
+  auto [near, far] = Channel::pair(shared_options().with_arena_keep_bytes(32 * MiB));
+  Random random(19);
+  for (int i = 0; i < 5; ++i) {
+    near.send(blob_in_place(near, i, 40 * MiB, random));
+    CHECK(blob_intact(far.receive_as<test::Blob>().root()));
+  }
+  CHECK(near.sender().stats().arenas_created == 1);
 }
 
 TEST_CASE("a stream whose messages in flight stay below arena_keep_bytes keeps its one "

@@ -74,10 +74,11 @@ struct SenderOptions {
   /// that keeps the receiver from writing it also keeps the sender from punching holes.
   std::size_t arena_bytes = std::size_t{2} << 30;
   /// How much of that arena may stay resident while it is idle. Once the arena's
-  /// footprint (the high-water mark of its use) has passed this, the next object for the
-  /// arena, asked for while no block of it is held for the reader or being built, goes
-  /// to a fresh arena and the old one is dropped: its pages go back to the kernel once
-  /// the reader lets go of it too. A fresh arena costs faulting its pages in again
+  /// footprint (the high-water mark of its use) has passed this, and is more than twice
+  /// what its last busy spell needed at once, the next object for the arena, asked for
+  /// while no block of it is held for the reader or being built, goes to a fresh arena
+  /// and the old one is dropped: its pages go back to the kernel once the reader lets go
+  /// of it too. (A stream of messages larger than this reuses its pages and keeps them.) A fresh arena costs faulting its pages in again
   /// (~0.65 ms per MiB on both sides here, seven times the cost of sending the bytes),
   /// so this stays above what a stream keeps in flight: a sender may run several
   /// messages ahead, and streams of 16 MiB messages were measured holding up to 80 MiB
