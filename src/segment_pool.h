@@ -155,6 +155,7 @@ class SegmentPool {
   std::vector<std::unique_ptr<DedicatedBlock>> dedicated_;  // in use or in flight
   std::vector<std::unique_ptr<DedicatedBlock>> spare_;      // reclaimed, zeroed
   std::uint64_t last_consumed_ = 0;
+  std::uint64_t spliced_since_query_ = 0;  // ring bytes put in flight since the last FIONREAD
   std::weak_ptr<ConsumptionSource> source_;
   PoolStats stats_;
 };
