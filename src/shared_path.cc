@@ -1,9 +1,12 @@
 #include "shared_path.h"
 
+#include <poll.h>
+
 #include <algorithm>
 #include <cstring>
 
 #include "capnsplice.capnp.h"
+#include "pipe_io.h"
 #include "capnsplice/error.h"
 #include "pooled_message_builder.h"
 
@@ -70,10 +73,16 @@ ArenaBlock SharedSender::allocate(std::size_t bytes, bool zeroed, Deadline deadl
       std::lock_guard lock(mutex_);
       SendArena& arena = arena_for_allocation_locked();
       held = arena.held_messages();
-      if (held < kMaxHeldSharedMessages) {
+      in_use = arena.bytes_in_use();
+      // Backpressure by bytes as well as by count: with only a small descriptor on the
+      // pipe, nothing else keeps a sender from running hundreds of MiB ahead of a slower
+      // reader, and every page that touches stays resident (shared_arena.h). A message
+      // larger than the bound still goes, alone.
+      const bool room = held == 0 || (held < kMaxHeldSharedMessages &&
+                                      in_use + bytes <= keep_bytes_ / 2);
+      if (room) {
         if (auto block = arena.allocate(bytes, zeroed)) return *block;
       }
-      in_use = arena.bytes_in_use();
       capacity = arena.capacity();
     }
     // Nothing the reader could release: what fills the arena is being built (each
@@ -89,11 +98,20 @@ ArenaBlock SharedSender::allocate(std::size_t bytes, bool zeroed, Deadline deadl
     if (auto sender = sender_.lock(); sender && sender->flush_queued(deadline)) continue;
     if (deadline.expired()) {
       throw Error(ErrorCode::Timeout, context_,
-                  "the shared-memory arena (" + std::to_string(capacity) +
-                      " bytes) is full of messages the reader still holds, and the deadline "
-                      "passed");
+                  "the shared-memory arena (" + std::to_string(capacity) + " bytes, " +
+                      std::to_string(in_use) + " in use, at most " +
+                      std::to_string(keep_bytes_ / 2) +
+                      " held for the reader at once) is full of messages the reader still "
+                      "holds, and the deadline passed");
     }
-    link_->pump(deadline);  // sleeps until the reader releases something
+    // Sleep until the reader releases something, without holding the link's lock: this
+    // end's receiving thread may need it meanwhile to release the peer's messages, which
+    // the peer's own sender may be waiting for (holding the lock here deadlocked two
+    // soak processes). That thread may also take our release off the link first, so
+    // each sleep is short and the loop looks again.
+    constexpr std::chrono::milliseconds kReleaseNap{1};
+    wait_for(link_->fd(), POLLIN,
+             deadline.remaining() < kReleaseNap ? deadline : Deadline::after(kReleaseNap));
   }
 }
 

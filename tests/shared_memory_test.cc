@@ -145,24 +145,22 @@ TEST_CASE("arena memory is given back when messages are dropped, and reused unde
   CHECK(near.sender().stats().arena_bytes_in_use <= 2 * MiB + 64 * KiB);
 }
 
-TEST_CASE("once a burst past arena_keep_bytes is over, a fresh arena takes the next "
-          "shared message and the old one is gone from both ends") {
+TEST_CASE("once a message past arena_keep_bytes is done with, a fresh arena takes the "
+          "next shared message and the old one is gone from both ends") {
   auto [near, far] = Channel::pair(shared_options().with_arena_keep_bytes(32 * MiB));
   Random random(17);
   {
-    std::vector<ReceivedMessage> burst;  // 48 MiB held at once: past the 32 MiB budget
-    for (int i = 0; i < 6; ++i) {
-      near.send(blob_in_place(near, i, 8 * MiB, random));
-      burst.push_back(far.receive());
-    }
-    for (ReceivedMessage& message : burst) CHECK(blob_intact(message.root<test::Blob>()));
-  }  // every message dropped: the arena is idle once the sender reads the releases
-  // The spell that just ended needed all 48 MiB at once, so the pages still earn their
+    // 40 MiB at once, past the 32 MiB budget (a message larger than the 16 MiB a sender
+    // may hold for the reader goes alone).
+    near.send(blob_in_place(near, 0, 40 * MiB, random));
+    CHECK(blob_intact(far.receive_as<test::Blob>().root()));
+  }  // dropped: the arena is idle once the sender reads the release
+  // The spell that just ended needed all 40 MiB at once, so the pages still earn their
   // keep: a smaller message after it goes to the same arena.
   near.send(blob_in_place(near, 6, 256 * KiB, random));
   CHECK(blob_intact(far.receive_as<test::Blob>().root()));
   CHECK(near.sender().stats().arenas_created == 1);
-  // Now the last spell needed 256 KiB: the 48 MiB arena is replaced.
+  // Now the last spell needed 256 KiB: the 40 MiB arena is replaced.
   near.send(blob_in_place(near, 7, 8 * MiB, random));
   auto next = far.receive_as<test::Blob>();
   CHECK(next->getSeq() == 7);
@@ -174,6 +172,26 @@ TEST_CASE("once a burst past arena_keep_bytes is over, a fresh arena takes the n
   // receiver's read-only mapping. Nothing refers to the old one: its pages are freed.
   CHECK(arena_descriptors() == 1);
   CHECK(mappings_of("capnsplice-arena").size() == 2);
+}
+
+TEST_CASE("a sender holds at most half of arena_keep_bytes for the reader, then waits") {
+  // 32 MiB budget: 16 MiB held at once. Four 4 MiB messages fit; the fifth waits for
+  // the reader, which holds them all, until the send timeout.
+  auto [near, far] = Channel::pair(shared_options()
+                                       .with_arena_keep_bytes(32 * MiB)
+                                       .with_send_timeout(std::chrono::milliseconds(200)));
+  Random random(20);
+  std::vector<ReceivedMessage> held;
+  for (int i = 0; i < 4; ++i) {
+    near.send(blob_in_place(near, i, 4 * MiB - 4 * KiB, random));
+    held.push_back(far.receive());
+  }
+  const Error waited = error_from([&] { near.send(blob_in_place(near, 4, 4 * MiB, random)); });
+  CHECK(waited.code() == ErrorCode::Timeout);
+  CHECK_THAT(waited.what(), Catch::Contains("at most 16777216 held for the reader at once"));
+  held.clear();  // the reader lets go: sending goes on
+  near.send(blob_in_place(near, 5, 4 * MiB, random));
+  CHECK(blob_intact(far.receive_as<test::Blob>().root()));
 }
 
 TEST_CASE("a stream of messages larger than arena_keep_bytes keeps its one arena") {

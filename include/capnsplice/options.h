@@ -78,7 +78,9 @@ struct SenderOptions {
   /// what its last busy spell needed at once, the next object for the arena, asked for
   /// while no block of it is held for the reader or being built, goes to a fresh arena
   /// and the old one is dropped: its pages go back to the kernel once the reader lets go
-  /// of it too. (A stream of messages larger than this reuses its pages and keeps them.) A fresh arena costs faulting its pages in again
+  /// of it too. (A stream of messages larger than this reuses its pages and keeps them.)
+  /// Half of it also bounds the bytes a sender holds in the arena for the reader at
+  /// once (a larger message goes alone): beyond that, sending waits for the reader. A fresh arena costs faulting its pages in again
   /// (~0.65 ms per MiB on both sides here, seven times the cost of sending the bytes),
   /// so this stays above what a stream keeps in flight: a sender may run several
   /// messages ahead, and streams of 16 MiB messages were measured holding up to 80 MiB
