@@ -209,7 +209,9 @@ void check_inherited(const std::vector<int>& fds, std::string_view value,
                   which + " is not a " + (is_control ? "socket" : "pipe"), EINVAL);
     }
     if (!is_control) {
-      detail::require_access_mode(fds[i], /*for_writing=*/i == 1, context + ": " + which);
+      std::string where = context;
+      where.append(": ").append(which);
+      detail::require_access_mode(fds[i], /*for_writing=*/i == 1, where);
     }
   }
 }
