@@ -145,7 +145,7 @@ bool ControlLink::peer_gone() {
 
 std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_id,
                                                           Deadline deadline) {
-  std::lock_guard lock(mutex_);
+  std::unique_lock lock(mutex_);
   for (;;) {
     const std::uint32_t latest = latest_arena_.load(std::memory_order_relaxed);
     if (arena_id == latest && unclaimed_arena_.memfd) {
@@ -169,7 +169,14 @@ std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_i
                   "a shared-memory message names arena " + std::to_string(arena_id) +
                       ", which the peer never sent");
     }
-    pump_locked(deadline);
+    // Wait without the lock (releases for the peer go out under it) and not for long:
+    // another thread may pump the record first.
+    lock.unlock();
+    constexpr std::chrono::milliseconds kNap{1};
+    wait_for(socket_.get(), POLLIN,
+             deadline.remaining() < kNap ? deadline : Deadline::after(kNap));
+    lock.lock();
+    pump_locked(Deadline::immediate());
   }
 }
 

@@ -71,7 +71,11 @@ class ReceiverCore {
 
   std::optional<ReceivedMessage> try_receive() {
     if (auto message = take_buffered()) return message;
-    if (!end_of_stream_) read_more();
+    // One read takes at most kMaxReadBytes: go on while bytes come, so that an empty
+    // result means nothing more is ready, even for a frame larger than one read.
+    while (!end_of_stream_ && read_more() == ReadOutcome::data) {
+      if (auto message = take_buffered()) return message;
+    }
     if (auto message = take_buffered()) return message;
     if (end_of_stream_) throw_end_of_stream();
     if (shared_) shared_->release_retired();

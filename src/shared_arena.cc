@@ -105,6 +105,7 @@ void SendArena::free(const ArenaBlock& block) {
 
 void SendArena::hold_until_released(std::uint64_t message_id, std::vector<ArenaBlock> blocks) {
   std::lock_guard lock(mutex_);
+  for (const ArenaBlock& block : blocks) held_bytes_ += block.bytes;
   held_.emplace(message_id, std::move(blocks));
 }
 
@@ -112,7 +113,10 @@ bool SendArena::release(std::uint64_t message_id) {
   std::lock_guard lock(mutex_);
   auto it = held_.find(message_id);
   if (it == held_.end()) return false;
-  for (const ArenaBlock& block : it->second) free_locked(block);
+  for (const ArenaBlock& block : it->second) {
+    held_bytes_ -= block.bytes;
+    free_locked(block);
+  }
   held_.erase(it);
   return true;
 }
@@ -123,11 +127,17 @@ void SendArena::release_all() {
     for (const ArenaBlock& block : blocks) free_locked(block);
   }
   held_.clear();
+  held_bytes_ = 0;
 }
 
 std::size_t SendArena::held_messages() const {
   std::lock_guard lock(mutex_);
   return held_.size();
+}
+
+std::size_t SendArena::held_bytes() const {
+  std::lock_guard lock(mutex_);
+  return held_bytes_;
 }
 
 std::size_t SendArena::bytes_in_use() const {

@@ -112,6 +112,9 @@ class SendArena {
   /// Messages held for the receiver.
   std::size_t held_messages() const;
 
+  /// Bytes in the blocks of messages held for the receiver (not those being built).
+  std::size_t held_bytes() const;
+
   /// True when the arena is idle and keeps more pages resident (footprint) than both
   /// `keep_bytes` and twice the most its last busy spell (from a first block to idle
   /// again) had in use at once: the pages no longer earn their keep. A stream of large
@@ -136,6 +139,7 @@ class SendArena {
   Allocator allocator_;
   std::map<std::uint64_t, std::vector<ArenaBlock>> held_;  // message id -> its blocks
   std::size_t bytes_in_use_ = 0;
+  std::size_t held_bytes_ = 0;
   std::size_t blocks_in_use_ = 0;  // held or being built; empty blocks count too
   std::size_t footprint_ = 0;
   std::size_t busy_peak_ = 0;       // most bytes in use since the arena was last idle

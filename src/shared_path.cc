@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "capnsplice.capnp.h"
 #include "pipe_io.h"
@@ -43,7 +44,7 @@ bool SharedSender::wants(std::size_t bytes) {
   return large_enough && bytes <= capacity_ / 2 && link_->peer_accepts_shared();
 }
 
-SendArena& SharedSender::arena_for_allocation_locked() {
+SendArena& SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced) {
   if (arena_ && link_->peer_gone()) arena_->release_all();  // nobody will read what is held
   // Only an idle arena is replaced: nothing held or being built refers to it, and no
   // descriptor naming it is still to be read (each held message is released only after
@@ -55,7 +56,7 @@ SendArena& SharedSender::arena_for_allocation_locked() {
     link_->send_arena(arena->id(), arena->capacity(), arena->fd());
     link_->attach_send_arena(arena);
     ++next_arena_id_;
-    arena_ = std::move(arena);  // the old one is unmapped and closed here
+    replaced = std::exchange(arena_, std::move(arena));
   }
   return *arena_;
 }
@@ -69,17 +70,18 @@ ArenaBlock SharedSender::allocate(std::size_t bytes, bool zeroed, Deadline deadl
   for (;;) {
     link_->pump(Deadline::immediate());  // take in what the reader released
     std::size_t held, in_use, capacity;
+    std::shared_ptr<SendArena> replaced;  // unmapped after the lock: that takes a while
     {
       std::lock_guard lock(mutex_);
-      SendArena& arena = arena_for_allocation_locked();
+      SendArena& arena = arena_for_allocation_locked(replaced);
       held = arena.held_messages();
       in_use = arena.bytes_in_use();
       // Backpressure by bytes as well as by count: with only a small descriptor on the
       // pipe, nothing else keeps a sender from running hundreds of MiB ahead of a slower
-      // reader, and every page that touches stays resident (shared_arena.h). A message
-      // larger than the bound still goes, alone.
-      const bool room = held == 0 || (held < kMaxHeldSharedMessages &&
-                                      in_use + bytes <= keep_bytes_ / 2);
+      // reader, and every page that touches stays resident (shared_arena.h). Only what
+      // the reader holds counts, so a message of any size can start while it holds a
+      // little (say, the latest state it keeps).
+      const bool room = held < kMaxHeldSharedMessages && arena.held_bytes() < keep_bytes_ / 2;
       if (room) {
         if (auto block = arena.allocate(bytes, zeroed)) return *block;
       }
@@ -99,10 +101,10 @@ ArenaBlock SharedSender::allocate(std::size_t bytes, bool zeroed, Deadline deadl
     if (deadline.expired()) {
       throw Error(ErrorCode::Timeout, context_,
                   "the shared-memory arena (" + std::to_string(capacity) + " bytes, " +
-                      std::to_string(in_use) + " in use, at most " +
+                      std::to_string(in_use) + " in use, more than " +
                       std::to_string(keep_bytes_ / 2) +
-                      " held for the reader at once) is full of messages the reader still "
-                      "holds, and the deadline passed");
+                      " held for the reader lets nothing new start) is full of messages the "
+                      "reader still holds, and the deadline passed");
     }
     // Sleep until the reader releases something, without holding the link's lock: this
     // end's receiving thread may need it meanwhile to release the peer's messages, which

@@ -162,6 +162,18 @@ TEST_CASE("received segments are 8-byte aligned views of the receive buffer") {
   }
 }
 
+TEST_CASE("one try_receive takes a frame larger than one read once its bytes are all in") {
+  // Reads take at most 64 KiB each; an empty try_receive must still mean "nothing more
+  // is ready", or a poller loop would sleep with a whole message in the pipe.
+  auto [near, far] = Channel::pair(ChannelOptions().with_send_path(SendPath::vmsplice));
+  Random random(11);
+  send_blob(near, 1, 600 * KiB, random);  // fits in the 1 MiB pipe: send() returns
+  auto message = far.try_receive();
+  REQUIRE(message.has_value());
+  CHECK(blob_intact(message->root<test::Blob>()));
+  CHECK_FALSE(far.try_receive().has_value());
+}
+
 TEST_CASE("one read brings many small messages") {
   auto [near, far] = Channel::pair();
   Random random(5);
