@@ -84,6 +84,20 @@ bool writable(int fd) {
   return ::poll(&probe, 1, 0) == 1;
 }
 
+/// Kills `child` while `sender` sends to it, and records how long after the kill the
+/// send failed; the failure must be PeerClosed.
+void kill_and_record(Child& child, std::thread& sender, const SendFailure& failure,
+                     Latencies& latencies, int run) {
+  const auto killed_at = now();
+  child.process.kill(SIGKILL);
+  sender.join();
+  REQUIRE(failure.error.has_value());
+  latencies.ms.push_back(failure.ms_after(killed_at));
+  INFO("run " << run << ": " << failure.error->what());
+  CHECK(failure.error->code() == ErrorCode::PeerClosed);
+  CHECK(child.process.wait().signal() == SIGKILL);
+}
+
 }  // namespace
 
 // A kill can land between two messages (PeerClosed) or while the child is in the middle
@@ -130,14 +144,7 @@ TEST_CASE(
       send_blob(child.channel, seq, sizes.below(4) == 0 ? 2 * MiB : 1000, sizes);
     });
     ::usleep(static_cast<useconds_t>(random.below(3000)));
-    const auto killed_at = now();
-    child.process.kill(SIGKILL);
-    sender.join();
-    REQUIRE(failure.error.has_value());
-    latencies.ms.push_back(failure.ms_after(killed_at));
-    INFO("run " << run << ": " << failure.error->what());
-    REQUIRE(failure.error->code() == ErrorCode::PeerClosed);
-    CHECK(child.process.wait().signal() == SIGKILL);
+    kill_and_record(child, sender, failure, latencies, run);
   }
   latencies.check("sender");
   leaks.check();
@@ -162,14 +169,7 @@ TEST_CASE(
       while (writable(send_fd) && now() < give_up) std::this_thread::sleep_for(1ms);
       std::this_thread::sleep_for(10ms);  // the sender is asleep in the kernel by now
       REQUIRE_FALSE(writable(send_fd));   // still full: it is blocked, not between sends
-      const auto killed_at = now();
-      child.process.kill(SIGKILL);
-      sender.join();
-      REQUIRE(failure.error.has_value());
-      latencies.ms.push_back(failure.ms_after(killed_at));
-      INFO("run " << run << ": " << failure.error->what());
-      CHECK(failure.error->code() == ErrorCode::PeerClosed);
-      CHECK(child.process.wait().signal() == SIGKILL);
+      kill_and_record(child, sender, failure, latencies, run);
     }
     latencies.check(path == SendPath::copy ? "blocked sender, copy"
                                            : "blocked sender, vmsplice");
