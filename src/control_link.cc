@@ -133,6 +133,11 @@ void ControlLink::attach_send_arena(std::weak_ptr<SendArena> arena) {
   send_arena_ = std::move(arena);
 }
 
+void ControlLink::nap_for_records(Deadline deadline) const {
+  constexpr std::chrono::milliseconds kNap{1};
+  wait_for(socket_.get(), POLLIN, deadline.remaining() < kNap ? deadline : Deadline::after(kNap));
+}
+
 void ControlLink::pump(Deadline deadline) {
   std::lock_guard lock(mutex_);
   pump_locked(deadline);
@@ -172,9 +177,7 @@ std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_i
     // Wait without the lock (releases for the peer go out under it) and not for long:
     // another thread may pump the record first.
     lock.unlock();
-    constexpr std::chrono::milliseconds kNap{1};
-    wait_for(socket_.get(), POLLIN,
-             deadline.remaining() < kNap ? deadline : Deadline::after(kNap));
+    nap_for_records(deadline);
     lock.lock();
     pump_locked(Deadline::immediate());
   }

@@ -80,6 +80,12 @@ class ControlLink {
   /// has passed even if records keep coming. Releases go to the attached arena.
   void pump(Deadline deadline);
 
+  /// Sleeps until a record may have arrived, 1 ms or `deadline` at the most, without
+  /// taking the link's lock (this end's other thread may need it to send releases the
+  /// peer waits for). Another thread may pump the record first, so callers look again
+  /// and call this in a loop.
+  void nap_for_records(Deadline deadline) const;
+
   /// The memfd of the peer's arena `arena_id` and its capacity, once the peer sent it
   /// (it does before any descriptor naming it). Only the latest arena the peer announced
   /// is handed out, once: an honest sender names no other (SharedSender replaces only

@@ -1,13 +1,10 @@
 #include "shared_path.h"
 
-#include <poll.h>
-
 #include <algorithm>
 #include <cstring>
 #include <utility>
 
 #include "capnsplice.capnp.h"
-#include "pipe_io.h"
 #include "capnsplice/error.h"
 #include "pooled_message_builder.h"
 
@@ -106,14 +103,9 @@ ArenaBlock SharedSender::allocate(std::size_t bytes, bool zeroed, Deadline deadl
                       " held for the reader lets nothing new start) is full of messages the "
                       "reader still holds, and the deadline passed");
     }
-    // Sleep until the reader releases something, without holding the link's lock: this
-    // end's receiving thread may need it meanwhile to release the peer's messages, which
-    // the peer's own sender may be waiting for (holding the lock here deadlocked two
-    // soak processes). That thread may also take our release off the link first, so
-    // each sleep is short and the loop looks again.
-    constexpr std::chrono::milliseconds kReleaseNap{1};
-    wait_for(link_->fd(), POLLIN,
-             deadline.remaining() < kReleaseNap ? deadline : Deadline::after(kReleaseNap));
+    // Sleep until the reader releases something, without holding the link's lock
+    // (holding it while waiting deadlocked two soak processes).
+    link_->nap_for_records(deadline);
   }
 }
 
