@@ -14,7 +14,7 @@ namespace capnsplice::detail {
 
 namespace {
 
-enum RecordKind : std::uint32_t { kAcceptsShared = 1, kArena = 2, kRelease = 3 };
+enum RecordKind : std::uint32_t { kAcceptsShared = 1, kArena = 2, kRelease = 3, kRetire = 4 };
 
 struct Record {
   std::uint32_t kind;
@@ -119,6 +119,14 @@ void ControlLink::send_release(std::uint32_t arena_id, std::uint64_t message_id)
     }
   } catch (const Error&) {
     unsent_releases_.clear();  // the link is broken: the peer can no longer be told
+  }
+}
+
+void ControlLink::send_retire(std::uint32_t arena_id) noexcept {
+  std::lock_guard lock(mutex_);
+  try {
+    static_cast<void>(send_record_locked(kRetire, arena_id, 0, -1));
+  } catch (const Error&) {  // the link is broken: the peer unmaps when it goes
   }
 }
 
@@ -240,6 +248,17 @@ void ControlLink::pump_locked(Deadline deadline) {
           // repeated record changes nothing.
           if (auto arena = send_arena_.lock(); arena && arena->id() == record.arena) {
             arena->release(record.value);
+          }
+          break;
+        case kRetire:
+          // Only what the peer announced can be retired; an unclaimed descriptor of it
+          // will never be asked for.
+          if (record.arena <= latest_arena_.load(std::memory_order_relaxed) &&
+              record.arena > retired_arena_.load(std::memory_order_relaxed)) {
+            retired_arena_.store(record.arena, std::memory_order_release);
+            if (record.arena == latest_arena_.load(std::memory_order_relaxed)) {
+              unclaimed_arena_.memfd.reset();
+            }
           }
           break;
         default:

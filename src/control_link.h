@@ -7,6 +7,8 @@
 //   AcceptsShared   -      -              -            "this end reads shared-memory messages"
 //   Arena           id     capacity       the memfd    a sending arena, sealed, to map
 //   Release         id     message id     -            "done with this message": free it
+//   Retire          id     -              -            "no descriptor names this arena
+//                                                       again": unmap it once idle
 //
 // A sender uses the shared-memory path only after its peer said AcceptsShared, so a
 // peer that ignores this socket (plain Cap'n Proto on the pipes) never sees a
@@ -67,6 +69,10 @@ class ControlLink {
   /// the peer is gone the record is dropped, as nothing is held for a dead peer.
   void send_release(std::uint32_t arena_id, std::uint64_t message_id) noexcept;
 
+  /// Tells the peer that no descriptor will name `arena_id` again. Best effort, like
+  /// send_release: a peer that misses it keeps the arena mapped until the next one.
+  void send_retire(std::uint32_t arena_id) noexcept;
+
   // --- Hearing things ----------------------------------------------------------------
 
   /// Whether the peer said it reads shared-memory messages (reads what is pending).
@@ -99,6 +105,11 @@ class ControlLink {
     return latest_arena_.load(std::memory_order_acquire);
   }
 
+  /// The highest arena id the peer retired (0: none), as of the last pump.
+  std::uint32_t retired_arena() const noexcept {
+    return retired_arena_.load(std::memory_order_acquire);
+  }
+
   /// True once a pump saw the peer close its end of the link (it exited or closed the
   /// channel).
   bool peer_gone();
@@ -123,6 +134,7 @@ class ControlLink {
   bool peer_accepts_shared_ = false;
   bool peer_gone_ = false;
   std::atomic<std::uint32_t> latest_arena_{0};  // written under `mutex_`
+  std::atomic<std::uint32_t> retired_arena_{0};  // written under `mutex_`
   ReceivedArena unclaimed_arena_;               // of latest_arena_; no memfd once taken
   std::weak_ptr<SendArena> send_arena_;
   std::deque<std::pair<std::uint32_t, std::uint64_t>> unsent_releases_;

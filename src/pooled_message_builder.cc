@@ -136,11 +136,13 @@ void PooledMessageBuilder::finish_building() {
 }
 
 void PooledMessageBuilder::release_chunks() {
+  finish_building();  // the pools learn how much to clear
   released_ = true;
   for (const OwnedChunk& owned : chunks_) owned.pool->release(owned.chunk);
 }
 
 void PooledMessageBuilder::release_chunks_after(std::uint64_t stream_end) {
+  finish_building();
   released_ = true;
   for (const OwnedChunk& owned : chunks_) owned.pool->release_after(owned.chunk, stream_end);
 }

@@ -105,6 +105,7 @@ SenderStats SenderCore::stats() const {
     result = stats_;
   }
   result.vmsplice_aliases_pages = vmsplice_aliases_pages();
+  result.shared_memory_available = shared_ && shared_->available();
   if (shared_) {
     result.arena_bytes_in_use = shared_->arena_bytes_in_use();
     result.arenas_created = shared_->arenas_created();
@@ -131,14 +132,13 @@ void SenderCore::queue(OutgoingMessage&& message, Deadline deadline) {
     send_copy(builder->segments_for_output(), deadline);
     return;
   }
+  if (builder->in_shared_memory()) {
+    send_shared(std::move(builder), deadline);
+    return;
+  }
+  if (shared_) shared_->retire_idle_arena();
   // Finish the frame before taking the lock: it may allocate from the pool, and a full
   // pool calls flush_queued(), which takes the lock.
-  std::optional<std::uint64_t> shared_id;
-  if (builder->in_shared_memory()) {
-    std::uint64_t id;
-    builder = describe_shared(*builder, deadline, id);
-    shared_id = id;
-  }
   auto segments = builder->segments_for_output();
   const std::size_t table_bytes = segment_table_bytes(segments.size());
   const bool table_adjacent = table_bytes <= PooledMessageBuilder::kTableRoomBytes;
@@ -150,18 +150,30 @@ void SenderCore::queue(OutgoingMessage&& message, Deadline deadline) {
   std::lock_guard lock(mutex_);
   ensure_open();
   const std::size_t bytes = append_frame(gather_, table, table_bytes, table_adjacent, segments);
-  queued_.push_back({std::move(builder), bytes, gather_.size(), choose_method(bytes), shared_id});
+  queued_.push_back({std::move(builder), bytes, gather_.size(), choose_method(bytes), std::nullopt});
   queued_bytes_ += bytes;
   queued_frames_.store(queued_.size(), std::memory_order_relaxed);
-  // A shared-memory message is large by definition: holding its descriptor back would
-  // only leave the reader idle.
-  if (shared_id || queued_bytes_ >= kBatchBytes || queued_.size() >= kBatchFrames) {
-    flush_locked(deadline);
-  }
+  if (queued_bytes_ >= kBatchBytes || queued_.size() >= kBatchFrames) flush_locked(deadline);
 }
 
 void SenderCore::send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
                            Deadline deadline) {
+  write_copy_now(segments, nullptr, std::nullopt, deadline);
+}
+
+void SenderCore::send_shared(std::unique_ptr<PooledMessageBuilder> message, Deadline deadline) {
+  // Everything here is on the message's latency path, and after building a large message
+  // every cache and TLB entry it touches is cold: the descriptor is built on the stack
+  // (not in a pool chunk), and `message` gives its pool chunks back only after the write.
+  DescriptorBuilder descriptor(message->segments_for_output().size());
+  const std::uint64_t id =
+      shared_->describe(*message, message->take_arena_blocks(), descriptor.message(), deadline);
+  write_copy_now(descriptor.message().getSegmentsForOutput(), std::move(message), id, deadline);
+}
+
+void SenderCore::write_copy_now(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+                                std::unique_ptr<PooledMessageBuilder> owner,
+                                std::optional<std::uint64_t> shared_id, Deadline deadline) {
   if (segments.size() == 0) {
     throw std::logic_error("capnsplice: a message without segments cannot be framed");
   }
@@ -177,26 +189,15 @@ void SenderCore::send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> s
   write_segment_table(segments, table);
 
   std::lock_guard lock(mutex_);
+  if (!fd_ && shared_id) shared_->abandon(*shared_id);  // nothing will name its blocks
   ensure_open();
-  // The caller may reuse its builder once this returns: queue behind the batch and
-  // write everything now.
+  // `segments` may be the caller's to reuse, or on its stack, once this returns: queue
+  // behind the batch, write everything now, and by copy.
   const std::size_t bytes = append_frame(gather_, table, table_bytes, false, segments);
-  queued_.push_back({nullptr, bytes, gather_.size(), WriteMethod::copy, std::nullopt});
+  queued_.push_back({std::move(owner), bytes, gather_.size(), WriteMethod::copy, shared_id});
   queued_bytes_ += bytes;
   queued_frames_.store(queued_.size(), std::memory_order_relaxed);
   flush_locked(deadline);
-}
-
-std::unique_ptr<PooledMessageBuilder> SenderCore::describe_shared(PooledMessageBuilder& builder,
-                                                                  Deadline deadline,
-                                                                  std::uint64_t& shared_id) {
-  auto descriptor =
-      std::make_unique<PooledMessageBuilder>(pool_, data_pool_, nullptr, options_.send_timeout);
-  shared_id = shared_->describe(builder, builder.take_arena_blocks(), *descriptor, deadline);
-  // Every segment now lives in the arena; the pool chunks can go.
-  builder.finish_building();
-  builder.release_chunks();
-  return descriptor;
 }
 
 // --- Writing -------------------------------------------------------------------------

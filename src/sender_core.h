@@ -70,7 +70,9 @@ class SenderCore final : public ConsumptionSource {
 
  private:
   struct QueuedFrame {
-    std::unique_ptr<PooledMessageBuilder> builder;  // null for a copy of foreign segments
+    /// The frame's memory; for a descriptor, the message it describes (its pool chunks
+    /// go back once the descriptor is written); null for a copy of foreign segments.
+    std::unique_ptr<PooledMessageBuilder> builder;
     std::size_t bytes;
     std::size_t iov_end;  // one past the frame's last entry in gather_
     WriteMethod method;
@@ -79,10 +81,13 @@ class SenderCore final : public ConsumptionSource {
 
   WriteMethod choose_method(std::size_t frame_bytes) const noexcept;
   void ensure_open() const;
-  /// A descriptor for `builder`, whose segments move to the shared-memory arena.
-  std::unique_ptr<PooledMessageBuilder> describe_shared(PooledMessageBuilder& builder,
-                                                        Deadline deadline,
-                                                        std::uint64_t& shared_id);
+  /// Sends `message`, built partly in the shared-memory arena, as a descriptor.
+  void send_shared(std::unique_ptr<PooledMessageBuilder> message, Deadline deadline);
+  /// Queues a copy of `segments` (with `owner` and `shared_id` for its QueuedFrame) and
+  /// writes the whole queue now, by copy: `segments` need not outlive the call.
+  void write_copy_now(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+                      std::unique_ptr<PooledMessageBuilder> owner,
+                      std::optional<std::uint64_t> shared_id, Deadline deadline);
   /// Writes the queue (the lock is held).
   void flush_locked(Deadline deadline);
   /// Writes queued_[done..) while they share a method. Moves `done` past every frame

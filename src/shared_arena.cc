@@ -6,6 +6,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <ctime>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 
@@ -42,7 +45,32 @@ std::string missing_seals(int seals, int required) {
   return names;
 }
 
+std::string probe_shared_memory() {
+  if (const char* disabled = std::getenv(kDisableSharedMemoryVariable);
+      disabled != nullptr && std::string_view(disabled) == "1") {
+    return std::string("switched off by ") + kDisableSharedMemoryVariable + "=1";
+  }
+  UniqueFd file(::memfd_create("capnsplice-probe", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!file) return std::string("memfd_create failed: ") + std::strerror(errno);
+  if (::fcntl(file.get(), F_ADD_SEALS, kArenaSeals) != 0) {
+    return std::string("this kernel cannot seal a memfd with F_SEAL_FUTURE_WRITE (Linux 5.1): ") +
+           std::strerror(errno);
+  }
+  return {};
+}
+
 }  // namespace
+
+std::chrono::nanoseconds coarse_now() noexcept {
+  timespec now{};
+  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+  return std::chrono::seconds(now.tv_sec) + std::chrono::nanoseconds(now.tv_nsec);
+}
+
+const std::string& shared_memory_unavailable_reason() {
+  static const std::string reason = probe_shared_memory();
+  return reason;
+}
 
 // --- SendArena -----------------------------------------------------------------------
 
@@ -95,6 +123,7 @@ void SendArena::free_locked(const ArenaBlock& block) {
   if (--blocks_in_use_ == 0) {
     last_busy_peak_ = busy_peak_;
     busy_peak_ = 0;
+    idle_since_ = coarse_now();
   }
 }
 
@@ -153,6 +182,12 @@ bool SendArena::idle() const {
 bool SendArena::should_retire(std::size_t keep_bytes) const {
   std::lock_guard lock(mutex_);
   return blocks_in_use_ == 0 && footprint_ > keep_bytes && footprint_ / 2 > last_busy_peak_;
+}
+
+bool SendArena::idle_past_keep(std::size_t keep_bytes, std::chrono::nanoseconds now,
+                               std::chrono::nanoseconds idle_for) const {
+  std::lock_guard lock(mutex_);
+  return blocks_in_use_ == 0 && footprint_ > keep_bytes && now - idle_since_ >= idle_for;
 }
 
 std::size_t SendArena::footprint() const {

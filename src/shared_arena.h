@@ -43,6 +43,7 @@
 #include <boost/interprocess/mapped_region.hpp>
 #include <capnp/common.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -56,6 +57,24 @@
 #include "mapped_memory.h"
 
 namespace capnsplice::detail {
+
+/// The environment variable that switches the shared-memory path off in a process
+/// ("1"): large messages then take the pipe, as on a kernel without arenas.
+inline constexpr const char* kDisableSharedMemoryVariable = "CAPNSPLICE_DISABLE_SHARED_MEMORY";
+
+/// Why this process cannot use shared-memory arenas, or empty when it can. Checked once
+/// per process: kDisableSharedMemoryVariable, then a sealed memfd like an arena's
+/// (memfd_create may be refused by a sandbox; F_SEAL_FUTURE_WRITE needs Linux 5.1).
+/// A receiver that cannot does not say it reads shared memory, and a sender that cannot
+/// does not use it, so large messages take the pipe: slower, never wrong.
+const std::string& shared_memory_unavailable_reason();
+
+/// CLOCK_MONOTONIC_COARSE (a few ns, ms resolution): for the idle-arena checks, which
+/// run on every send.
+std::chrono::nanoseconds coarse_now() noexcept;
+
+/// How often a sender or receiver looks for an idle arena to let go of, at most.
+inline constexpr std::chrono::milliseconds kIdleArenaCheckInterval{10};
 
 /// One allocation in an arena: where it is, for the descriptor.
 struct ArenaBlock {
@@ -123,6 +142,11 @@ class SendArena {
   /// messages gives its pages back.
   bool should_retire(std::size_t keep_bytes) const;
 
+  /// True when the arena is idle, has been since `idle_for` before `now` (coarse_now())
+  /// and keeps more pages resident than `keep_bytes`: nothing is coming to reuse them.
+  bool idle_past_keep(std::size_t keep_bytes, std::chrono::nanoseconds now,
+                      std::chrono::nanoseconds idle_for) const;
+
  private:
   using Allocator = boost::interprocess::basic_managed_external_buffer<
       char, boost::interprocess::rbtree_best_fit<boost::interprocess::null_mutex_family>,
@@ -144,6 +168,7 @@ class SendArena {
   std::size_t footprint_ = 0;
   std::size_t busy_peak_ = 0;       // most bytes in use since the arena was last idle
   std::size_t last_busy_peak_ = 0;  // the same for the busy spell before that
+  std::chrono::nanoseconds idle_since_ = coarse_now();  // coarse_now() when last idle
 };
 
 /// The receiving side's view of a peer's arena.

@@ -23,6 +23,18 @@ std::uint64_t load_word(const capnp::word& word) noexcept {
 
 }  // namespace
 
+// --- DescriptorBuilder ---------------------------------------------------------------
+
+DescriptorBuilder::DescriptorBuilder(std::size_t segments) {
+  kj::ArrayPtr<capnp::word> memory = kj::arrayPtr(inline_.data(), inline_.size());
+  if (segments > kInlineSegments) {
+    heap_ = kj::heapArray<capnp::word>(descriptor_words(segments));
+    std::memset(heap_.begin(), 0, heap_.size() * sizeof(capnp::word));
+    memory = heap_;
+  }
+  builder_.emplace(memory);
+}
+
 // --- SharedSender --------------------------------------------------------------------
 
 SharedSender::SharedSender(std::shared_ptr<ControlLink> link, const SenderOptions& options,
@@ -32,13 +44,15 @@ SharedSender::SharedSender(std::shared_ptr<ControlLink> link, const SenderOption
       everything_(options.path == SendPath::shared_memory),
       capacity_(options.arena_bytes),
       keep_bytes_(options.arena_keep_bytes),
+      available_(shared_memory_unavailable_reason().empty()),
+      idle_retire_after_(options.arena_idle_retire_after),
       context_(std::move(context)) {}
 
 bool SharedSender::wants(std::size_t bytes) {
   // Requests too large for half the arena could never be served while another message
   // is held: those take the pipe.
   const bool large_enough = everything_ || (threshold_ != 0 && bytes >= threshold_);
-  return large_enough && bytes <= capacity_ / 2 && link_->peer_accepts_shared();
+  return available_ && large_enough && bytes <= capacity_ / 2 && link_->peer_accepts_shared();
 }
 
 SendArena& SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced) {
@@ -54,6 +68,7 @@ SendArena& SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>&
     link_->attach_send_arena(arena);
     ++next_arena_id_;
     replaced = std::exchange(arena_, std::move(arena));
+    has_arena_.store(true, std::memory_order_relaxed);
   }
   return *arena_;
 }
@@ -109,6 +124,26 @@ ArenaBlock SharedSender::allocate(std::size_t bytes, bool zeroed, Deadline deadl
   }
 }
 
+std::optional<ArenaBlock> SharedSender::allocate_more(std::size_t bytes) {
+  std::lock_guard lock(mutex_);
+  return arena_ ? arena_->allocate(bytes, /*zeroed=*/false) : std::nullopt;
+}
+
+void SharedSender::retire_idle_arena() {
+  if (!has_arena_.load(std::memory_order_relaxed)) return;
+  const std::chrono::nanoseconds now = coarse_now();
+  if (now.count() < next_idle_check_ns_.load(std::memory_order_relaxed)) return;
+  next_idle_check_ns_.store((now + kIdleArenaCheckInterval).count(), std::memory_order_relaxed);
+  link_->pump(Deadline::immediate());  // take in what the reader released
+  std::shared_ptr<SendArena> retired;  // unmapped after the lock: that takes a while
+  std::lock_guard lock(mutex_);
+  if (!arena_ || !arena_->idle_past_keep(keep_bytes_, now, idle_retire_after_)) return;
+  // Idle: nothing held or being built refers to it, so no descriptor names it again.
+  link_->send_retire(arena_->id());
+  retired = std::move(arena_);
+  has_arena_.store(false, std::memory_order_relaxed);
+}
+
 void SharedSender::free(const ArenaBlock& block) { current_arena()->free(block); }
 
 std::uint64_t SharedSender::describe(PooledMessageBuilder& builder, std::vector<ArenaBlock> blocks,
@@ -131,7 +166,8 @@ std::uint64_t SharedSender::describe(PooledMessageBuilder& builder, std::vector<
       }
       // A segment built in the pipe pool (the root, small objects): the reader must find
       // every segment in the arena, so copy it there. It is small.
-      ArenaBlock copy = allocate(bytes, /*zeroed=*/false, deadline);
+      std::optional<ArenaBlock> room = allocate_more(bytes);
+      ArenaBlock copy = room ? *room : allocate(bytes, /*zeroed=*/false, deadline);
       if (bytes != 0) std::memcpy(copy.data, begin, bytes);
       blocks.push_back(copy);
       places.emplace_back(copy.offset, segment.size());
@@ -179,7 +215,7 @@ std::uint64_t SharedSender::arenas_created() const {
 SharedReceiver::SharedReceiver(std::shared_ptr<ControlLink> link, const ReceiveLimits& limits,
                                std::string context)
     : link_(std::move(link)), limits_(limits), context_(std::move(context)) {
-  link_->announce_accepts_shared();
+  if (shared_memory_unavailable_reason().empty()) link_->announce_accepts_shared();
 }
 
 bool SharedReceiver::is_descriptor(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
@@ -201,7 +237,9 @@ bool SharedReceiver::is_descriptor(kj::ArrayPtr<const kj::ArrayPtr<const capnp::
 std::shared_ptr<ReceiveArena> SharedReceiver::arena(std::uint32_t id) {
   // A sender names only its latest arena: it moves to the next one once nothing in the
   // old one is held, that is once every message of it was read and dropped here.
-  if (arena_ && arena_->id() == id && link_->latest_arena() == id) return arena_;
+  if (arena_ && arena_->id() == id && link_->latest_arena() == id && link_->retired_arena() < id) {
+    return arena_;
+  }
   // The sender puts each arena on the control link before it writes any descriptor
   // naming it, so the record is queued by the time the descriptor is read: the wait is
   // only a bound for a peer that lies (a descriptor for an arena it never sends), and
@@ -219,6 +257,20 @@ std::shared_ptr<ReceiveArena> SharedReceiver::arena(std::uint32_t id) {
   arena_ = std::make_shared<ReceiveArena>(id, std::move(memfd),
                                           static_cast<std::size_t>(capacity), context_);
   return arena_;
+}
+
+void SharedReceiver::release_retired() noexcept {
+  retired_.clear();
+  if (!arena_) return;
+  const std::chrono::nanoseconds now = coarse_now();
+  if (now < next_retire_check_) return;
+  next_retire_check_ = now + kIdleArenaCheckInterval;
+  try {
+    link_->pump(Deadline::immediate());
+  } catch (const Error&) {
+    return;  // a broken link shows up where it matters: the next arena or release
+  }
+  if (link_->retired_arena() >= arena_->id()) arena_.reset();
 }
 
 void SharedReceiver::open(capnp::MessageReader& descriptor, ReceivedMessageState& state) {

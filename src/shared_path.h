@@ -26,12 +26,16 @@
 // zones (shared_arena.h).
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include <capnp/message.h>
 
 #include "capnsplice/deadline.h"
 #include "capnsplice/options.h"
@@ -44,6 +48,29 @@ namespace capnsplice::detail {
 
 class PooledMessageBuilder;
 
+/// Words of a SharedMessage descriptor listing `segments` segments: the root pointer,
+/// the struct (3 data words, 1 pointer), the list's tag and 2 words per segment.
+constexpr std::size_t descriptor_words(std::size_t segments) noexcept {
+  return 6 + 2 * segments;
+}
+
+/// Memory for one SharedMessage descriptor of a message of `segments` segments: a
+/// single segment of exactly the size it needs (a receiver recognises only one-segment
+/// descriptors), on the stack up to kInlineSegments. Its bytes must be copied into the
+/// pipe, never spliced.
+class DescriptorBuilder {
+ public:
+  static constexpr std::size_t kInlineSegments = 32;
+
+  explicit DescriptorBuilder(std::size_t segments);
+  capnp::MessageBuilder& message() noexcept { return *builder_; }
+
+ private:
+  std::array<capnp::word, descriptor_words(kInlineSegments)> inline_{};  // zeroed, as capnp needs
+  kj::Array<capnp::word> heap_;  // beyond kInlineSegments
+  std::optional<capnp::MallocMessageBuilder> builder_;
+};
+
 /// The sending half: arena allocation and message descriptors.
 class SharedSender {
  public:
@@ -51,13 +78,16 @@ class SharedSender {
                std::string context);
 
   /// True when a request of `bytes` goes to the arena: it is at least the threshold (or
-  /// the path is SendPath::shared_memory) and the peer said it reads shared-memory
-  /// messages.
+  /// the path is SendPath::shared_memory), this process can make arenas and the peer
+  /// said it reads shared-memory messages.
   bool wants(std::size_t bytes);
 
   /// The sender whose queued messages hold arena blocks: written before waiting for
   /// releases that could otherwise never come.
   void attach(std::weak_ptr<ConsumptionSource> sender) { sender_ = std::move(sender); }
+
+  /// False when this process cannot make arenas (shared_memory_unavailable_reason()).
+  bool available() const noexcept { return available_; }
 
   /// True when every segment goes to the arena (SendPath::shared_memory).
   bool everything() const noexcept { return everything_; }
@@ -70,6 +100,17 @@ class SharedSender {
   /// cannot tell which message the unsent blocks belong to, so messages built on other
   /// threads at the same time that fill the arena also make it fail rather than wait.
   ArenaBlock allocate(std::size_t bytes, bool zeroed, Deadline deadline);
+
+  /// Unzeroed arena memory for part of a message that already holds arena blocks (so
+  /// the arena cannot be replaced under it), without taking in releases first (a system
+  /// call) or the checks for starting a new message; empty when there is no room now.
+  std::optional<ArenaBlock> allocate_more(std::size_t bytes);
+
+  /// Drops the arena if it has been idle for SenderOptions::arena_idle_retire_after with
+  /// more than arena_keep_bytes resident, and tells the peer (ControlLink::send_retire).
+  /// Called on every send; looks at most every kIdleArenaCheckInterval (a coarse clock
+  /// read otherwise, nothing at all before the first arena).
+  void retire_idle_arena();
 
   /// Gives back a block of a message that was dropped unsent.
   void free(const ArenaBlock& block);
@@ -103,7 +144,11 @@ class SharedSender {
   const bool everything_;
   const std::size_t capacity_;
   const std::size_t keep_bytes_;
+  const bool available_;
+  const std::chrono::nanoseconds idle_retire_after_;
   const std::string context_;
+  std::atomic<bool> has_arena_{false};                     // arena_ is set
+  std::atomic<std::int64_t> next_idle_check_ns_{0};        // coarse_now() for the next look
   mutable std::mutex mutex_;  // guards the arena, its replacement and the ids
   std::shared_ptr<SendArena> arena_;
   std::weak_ptr<ConsumptionSource> sender_;
@@ -127,11 +172,13 @@ class SharedReceiver {
   /// MalformedFrame naming what is wrong.
   void open(capnp::MessageReader& descriptor, ReceivedMessageState& state);
 
-  /// Lets go of arenas the peer has replaced. Unmapping the last mapping of an arena
-  /// frees its pages, which takes milliseconds per 100 MiB (17 ms for 256 MiB here), so
-  /// the receiver calls this when it has nothing to read rather than in open(), where it
-  /// would delay the message that names the new arena.
-  void release_retired() noexcept { retired_.clear(); }
+  /// Lets go of arenas the peer has replaced or retired (ControlLink::send_retire; the
+  /// link is read for that at most every kIdleArenaCheckInterval). Unmapping the last
+  /// mapping of an arena frees its pages, which takes milliseconds per 100 MiB (17 ms for
+  /// 256 MiB here), so the receiver calls this when it has nothing to read rather than in
+  /// open(), where it would delay the message that names the new arena. Messages still
+  /// reading an arena keep it mapped until they are dropped.
+  void release_retired() noexcept;
 
  private:
   std::shared_ptr<ReceiveArena> arena(std::uint32_t id);
@@ -146,6 +193,7 @@ class SharedReceiver {
   /// Arenas replaced since the receiver last had nothing to read; at most
   /// kMaxRetiredArenas, so a receiver that never idles still lets go of them.
   std::vector<std::shared_ptr<ReceiveArena>> retired_;
+  std::chrono::nanoseconds next_retire_check_{0};
 };
 
 }  // namespace capnsplice::detail

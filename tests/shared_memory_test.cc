@@ -1,5 +1,6 @@
 // Large messages travel through a shared-memory arena: the pipe carries a descriptor,
 // the receiver reads the message in place, and dropping it gives the memory back.
+// (How arenas are reused, replaced and bounded: tests/arena_test.cc.)
 #include <catch2/catch.hpp>
 
 #include <capnp/message.h>
@@ -7,9 +8,6 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <fstream>
-#include <sstream>
-#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -18,57 +16,11 @@
 #include "support/blob.h"
 #include "support/error_from.h"
 #include "support/process_support.h"
-
-namespace {
+#include "support/shared_memory_support.h"
 
 using namespace capnsplice;
 using namespace capnsplice::testing;
 using namespace std::chrono_literals;
-
-ChannelOptions shared_options() {
-  return ChannelOptions().with_name("shared").with_send_timeout(10s);
-}
-
-/// A message whose data is filled in place, `size` bytes, built in `channel`'s pools.
-OutgoingMessage blob_in_place(Channel& channel, std::uint64_t seq, std::size_t size,
-                              Random& random) {
-  auto message = channel.new_message();
-  fill_blob_in_place(message, seq, size, random);
-  return message;
-}
-
-/// The mappings of this process whose path contains `name`, as "perms start-end".
-std::vector<std::pair<std::string, std::pair<std::uintptr_t, std::uintptr_t>>> mappings_of(
-    const std::string& name) {
-  std::vector<std::pair<std::string, std::pair<std::uintptr_t, std::uintptr_t>>> found;
-  std::ifstream maps("/proc/self/maps");
-  for (std::string line; std::getline(maps, line);) {
-    if (line.find(name) == std::string::npos) continue;
-    std::istringstream fields(line);
-    std::string range, perms;
-    fields >> range >> perms;
-    const auto dash = range.find('-');
-    found.push_back({perms,
-                     {std::stoull(range.substr(0, dash), nullptr, 16),
-                      std::stoull(range.substr(dash + 1), nullptr, 16)}});
-  }
-  return found;
-}
-
-/// Descriptors of this process open on an arena memfd ("/memfd:capnsplice-arena").
-int arena_descriptors() {
-  int count = 0;
-  for (int fd = 0; fd < 1024; ++fd) {
-    char target[256] = {};
-    const std::string link = "/proc/self/fd/" + std::to_string(fd);
-    if (::readlink(link.c_str(), target, sizeof target - 1) > 0) {
-      count += std::string_view(target).find("memfd:capnsplice-arena") != std::string_view::npos;
-    }
-  }
-  return count;
-}
-
-}  // namespace
 
 TEST_CASE("a large message travels as a descriptor and is read in place from the arena") {
   auto [near, far] = Channel::pair(shared_options());
@@ -112,170 +64,6 @@ TEST_CASE("a shared-memory message is not bound by the pipe's message size limit
   auto blob = far.receive_as<test::Blob>(Deadline::after(10s));
   CHECK(blob->getData().size() == 100 * MiB);
   CHECK(blob_intact(blob.root()));
-}
-
-TEST_CASE("arena memory is given back when messages are dropped, and reused under load") {
-  auto [near, far] = Channel::pair(shared_options().with_arena_bytes(64 * MiB));
-  constexpr int kCount = 300;  // 2.4 GB through a 64 MiB arena
-  std::atomic<int> intact{0};
-  std::thread reader([&] {
-    for (int i = 0; i < kCount; ++i) {
-      auto blob = far.receive_as<test::Blob>(Deadline::after(10s));
-      intact += blob->getSeq() == static_cast<std::uint64_t>(i) && blob_intact(blob.root());
-    }
-  });
-  Random random(4);
-  for (int i = 0; i < kCount; ++i) {
-    if (i % 2 == 0) {
-      near.send(blob_in_place(near, i, 8 * MiB, random));
-    } else {
-      send_blob(near, i, 8 * MiB, random);
-    }
-  }
-  reader.join();
-  CHECK(intact == kCount);
-  CHECK(near.sender().stats().shared_messages == kCount);
-  // Every message was dropped: once the releases are in, nothing is held.
-  near.send_struct<test::Empty>([](auto) {});
-  far.receive();
-  for (int attempt = 0; attempt < 100 && near.sender().stats().arena_bytes_in_use != 0; ++attempt) {
-    send_blob(near, 0, 2 * MiB, random);  // each send takes in the pending releases
-    far.receive();
-  }
-  CHECK(near.sender().stats().arena_bytes_in_use <= 2 * MiB + 64 * KiB);
-}
-
-TEST_CASE("once a message past arena_keep_bytes is done with, a fresh arena takes the "
-          "next shared message and the old one is gone from both ends") {
-  auto [near, far] = Channel::pair(shared_options().with_arena_keep_bytes(32 * MiB));
-  Random random(17);
-  {
-    // 40 MiB at once, past the 32 MiB budget (a message larger than the 16 MiB a sender
-    // may hold for the reader goes alone).
-    near.send(blob_in_place(near, 0, 40 * MiB, random));
-    CHECK(blob_intact(far.receive_as<test::Blob>().root()));
-  }  // dropped: the arena is idle once the sender reads the release
-  // The spell that just ended needed all 40 MiB at once, so the pages still earn their
-  // keep: a smaller message after it goes to the same arena.
-  near.send(blob_in_place(near, 6, 256 * KiB, random));
-  CHECK(blob_intact(far.receive_as<test::Blob>().root()));
-  CHECK(near.sender().stats().arenas_created == 1);
-  // Now the last spell needed 256 KiB: the 40 MiB arena is replaced.
-  near.send(blob_in_place(near, 7, 8 * MiB, random));
-  auto next = far.receive_as<test::Blob>();
-  CHECK(next->getSeq() == 7);
-  CHECK(blob_intact(next.root()));
-  CHECK(near.sender().stats().arenas_created == 2);
-  // The receiver lets go of a replaced arena when it has nothing to read.
-  CHECK_FALSE(far.try_receive().has_value());
-  // Only the fresh arena is left: the sender's descriptor and read-write mapping, the
-  // receiver's read-only mapping. Nothing refers to the old one: its pages are freed.
-  CHECK(arena_descriptors() == 1);
-  CHECK(mappings_of("capnsplice-arena").size() == 2);
-}
-
-TEST_CASE("a sender starts nothing new while the reader holds half of arena_keep_bytes") {
-  // 32 MiB budget: once 16 MiB are held, the next message waits for the reader, which
-  // holds them all, until the send timeout.
-  auto [near, far] = Channel::pair(shared_options()
-                                       .with_arena_keep_bytes(32 * MiB)
-                                       .with_send_timeout(std::chrono::milliseconds(200)));
-  Random random(20);
-  std::vector<ReceivedMessage> held;
-  for (int i = 0; i < 4; ++i) {
-    near.send(blob_in_place(near, i, 4 * MiB, random));
-    held.push_back(far.receive());
-  }
-  const Error waited = error_from([&] { near.send(blob_in_place(near, 4, 4 * MiB, random)); });
-  CHECK(waited.code() == ErrorCode::Timeout);
-  CHECK_THAT(waited.what(), Catch::Contains("more than 16777216 held for the reader"));
-  // Below the bound, a message of any size starts: the reader keeping one message (the
-  // latest state, say) does not hold back a 40 MiB one.
-  held.resize(1);
-  near.send(blob_in_place(near, 5, 40 * MiB, random));
-  CHECK(blob_intact(far.receive_as<test::Blob>().root()));
-}
-
-TEST_CASE("a stream of messages larger than arena_keep_bytes keeps its one arena") {
-  // Each 40 MiB message reuses the pages the one before it used: replacing the arena
-  // would only fault them in again.
-  auto [near, far] = Channel::pair(shared_options().with_arena_keep_bytes(32 * MiB));
-  Random random(19);
-  for (int i = 0; i < 5; ++i) {
-    near.send(blob_in_place(near, i, 40 * MiB, random));
-    CHECK(blob_intact(far.receive_as<test::Blob>().root()));
-  }
-  CHECK(near.sender().stats().arenas_created == 1);
-}
-
-TEST_CASE("a stream whose messages in flight stay below arena_keep_bytes keeps its one "
-          "arena") {
-  // 16 MiB messages, the reader holding the two latest: up to 48 MiB in the arena, under
-  // the default budget, so no message pays for faulting in a fresh arena.
-  auto [near, far] = Channel::pair(shared_options());
-  Random random(18);
-  std::vector<ReceivedMessage> held;
-  for (int i = 0; i < 24; ++i) {
-    near.send(blob_in_place(near, i, 16 * MiB, random));
-    held.push_back(far.receive());
-    CHECK(blob_intact(held.back().root<test::Blob>()));
-    if (held.size() > 2) held.erase(held.begin());
-  }
-  CHECK(near.sender().stats().shared_messages == 24);
-  CHECK(near.sender().stats().arenas_created == 1);
-}
-
-TEST_CASE("a full arena holds the sender back until the reader drops messages") {
-  auto [near, far] = Channel::pair(shared_options().with_arena_bytes(32 * MiB));
-  Random random(5);
-  std::vector<ReceivedMessage> held;
-  for (int i = 0; i < 3; ++i) {  // 24 MiB held by the reader
-    near.send(blob_in_place(near, i, 8 * MiB, random));
-    held.push_back(far.receive());
-  }
-  std::thread releaser([&held] {
-    std::this_thread::sleep_for(200ms);
-    held.clear();
-  });
-  const auto started = std::chrono::steady_clock::now();
-  near.send(blob_in_place(near, 3, 12 * MiB, random));  // does not fit until released
-  CHECK(std::chrono::steady_clock::now() - started >= 150ms);
-  releaser.join();
-  CHECK(blob_intact(far.receive_as<test::Blob>().root()));
-}
-
-TEST_CASE("a full arena fails with Timeout once the send timeout passes") {
-  auto [near, far] = Channel::pair(
-      shared_options().with_arena_bytes(32 * MiB).with_send_timeout(200ms));
-  Random random(6);
-  std::vector<ReceivedMessage> held;
-  for (int i = 0; i < 3; ++i) {
-    near.send(blob_in_place(near, i, 8 * MiB, random));
-    held.push_back(far.receive());
-  }
-  Error error = error_from([&] { blob_in_place(near, 3, 12 * MiB, random); });
-  CHECK(error.code() == ErrorCode::Timeout);
-  CHECK_THAT(error.what(), Catch::Contains("shared-memory arena"));
-}
-
-TEST_CASE("a message whose objects add up to more than the arena fails at once with "
-          "MessageTooLarge") {
-  // Three parts of 12 MiB: each under half the 32 MiB arena, so each goes there, but not
-  // all three fit. Nothing is held for the reader: no release could ever make room.
-  auto [near, far] = Channel::pair(shared_options().with_arena_bytes(32 * MiB));
-  Random random(16);
-  const auto started = std::chrono::steady_clock::now();
-  Error error = error_from([&] {
-    auto message = near.new_message();
-    fill_blob(message.init_root<test::Blob>(), 1, 36 * MiB, random, /*parts=*/3);
-  });
-  CHECK(std::chrono::steady_clock::now() - started < 5s);  // not the 10 s send timeout
-  CHECK(error.code() == ErrorCode::MessageTooLarge);
-  CHECK_THAT(error.what(), Catch::Contains("does not fit in the shared-memory arena of 33554432 "
-                                           "bytes"));
-  CHECK(near.sender().stats().arena_bytes_in_use == 0);  // the unsent message gave it back
-  near.send(blob_in_place(near, 2, 12 * MiB, random));   // and the arena still serves
-  CHECK(blob_intact(far.receive_as<test::Blob>().root()));
 }
 
 TEST_CASE("the receiver maps the arena read-only: writing to a received message faults") {
@@ -463,4 +251,56 @@ TEST_CASE("SendPath::vmsplice and SendPath::copy keep large messages on the pipe
     CHECK(near.sender().stats().shared_messages == 0);
     CHECK(near.sender().stats().messages == 1);
   }
+}
+
+TEST_CASE("a message of more segments than a descriptor holds inline still crosses whole") {
+  // 40 parts from allocate_data(), each a segment of its own in the arena: the descriptor
+  // lists 41 segments, more than fit in its inline memory.
+  auto [near, far] = Channel::pair(shared_options().with_send_path(SendPath::shared_memory));
+  far.send_struct<test::Empty>([](auto) {});  // let the announcement arrive first
+  near.receive();
+  Random random(22);
+  constexpr unsigned kParts = 40;
+  auto message = near.new_message();
+  auto blob = message.init_root<test::Blob>();
+  blob.setSeq(5);
+  auto parts = blob.initParts(kParts);
+  std::uint64_t sum = 0;
+  for (unsigned i = 0; i < kParts; ++i) {
+    auto data = message.allocate_data(1000 + i);
+    random.fill(data.bytes);
+    sum += checksum(data.bytes);
+    parts.adopt(i, std::move(data.orphan));
+  }
+  blob.setChecksum(sum);
+  near.send(std::move(message));
+  auto received = far.receive_as<test::Blob>(Deadline::after(10s));
+  CHECK(received->getParts().size() == kParts);
+  CHECK(received->getParts()[kParts - 1].size() == 1000 + kParts - 1);
+  CHECK(blob_intact(received.root()));
+  CHECK(far.receiver().stats().shared_messages == 1);
+}
+
+TEST_CASE("a peer that cannot use shared memory gets large messages by pipe both ways") {
+  // The child runs as on a kernel without F_SEAL_FUTURE_WRITE: it does not say it reads
+  // shared memory, and its sender does not use it.
+  Child child = spawn({.program = CAPNSPLICE_TEST_PEER,
+                       .arguments = {"echo-rebuilt"},
+                       .environment = {"CAPNSPLICE_DISABLE_SHARED_MEMORY=1"},
+                       .channel = shared_options()});
+  Random random(23);
+  send_blob(child.channel, 99, 10, random);  // time for an announcement that never comes
+  child.channel.receive(Deadline::after(10s));
+  for (int i = 0; i < 3; ++i) {
+    child.channel.send(blob_in_place(child.channel, i, 6 * MiB, random));
+    auto echoed = child.channel.receive_as<test::Blob>(Deadline::after(10s));
+    CHECK(echoed->getSeq() == static_cast<std::uint64_t>(i));
+    CHECK(blob_intact(echoed.root()));
+  }
+  CHECK(child.channel.sender().stats().shared_memory_available);
+  CHECK(child.channel.sender().stats().shared_messages == 0);
+  CHECK(child.channel.receiver().stats().shared_messages == 0);
+  CHECK(arena_descriptors() == 0);
+  child.channel.close_sending();
+  CHECK(child.process.wait().success());
 }

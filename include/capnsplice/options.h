@@ -87,6 +87,13 @@ struct SenderOptions {
   /// on a busy machine (at 64 MiB they were replaced again and again, 3x slower).
   /// Raise it for streams of larger messages.
   std::size_t arena_keep_bytes = 128 * MiB;
+  /// An arena whose footprint passed arena_keep_bytes and that has been idle this long
+  /// (nothing held or being built) is dropped even if no large message comes to replace
+  /// it: a burst of large messages followed by small ones (or by none) gives its pages
+  /// back. Looked at when this end sends (at most every 10 ms); the peer lets go of its
+  /// mapping when told on the control link, next time it has nothing to read. A sender
+  /// that sends nothing at all keeps its arena until it does or closes.
+  std::chrono::milliseconds arena_idle_retire_after{1000};
   /// When the pipe is full, keep checking for room this long before sleeping until the
   /// reader frees some: a large message then streams without a sleep and wake-up for
   /// every pipeful. Zero: sleep at once.
@@ -140,6 +147,10 @@ struct ChannelOptions {
   }
   ChannelOptions& with_arena_keep_bytes(std::size_t value) {
     sender.arena_keep_bytes = value;
+    return *this;
+  }
+  ChannelOptions& with_arena_idle_retire_after(std::chrono::milliseconds value) {
+    sender.arena_idle_retire_after = value;
     return *this;
   }
   ChannelOptions& with_send_timeout(std::chrono::nanoseconds value) {

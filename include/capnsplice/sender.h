@@ -60,6 +60,11 @@ struct SenderStats {
   /// splice a page, change it, read it back). When it copies instead, every message goes
   /// by writev, which is then no slower, and nothing waits for the reader.
   bool vmsplice_aliases_pages = true;
+  /// Whether this sender can send large messages through a shared-memory arena: it has
+  /// a control link (Channel) and the process can make sealed memfd arenas (Linux 5.1 or
+  /// later, memfd_create allowed, CAPNSPLICE_DISABLE_SHARED_MEMORY not "1"). When it
+  /// cannot, or its peer cannot, large messages take the pipe.
+  bool shared_memory_available = false;
 };
 
 class Sender {
