@@ -116,7 +116,10 @@ Workloads:
               1 GiB (not in --quick) messages built before the clock starts, from
               send() to the receiver holding the message; CSV metric
               one_way_latency_us (p50) and one_way_latency_p99_us; only the
-              transports that can carry them (capnsplice paths, capnp-socketpair)
+              transports that can carry them (capnsplice paths, capnp-socketpair).
+              The full run measures them again with the sender writing 1 GiB
+              elsewhere before each clock starts, so every size starts from the
+              cache state of a 1 GiB build (one_way_latency_evicted_us, _p99_us)
 
 Options:
   --quick             short runs (under a minute); the demo uses it

@@ -22,6 +22,9 @@ struct ReportLayout {
   bool large_messages = true;
   std::vector<std::size_t> large_message_sizes;
   std::vector<std::string> large_message_transports;  ///< columns of that table
+  /// The large messages again, each after the sender wrote this many bytes elsewhere
+  /// (WorkloadPlan::evict_bytes); 0: not measured (--quick, --sizes).
+  std::size_t large_message_evict_bytes = 0;
   double idle_child_rss_mib = 0;                      ///< where every side's RSS starts
 };
 

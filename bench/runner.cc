@@ -72,8 +72,12 @@ void record(const Job& job, std::vector<MeasurementResult>& runs, Results& resul
     return;
   }
   if (job.workload == Workload::large_message) {
-    results.add(name, bytes, metric::kOneWayLatency, runs.front().one_way_p50_us);
-    results.add(name, bytes, metric::kOneWayLatencyP99, runs.front().one_way_p99_us);
+    const bool evicted = job.evict_bytes != 0;
+    results.add(name, bytes, evicted ? metric::kOneWayLatencyEvicted : metric::kOneWayLatency,
+                runs.front().one_way_p50_us);
+    results.add(name, bytes,
+                evicted ? metric::kOneWayLatencyEvictedP99 : metric::kOneWayLatencyP99,
+                runs.front().one_way_p99_us);
     return;
   }
   results.add(name, bytes, metric::kThroughputGbps,
@@ -108,14 +112,19 @@ void run_jobs(const std::vector<Job>& jobs, const RunSettings& settings, Results
   ProgressLine progress(steps);
   std::size_t unique = 0;
   for (const Job& job : jobs) {
-    const std::string what =
-        job.row_name() + " " + size_label(job.payload_bytes) + " " + workload_name(job.workload);
+    const std::string what = job.row_name() + " " + size_label(job.payload_bytes) + " " +
+                             workload_name(job.workload) +
+                             (job.evict_bytes != 0 ? " (" + size_label(job.evict_bytes) +
+                                                         " written before each)"
+                                                   : "");
     std::vector<MeasurementResult> runs;
     std::string failure;
     for (int repetition = 0; repetition < repetitions(job); ++repetition) {
       progress.show(what);
+      WorkloadPlan plan = settings.plan(job.workload, job.payload_bytes, job.wait);
+      plan.evict_bytes = job.evict_bytes;
       MeasurementSpec spec{.transport = job.transport,
-                           .plan = settings.plan(job.workload, job.payload_bytes, job.wait),
+                           .plan = plan,
                            .unique_name = "capnsplice-bench-" + std::to_string(::getpid()) + "-" +
                                           std::to_string(unique++),
                            .timeout = settings.timeout};

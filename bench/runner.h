@@ -17,6 +17,8 @@ struct Job {
   Workload workload;
   std::size_t payload_bytes;
   WaitMode wait = WaitMode::block;
+  /// Large messages: WorkloadPlan::evict_bytes.
+  std::size_t evict_bytes = 0;
 
   /// The transport's name as the report shows it ("capnsplice+spin" when spinning).
   std::string row_name() const;

@@ -1,5 +1,7 @@
 #include "workloads.h"
 
+#include <cstring>
+
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -72,8 +74,17 @@ WorkloadOutcome stream_receive(Endpoint& endpoint, const WorkloadPlan& plan,
   }
 }
 
+/// Writes `bytes` of memory of its own (allocated on the first call), as building a
+/// message of that size would.
+void evict_caches(std::size_t bytes, std::uint64_t seq) {
+  static std::vector<std::byte> scratch;
+  if (scratch.size() < bytes) scratch.resize(bytes);
+  std::memset(scratch.data(), static_cast<int>(seq & 0xff), bytes);
+}
+
 /// A percentile of samples in nanoseconds, in microseconds; sorts `samples`.
-double percentile_us(std::vector<std::uint32_t>& samples, double p) {
+template <typename Nanoseconds>
+double percentile_us(std::vector<Nanoseconds>& samples, double p) {
   std::sort(samples.begin(), samples.end());
   const std::size_t rank = static_cast<std::size_t>(p * static_cast<double>(samples.size() - 1));
   return samples[rank] / 1000.0;
@@ -95,26 +106,25 @@ std::uint64_t now_ns() {
           .count());
 }
 
-std::uint32_t clamp_ns(std::uint64_t ns) {
-  return static_cast<std::uint32_t>(std::min<std::uint64_t>(ns, UINT32_MAX));
-}
-
 WorkloadOutcome send_large(Endpoint& endpoint, const WorkloadPlan& plan, StartBarrier& barrier) {
   std::uint64_t seq = 0;
   for (; seq < plan.warmup_messages; ++seq) {
     endpoint.prepare_bulk(seq, plan.payload_bytes);
+    if (plan.evict_bytes != 0) evict_caches(plan.evict_bytes, seq);  // its pages faulted in
     endpoint.send_prepared();
     endpoint.receive(WaitMode::spin);
   }
   barrier.arrive_and_wait();
-  std::vector<std::uint32_t> samples;
+  std::vector<std::uint64_t> samples;  // a 1 GiB copy can take longer than 2^32 ns
   Budget budget(plan);
   while (!budget.spent(samples.size())) {
-    endpoint.prepare_bulk(seq++, plan.payload_bytes);  // building is not what is timed
+    endpoint.prepare_bulk(seq, plan.payload_bytes);  // building is not what is timed
+    if (plan.evict_bytes != 0) evict_caches(plan.evict_bytes, seq);
+    ++seq;
     const std::uint64_t sent_at = now_ns();
     endpoint.send_prepared();
     const std::uint64_t taken_at = endpoint.receive(WaitMode::spin);  // the receiver's clock
-    samples.push_back(clamp_ns(taken_at > sent_at ? taken_at - sent_at : 0));
+    samples.push_back(taken_at > sent_at ? taken_at - sent_at : 0);
   }
   endpoint.prepare_bulk(kEndOfRun, 0);
   endpoint.send_prepared();

@@ -42,6 +42,10 @@ struct WorkloadPlan {
   std::size_t min_messages = 0;
   std::chrono::nanoseconds time_budget{0};
   std::uint64_t byte_budget = 0;
+  /// Large messages: bytes the sender writes elsewhere after building each message and
+  /// before its clock starts, so that every size starts from the cache and TLB state
+  /// that building a message this large leaves (0: none).
+  std::size_t evict_bytes = 0;
 };
 
 /// What one side measured.
