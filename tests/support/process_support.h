@@ -7,6 +7,8 @@
 #include <chrono>
 #include <initializer_list>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "capnsplice/error.h"
 #include "capnsplice/process.h"
@@ -14,13 +16,21 @@
 
 namespace capnsplice::testing {
 
-/// Starts tests/channel_peer.cc (built as capnsplice_test_peer) with `arguments`. Sends
-/// give up after 10 s by default, so a test that would block for ever fails instead.
+/// The test's end of a channel to a peer: named "peer"; sends give up after 10 s, so a
+/// test that would block for ever fails instead.
+inline ChannelOptions peer_channel_options() {
+  return ChannelOptions().with_name("peer").with_send_timeout(std::chrono::seconds(10));
+}
+
+/// Starts tests/channel_peer.cc (built as capnsplice_test_peer) with `arguments` and
+/// `environment` ("NAME=value" added).
 inline Child spawn_peer(std::initializer_list<std::string> arguments,
-                        ChannelOptions options = ChannelOptions()
-                                                     .with_name("peer")
-                                                     .with_send_timeout(std::chrono::seconds(10))) {
-  return spawn({.program = CAPNSPLICE_TEST_PEER, .arguments = arguments, .channel = options});
+                        ChannelOptions options = peer_channel_options(),
+                        std::vector<std::string> environment = {}) {
+  return spawn({.program = CAPNSPLICE_TEST_PEER,
+                .arguments = arguments,
+                .environment = std::move(environment),
+                .channel = options});
 }
 
 /// Descriptors open in this process right now.
