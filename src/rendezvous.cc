@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <thread>
 #include <utility>
 
 #include "capnsplice/error.h"
@@ -103,9 +105,22 @@ Connection RendezvousListener::accept(Deadline deadline) {
 Connection connect_rendezvous(std::string_view name, const RendezvousOptions& options) {
   const std::string context = "rendezvous '" + std::string(name) + "': connect";
   const detail::UnixAddress address = detail::UnixAddress::parse(name, context);
-  UniqueFd socket = detail::make_unix_socket(/*nonblocking=*/false, context);
+  // One deadline for getting in line and for the handover: the hello's timeout.
+  const Deadline deadline = Deadline::after(options.hello.timeout);
+  UniqueFd socket = detail::make_unix_socket(/*nonblocking=*/true, context);
   while (::connect(socket.get(), address.get(), address.length) != 0) {
     if (errno == EISCONN) break;  // an interrupted connect completed meanwhile
+    if (errno == EAGAIN) {
+      // The host's queue of clients waiting for accept() is full. A blocking connect
+      // would wait for a free place for ever, and a Unix socket gives nothing to poll
+      // for: try again shortly, until the deadline.
+      if (deadline.expired()) {
+        throw Error(ErrorCode::Timeout, context,
+                    "the host's queue of waiting clients stayed full: it is not accepting");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      continue;
+    }
     if (errno != EINTR) throw_system_error(context, "connect");
   }
 
@@ -115,8 +130,7 @@ Connection connect_rendezvous(std::string_view name, const RendezvousOptions& op
                 "the host (" + describe_peer(host) + ") is not an allowed user (" +
                     detail::describe_allowed(options.allowed_uids) + "): not talking to it");
   }
-  detail::Handover handover =
-      detail::receive_handover(socket.get(), Deadline::after(options.hello.timeout), context);
+  detail::Handover handover = detail::receive_handover(socket.get(), deadline, context);
   if (!handover.accepted) {
     throw Error(ErrorCode::PeerRefused, context,
                 "the host refused this connection: " + handover.reason);

@@ -9,8 +9,11 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
+#include <vector>
 
 #include "capnsplice.capnp.h"
 #include "capnsplice/handshake.h"
@@ -93,6 +96,39 @@ TEST_CASE("a client started elsewhere connects by path and gets a channel to the
 TEST_CASE("a client connects by abstract name") {
   RendezvousListener listener(abstract_name("abstract"));
   serve_spawned_client(listener, 3);
+}
+
+TEST_CASE(
+    "connecting to a host whose queue of waiting clients stays full fails with Timeout at "
+    "the hello timeout") {
+  const std::string name = abstract_name("full-queue");
+  RendezvousOptions host_options;
+  host_options.backlog = 0;
+  RendezvousListener listener(name, host_options);  // never accepts
+  // Queue clients of our own until the kernel refuses one for lack of room.
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path + 1, name.data() + 1, name.size() - 1);
+  const auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
+  std::vector<UniqueFd> waiting;
+  for (;;) {
+    UniqueFd client(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (::connect(client.get(), reinterpret_cast<sockaddr*>(&address), length) != 0) {
+      REQUIRE(errno == EAGAIN);
+      break;
+    }
+    waiting.push_back(std::move(client));
+    REQUIRE(waiting.size() < 100);
+  }
+  RendezvousOptions options;
+  options.hello.timeout = 300ms;
+  const auto started = std::chrono::steady_clock::now();
+  Error error = error_from([&] { connect_rendezvous(name, options); });
+  const double took_ms = ms_since(started);
+  CHECK(error.code() == ErrorCode::Timeout);
+  CHECK_THAT(error.what(), Catch::Contains("queue of waiting clients stayed full"));
+  CHECK(took_ms >= 300);
+  CHECK(took_ms < 10'000);  // not for ever, as a blocking connect would
 }
 
 TEST_CASE("the data flows on pipes, not on the socket") {

@@ -110,7 +110,8 @@ class RendezvousListener {
 /// Connects to the host listening on `name`, receives a channel and exchanges hellos.
 /// Throws SystemError (ENOENT / ECONNREFUSED: no host; EACCES: the socket file's mode
 /// forbids it), PeerRefused (the host refused this user, or the host runs as a user not
-/// allowed), IncompatiblePeer, Timeout.
+/// allowed), IncompatiblePeer, Timeout (the host handed over nothing, or its queue of
+/// waiting clients stayed full, within the hello's timeout).
 Connection connect_rendezvous(std::string_view name, const RendezvousOptions& options = {});
 
 }  // namespace capnsplice
