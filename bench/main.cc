@@ -67,21 +67,17 @@ std::vector<Job> plan_jobs(const std::vector<const Transport*>& transports,
     }
   }
   if (layout.large_messages) {
-    for (std::size_t size : layout.large_message_sizes) {
-      for (const Transport* transport : transports) {
-        if (!transport->supports_large_messages) continue;
-        jobs.push_back({transport, Workload::large_message, size, WaitMode::spin});
-      }
-    }
-    for (std::size_t size : layout.large_message_sizes) {
-      for (const Transport* transport : transports) {
-        // capnsplice's paths only: a peer that copies takes seconds per GiB either way.
-        if (!transport->supports_large_messages || layout.large_message_evict_bytes == 0 ||
-            !transport->name.starts_with("capnsplice")) {
-          continue;
+    // As built, then (full run) after an eviction: capnsplice's paths only there, as a
+    // peer that copies takes seconds per GiB either way.
+    std::vector<std::size_t> series{0};
+    if (layout.large_message_evict_bytes != 0) series.push_back(layout.large_message_evict_bytes);
+    for (std::size_t evict_bytes : series) {
+      for (std::size_t size : layout.large_message_sizes) {
+        for (const Transport* transport : transports) {
+          if (!transport->supports_large_messages) continue;
+          if (evict_bytes != 0 && !transport->name.starts_with("capnsplice")) continue;
+          jobs.push_back({transport, Workload::large_message, size, WaitMode::spin, evict_bytes});
         }
-        jobs.push_back({transport, Workload::large_message, size, WaitMode::spin,
-                        layout.large_message_evict_bytes});
       }
     }
   }
@@ -101,7 +97,9 @@ ReportLayout plan_layout(const CommandLine& line, const std::vector<const Transp
   }
   // The largest message of the full run: with it, every size starts from the cache state
   // the largest build leaves.
-  if (line.sizes.empty() && !line.quick) layout.large_message_evict_bytes = kLargeMessageSizes.back();
+  if (line.sizes.empty() && !line.quick) {
+    layout.large_message_evict_bytes = kLargeMessageSizes.back();
+  }
   layout.throughput_sizes = line.sizes.empty() ? kThroughputSizes : line.sizes;
   layout.round_trip_sizes = line.sizes.empty() ? kRoundTripSizes : line.sizes;
   layout.throughput = line.throughput;

@@ -21,7 +21,7 @@ inline constexpr const char* kRttP999 = "rtt_p999_us";
 /// Large messages: from the sender's send() to the receiver holding the message.
 inline constexpr const char* kOneWayLatency = "one_way_latency_us";
 inline constexpr const char* kOneWayLatencyP99 = "one_way_latency_p99_us";
-/// The same when the sender wrote kEvictBytes elsewhere before each message's clock.
+/// The same when the sender wrote WorkloadPlan::evict_bytes elsewhere before each clock.
 inline constexpr const char* kOneWayLatencyEvicted = "one_way_latency_evicted_us";
 inline constexpr const char* kOneWayLatencyEvictedP99 = "one_way_latency_evicted_p99_us";
 /// The larger of the two sides' peak RSS; the two sides follow as their own metrics.

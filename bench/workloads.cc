@@ -1,8 +1,7 @@
 #include "workloads.h"
 
-#include <cstring>
-
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
