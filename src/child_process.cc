@@ -82,13 +82,13 @@ bool ChildProcess::reap(bool block) {
 }
 
 ExitStatus ChildProcess::wait() {
-  if (pid_ <= 0) throw Error(ErrorCode::SystemError, context("wait"), "no child", ECHILD);
+  if (pid_ <= 0) throw Error(ErrorCode::InvalidArgument, context("wait"), "this handle has no child");
   if (!status_) reap(/*block=*/true);
   return *status_;
 }
 
 std::optional<ExitStatus> ChildProcess::wait(Deadline deadline) {
-  if (pid_ <= 0) throw Error(ErrorCode::SystemError, context("wait"), "no child", ECHILD);
+  if (pid_ <= 0) throw Error(ErrorCode::InvalidArgument, context("wait"), "this handle has no child");
   while (!status_ && !reap(/*block=*/false)) {
     if (deadline.expired()) return std::nullopt;
     if (pidfd_) {

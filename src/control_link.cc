@@ -156,39 +156,24 @@ bool ControlLink::peer_gone() {
   return peer_gone_;
 }
 
-std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_id,
-                                                          Deadline deadline) {
-  std::unique_lock lock(mutex_);
-  for (;;) {
-    const std::uint32_t latest = latest_arena_.load(std::memory_order_relaxed);
-    if (arena_id == latest && unclaimed_arena_.memfd) {
-      return {std::move(unclaimed_arena_.memfd), unclaimed_arena_.capacity};
-    }
-    // An arena the link has seen replaced (or handed out) will not come again: no use
-    // waiting for it.
-    if (arena_id < latest) {
-      throw Error(ErrorCode::MalformedFrame, context_,
-                  "a shared-memory message names arena " + std::to_string(arena_id) +
-                      ", but the latest arena the peer announced is " + std::to_string(latest) +
-                      " (a sender names only its latest arena)");
-    }
-    if (arena_id == latest) {
-      throw Error(ErrorCode::MalformedFrame, context_,
-                  "a shared-memory message names arena " + std::to_string(arena_id) +
-                      ", which was already taken from the link and could not be used");
-    }
-    if (peer_gone_ || deadline.expired()) {
-      throw Error(ErrorCode::MalformedFrame, context_,
-                  "a shared-memory message names arena " + std::to_string(arena_id) +
-                      ", which the peer never sent");
-    }
-    // Wait without the lock (releases for the peer go out under it) and not for long:
-    // another thread may pump the record first.
-    lock.unlock();
-    nap_for_records(deadline);
-    lock.lock();
-    pump_locked(Deadline::immediate());
+std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_id) {
+  std::lock_guard lock(mutex_);
+  if (arena_id > latest_arena_.load(std::memory_order_relaxed)) pump_locked(Deadline::immediate());
+  const std::uint32_t latest = latest_arena_.load(std::memory_order_relaxed);
+  if (arena_id == latest && unclaimed_arena_.memfd) {
+    return {std::move(unclaimed_arena_.memfd), unclaimed_arena_.capacity};
   }
+  std::string why;
+  if (arena_id < latest) {
+    why = "but the latest arena the peer announced is " + std::to_string(latest) +
+          " (a sender names only its latest arena)";
+  } else if (arena_id == latest) {
+    why = "which was already taken from the link and could not be used";
+  } else {
+    why = "which the peer had not sent when it sent the descriptor";
+  }
+  throw Error(ErrorCode::ProtocolViolation, context_,
+              "a shared-memory message names arena " + std::to_string(arena_id) + ", " + why);
 }
 
 void ControlLink::file_arena_locked(std::uint32_t arena_id, std::uint64_t capacity,

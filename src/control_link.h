@@ -92,12 +92,13 @@ class ControlLink {
   /// and call this in a loop.
   void nap_for_records(Deadline deadline) const;
 
-  /// The memfd of the peer's arena `arena_id` and its capacity, once the peer sent it
-  /// (it does before any descriptor naming it). Only the latest arena the peer announced
-  /// is handed out, once: an honest sender names no other (SharedSender replaces only
-  /// idle arenas). Throws MalformedFrame at once when `arena_id` is an older arena or
-  /// the latest one already taken, and when the peer does not send it before `deadline`.
-  std::pair<UniqueFd, std::uint64_t> take_arena(std::uint32_t arena_id, Deadline deadline);
+  /// The memfd of the peer's arena `arena_id` and its capacity. The peer sends an arena
+  /// before any descriptor naming it, so this reads what is pending and never waits.
+  /// Only the latest arena the peer announced is handed out, once: an honest sender
+  /// names no other (SharedSender replaces only idle arenas). Throws ProtocolViolation
+  /// when `arena_id` is an older arena, the latest one already taken, or one the peer
+  /// has not sent.
+  std::pair<UniqueFd, std::uint64_t> take_arena(std::uint32_t arena_id);
 
   /// The highest arena id the peer announced so far (0: none), as of the last pump.
   /// Lock-free, so a receiver can check each message against it.

@@ -16,6 +16,9 @@ std::string_view to_string(ErrorCode code) noexcept {
     case ErrorCode::Interrupted: return "Interrupted";
     case ErrorCode::PeerRefused: return "PeerRefused";
     case ErrorCode::IncompatiblePeer: return "IncompatiblePeer";
+    case ErrorCode::StreamCut: return "StreamCut";
+    case ErrorCode::ProtocolViolation: return "ProtocolViolation";
+    case ErrorCode::InvalidArgument: return "InvalidArgument";
   }
   return "Unknown";
 }

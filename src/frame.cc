@@ -27,7 +27,8 @@ std::uint32_t load_u32(const std::byte* at) noexcept {
 }  // namespace
 
 FrameProbe probe_frame(const std::byte* frame, std::size_t available,
-                       const ReceiveLimits& limits, std::string_view context) {
+                       const ReceiveLimits& limits, std::string_view context,
+                       MarkedFrames marked) {
   FrameProbe probe;
   if (available < 8) {
     probe.bytes_needed = 8;
@@ -45,8 +46,16 @@ FrameProbe probe_frame(const std::byte* frame, std::size_t available,
 
   const std::uint64_t first_segment_words = load_u32(frame + 4);
   if (first_segment_words == 0) {
-    throw Error(ErrorCode::MalformedFrame, context,
-                "first segment is empty: a message needs at least its root pointer");
+    if (marked == MarkedFrames::refused) {
+      throw Error(ErrorCode::MalformedFrame, context,
+                  "first segment is empty: a message needs at least its root pointer");
+    }
+    if (count != 2) {
+      throw Error(ErrorCode::MalformedFrame, context,
+                  "a marked frame (empty first segment) has " + std::to_string(count) +
+                      " segments; capnsplice's control frames have 2");
+    }
+    probe.marked = true;
   }
   // Checked before the rest of the table has arrived, so a giant first segment is
   // refused after 8 bytes.

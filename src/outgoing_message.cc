@@ -1,7 +1,6 @@
 #include "capnsplice/outgoing_message.h"
 
-#include <stdexcept>
-
+#include "capnsplice/error.h"
 #include "pooled_message_builder.h"
 
 namespace capnsplice {
@@ -16,7 +15,8 @@ OutgoingMessage::OutgoingMessage(std::unique_ptr<capnp::MessageBuilder> builder)
 
 capnp::MessageBuilder& OutgoingMessage::builder() {
   if (!builder_) {
-    throw std::logic_error("capnsplice::OutgoingMessage used after it was sent or moved from");
+    throw Error(ErrorCode::InvalidArgument, "OutgoingMessage",
+                "used after it was sent or moved from");
   }
   return *builder_;
 }

@@ -212,10 +212,9 @@ void require_access_mode(int fd, bool for_writing, std::string_view context) {
   const int mode = flags & O_ACCMODE;
   const bool ok = mode == O_RDWR || mode == (for_writing ? O_WRONLY : O_RDONLY);
   if (!ok) {
-    throw Error(ErrorCode::SystemError, context,
+    throw Error(ErrorCode::InvalidArgument, context,
                 for_writing ? "descriptor is not open for writing (the read end of a pipe?)"
-                            : "descriptor is not open for reading (the write end of a pipe?)",
-                EBADF);
+                            : "descriptor is not open for reading (the write end of a pipe?)");
   }
 }
 

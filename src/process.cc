@@ -169,10 +169,9 @@ std::vector<int> parse_channel_variable(std::string_view value, const std::strin
     at = next + 1;
   }
   if (fds.size() < 2) {
-    throw Error(ErrorCode::SystemError, context,
+    throw Error(ErrorCode::InvalidArgument, context,
                 std::string(kChannelVariable) + "='" + std::string(value) +
-                    "' is not '<receive fd>,<send fd>[,<control fd>]'",
-                EINVAL);
+                    "' is not '<receive fd>,<send fd>[,<control fd>]'");
   }
   return fds;
 }
@@ -190,23 +189,25 @@ void check_inherited(const std::vector<int>& fds, std::string_view value,
     const std::string which =
         variable + ": " + kRoles[i] + " descriptor " + std::to_string(fds[i]);
     if (fds[i] <= STDERR_FILENO) {
-      throw Error(ErrorCode::SystemError, context,
-                  which + " is standard input, output or error, not a channel end", EINVAL);
+      throw Error(ErrorCode::InvalidArgument, context,
+                  which + " is standard input, output or error, not a channel end");
     }
     for (std::size_t j = 0; j < i; ++j) {
       if (fds[j] == fds[i]) {
-        throw Error(ErrorCode::SystemError, context,
-                    which + " is also the " + kRoles[j] + " descriptor", EINVAL);
+        throw Error(ErrorCode::InvalidArgument, context,
+                    which + " is also the " + kRoles[j] + " descriptor");
       }
     }
-    if (::fcntl(fds[i], F_GETFD) < 0) throw_system_error(context, which + ": fcntl(F_GETFD)");
+    if (::fcntl(fds[i], F_GETFD) < 0) {
+      throw Error(ErrorCode::InvalidArgument, context, which + " is not open");
+    }
     const bool is_control = i == 2;
     struct stat info {};
     const bool right_kind = is_control ? ::fstat(fds[i], &info) == 0 && S_ISSOCK(info.st_mode)
                                        : detail::is_pipe(fds[i]);
     if (!right_kind) {
-      throw Error(ErrorCode::SystemError, context,
-                  which + " is not a " + (is_control ? "socket" : "pipe"), EINVAL);
+      throw Error(ErrorCode::InvalidArgument, context,
+                  which + " is not a " + (is_control ? "socket" : "pipe"));
     }
     if (!is_control) {
       std::string where = context;
@@ -274,9 +275,8 @@ Channel child_channel(const ChannelOptions& options) {
   const std::string variable(kChannelVariable);
   const char* value = std::getenv(variable.c_str());
   if (value == nullptr) {
-    throw Error(ErrorCode::SystemError, context,
-                variable + " is not set: this process was not started by capnsplice::spawn()",
-                EINVAL);
+    throw Error(ErrorCode::InvalidArgument, context,
+                variable + " is not set: this process was not started by capnsplice::spawn()");
   }
   const std::vector<int> fds = parse_channel_variable(value, context);
   check_inherited(fds, value, context);

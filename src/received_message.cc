@@ -1,7 +1,6 @@
 #include "capnsplice/received_message.h"
 
-#include <stdexcept>
-
+#include "capnsplice/error.h"
 #include "received_message_state.h"
 
 namespace capnsplice {
@@ -15,7 +14,7 @@ ReceivedMessage::ReceivedMessage(std::unique_ptr<detail::ReceivedMessageState> s
     : state_(std::move(state)) {}
 
 capnp::MessageReader& ReceivedMessage::reader() {
-  if (!state_) throw std::logic_error("capnsplice::ReceivedMessage is empty (moved from)");
+  if (!state_) throw Error(ErrorCode::InvalidArgument, "ReceivedMessage", "empty (moved from)");
   return *state_->reader;
 }
 

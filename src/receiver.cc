@@ -77,17 +77,20 @@ class ReceiverCore {
       if (auto message = take_buffered()) return message;
     }
     if (auto message = take_buffered()) return message;
-    if (end_of_stream_) throw_end_of_stream();
+    // A clean end of stream is an answer, not a failure: at_end() says which it was.
+    if (end_of_stream_ && !at_end()) throw_end_of_stream();
     if (shared_) shared_->release_retired();
     return std::nullopt;
   }
+
+  bool at_end() const noexcept { return end_of_stream_ && !own_ && head_ == parse_; }
 
   bool has_buffered_message() {
     if (own_) return own_->probe.header_complete && own_->have == own_->needed;
     const std::size_t available = static_cast<std::size_t>(head_ - parse_);
     if (available < 8) return false;
     try {
-      FrameProbe probe = probe_frame(ring_->at(parse_), available, options_.limits, context_);
+      FrameProbe probe = probe_at(ring_->at(parse_), available);
       return probe.header_complete && available >= probe.bytes_needed;
     } catch (const Error&) {
       return true;  // receive() has an error to report right away
@@ -111,6 +114,12 @@ class ReceiverCore {
     std::byte* bytes() const noexcept { return buffer.data(); }
   };
 
+  /// probe_frame() with this receiver's limits; marked frames (shared-memory
+  /// descriptors) are accepted only with a control link to follow them.
+  FrameProbe probe_at(const std::byte* frame, std::size_t available) const {
+    return probe_frame(frame, available, options_.limits, context_,
+                       shared_ ? MarkedFrames::accepted : MarkedFrames::refused);
+  }
   std::optional<ReceivedMessage> take_buffered();
   ReadOutcome read_more();
   void start_own_frame(const FrameProbe& probe);
@@ -139,7 +148,7 @@ class ReceiverCore {
 std::optional<ReceivedMessage> ReceiverCore::take_buffered() {
   if (own_) {
     while (own_->have == own_->needed && !own_->probe.header_complete) {
-      own_->probe = probe_frame(own_->bytes(), own_->have, options_.limits, context_);
+      own_->probe = probe_at(own_->bytes(), own_->have);
       own_->needed = own_->probe.bytes_needed;
       grow_own_frame(own_->needed);
     }
@@ -156,7 +165,7 @@ std::optional<ReceivedMessage> ReceiverCore::take_buffered() {
 
   const std::size_t available = static_cast<std::size_t>(head_ - parse_);
   if (available == 0) return std::nullopt;
-  const FrameProbe probe = probe_frame(ring_->at(parse_), available, options_.limits, context_);
+  const FrameProbe probe = probe_at(ring_->at(parse_), available);
   if (probe.header_complete && available >= probe.bytes_needed) {
     auto state = std::make_unique<ReceivedMessageState>();
     state->ring = ring_;
@@ -179,16 +188,17 @@ ReceivedMessage ReceiverCore::make_message(std::unique_ptr<ReceivedMessageState>
   frame_segments(frame, probe, slots);
   state->segments = kj::arrayPtr(slots, probe.segment_count);
   state->frame_bytes = probe.bytes_needed;
-  state->reader.emplace(state->segments, reader_options_);
   ++stats_.messages;
   stats_.bytes += probe.bytes_needed;
-  if (shared_ && SharedReceiver::is_descriptor(state->segments)) {
-    // The message itself is in the peer's arena; the descriptor's bytes go back now.
+  if (probe.marked) {
+    // A shared-memory descriptor (only accepted with `shared_`): the message itself is
+    // in the peer's arena, and the descriptor's bytes go back when `state` goes.
     auto shared_state = std::make_unique<ReceivedMessageState>();
-    shared_->open(*state->reader, *shared_state);
+    shared_->open(state->segments[1], *shared_state);
     ++stats_.shared_messages;
     return ReceivedMessage(std::move(shared_state));
   }
+  state->reader.emplace(state->segments, reader_options_);
   return ReceivedMessage(std::move(state));
 }
 
@@ -277,7 +287,7 @@ void ReceiverCore::throw_end_of_stream() const {
   if (own_ && own_->probe.header_complete) {
     detail += " of " + std::to_string(own_->probe.bytes_needed) + " bytes";
   } else if (!own_ && ring_ && partial >= 8) {
-    FrameProbe probe = probe_frame(ring_->at(parse_), partial, options_.limits, context_);
+    FrameProbe probe = probe_at(ring_->at(parse_), partial);
     if (probe.header_complete) detail += " of " + std::to_string(probe.bytes_needed) + " bytes";
   }
   detail += "; the peer stopped mid-message";
@@ -302,6 +312,7 @@ ReceivedMessage Receiver::receive() { return core_->receive(Deadline::never()); 
 ReceivedMessage Receiver::receive(Deadline deadline) { return core_->receive(deadline); }
 std::optional<ReceivedMessage> Receiver::try_receive() { return core_->try_receive(); }
 bool Receiver::has_buffered_message() { return core_->has_buffered_message(); }
+bool Receiver::at_end() const noexcept { return core_->at_end(); }
 int Receiver::fd() const noexcept { return core_->fd(); }
 ReceiverStats Receiver::stats() const { return core_->stats(); }
 

@@ -71,7 +71,7 @@ SenderCore::~SenderCore() {
     }
   }
   abandon_queue(0, 0);
-  close_locked();
+  close_locked(ClosedBy::caller);
 }
 
 OutgoingMessage SenderCore::new_message() {
@@ -95,7 +95,17 @@ WriteMethod SenderCore::choose_method(std::size_t frame_bytes) const noexcept {
 }
 
 void SenderCore::ensure_open() const {
-  if (!fd_) throw Error(ErrorCode::PeerClosed, context_, "this end was closed for sending");
+  if (fd_) return;
+  switch (closed_by_) {
+    case ClosedBy::peer:
+      throw Error(ErrorCode::PeerClosed, context_, "peer closed its receiving end");
+    case ClosedBy::cut:
+      throw Error(ErrorCode::InvalidArgument, context_,
+                  "this end stopped sending when a stream was cut mid-message (StreamCut)");
+    case ClosedBy::caller:
+      break;
+  }
+  throw Error(ErrorCode::InvalidArgument, context_, "this end was closed for sending");
 }
 
 SenderStats SenderCore::stats() const {
@@ -123,7 +133,10 @@ SenderStats SenderCore::stats() const {
 void SenderCore::queue(OutgoingMessage&& message, Deadline deadline) {
   // Take ownership first: whatever happens next, the caller's message is consumed.
   std::unique_ptr<capnp::MessageBuilder> owned = std::move(message.builder_);
-  if (!owned) throw std::logic_error("capnsplice: sending an empty OutgoingMessage");
+  if (!owned) {
+    throw Error(ErrorCode::InvalidArgument, context_,
+                "an empty OutgoingMessage (already sent or moved from)");
+  }
   std::unique_ptr<PooledMessageBuilder> builder(
       static_cast<PooledMessageBuilder*>(owned.release()));
   if (builder->pool() != pool_) {
@@ -158,6 +171,14 @@ void SenderCore::queue(OutgoingMessage&& message, Deadline deadline) {
 
 void SenderCore::send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
                            Deadline deadline) {
+  // An empty segment 0 marks capnsplice's own control frames (frame.h): refused here, so
+  // no message a caller sends can be taken for one (it would have no root pointer anyway).
+  if (segments.size() == 0 || segments[0].size() == 0) {
+    throw Error(ErrorCode::InvalidArgument, context_,
+                segments.size() == 0
+                    ? "a message without segments cannot be framed"
+                    : "segment 0 is empty: a message needs at least its root pointer");
+  }
   write_copy_now(segments, nullptr, std::nullopt, deadline);
 }
 
@@ -168,15 +189,12 @@ void SenderCore::send_shared(std::unique_ptr<PooledMessageBuilder> message, Dead
   DescriptorBuilder descriptor(message->segments_for_output().size());
   const std::uint64_t id =
       shared_->describe(*message, message->take_arena_blocks(), descriptor.message(), deadline);
-  write_copy_now(descriptor.message().getSegmentsForOutput(), std::move(message), id, deadline);
+  write_copy_now(descriptor.marked_frame(), std::move(message), id, deadline);
 }
 
 void SenderCore::write_copy_now(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
                                 std::unique_ptr<PooledMessageBuilder> owner,
                                 std::optional<std::uint64_t> shared_id, Deadline deadline) {
-  if (segments.size() == 0) {
-    throw std::logic_error("capnsplice: a message without segments cannot be framed");
-  }
   // 512 segments (Cap'n Proto's reader limit) need a 2 KiB table; larger goes to the heap.
   std::array<std::byte, 2056> stack_table;
   std::vector<std::byte> heap_table;
@@ -230,11 +248,15 @@ void SenderCore::flush_locked(Deadline deadline) {
     abandon_queue(written_frames, partial_bytes);
     std::string detail = error.detail() + "; " + std::to_string(written_frames) + " of " +
                          std::to_string(total) + " queued messages were written";
+    ErrorCode code = error.code();
     if (partial_bytes != 0) {
-      close_locked();  // a frame cut in the middle can be neither finished nor retracted
-      detail += "; the stream is cut mid-message, so this sender is closed";
+      // A frame cut in the middle can be neither finished nor retracted. A deadline that
+      // passed then is no Timeout: the channel is not intact.
+      close_locked(code == ErrorCode::PeerClosed ? ClosedBy::peer : ClosedBy::cut);
+      detail += "; the stream is cut mid-message, so this end stopped sending";
+      if (code == ErrorCode::Timeout) code = ErrorCode::StreamCut;
     }
-    throw Error(error.code(), context_, detail, error.sys_errno());
+    throw Error(code, context_, detail, error.sys_errno());
   }
   clear_queue();
 }
@@ -317,13 +339,14 @@ void SenderCore::close() {
   try {
     flush_locked(Deadline::after(options_.send_timeout));
   } catch (...) {
-    close_locked();
+    if (fd_) close_locked(ClosedBy::caller);
     throw;
   }
-  close_locked();
+  close_locked(ClosedBy::caller);
 }
 
-void SenderCore::close_locked() {
+void SenderCore::close_locked(ClosedBy why) {
+  closed_by_ = why;
   // attach() waits for a FIONREAD in progress, so the descriptor is unused after.
   pool_->attach({});
   data_pool_->attach({});

@@ -101,7 +101,9 @@ class SenderCore final : public ConsumptionSource {
   /// After a failed flush: returns every chunk safely and empties the queue.
   void abandon_queue(std::size_t first_unwritten, std::size_t partial_bytes);
   void clear_queue() noexcept;
-  void close_locked();
+  /// Why the descriptor was closed: what a later send is told.
+  enum class ClosedBy { caller, peer, cut };
+  void close_locked(ClosedBy why);
 
   UniqueFd fd_;
   const SenderOptions options_;
@@ -119,6 +121,7 @@ class SenderCore final : public ConsumptionSource {
   std::size_t queued_bytes_ = 0;
   std::atomic<std::size_t> queued_frames_{0};
   SenderStats stats_;
+  ClosedBy closed_by_ = ClosedBy::caller;
 };
 
 }  // namespace capnsplice::detail

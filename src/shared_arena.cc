@@ -204,13 +204,13 @@ ReceiveArena::ReceiveArena(std::uint32_t id, UniqueFd file, std::size_t capacity
   if (::fstat(file.get(), &info) != 0) throw_system_error(context, "fstat (arena)");
   if (!S_ISREG(info.st_mode) || static_cast<std::size_t>(info.st_size) != capacity ||
       capacity % page_size() != 0) {
-    throw Error(ErrorCode::MalformedFrame, context,
+    throw Error(ErrorCode::ProtocolViolation, context,
                 "the peer's shared-memory arena is not a memfd of the announced size (" +
                     std::to_string(capacity) + " bytes, a whole number of pages)");
   }
   const int seals = ::fcntl(file.get(), F_GET_SEALS);
   if (seals < 0 || (seals & kRequiredSeals) != kRequiredSeals) {
-    throw Error(ErrorCode::MalformedFrame, context,
+    throw Error(ErrorCode::ProtocolViolation, context,
                 "the peer's shared-memory arena lacks " +
                     missing_seals(seals < 0 ? 0 : seals, kRequiredSeals) +
                     ", which a capnsplice arena is sealed with");

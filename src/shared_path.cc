@@ -15,12 +15,6 @@ namespace {
 /// A peer announcing an arena larger than this is not believed.
 constexpr std::uint64_t kLargestArena = std::uint64_t{1} << 40;
 
-std::uint64_t load_word(const capnp::word& word) noexcept {
-  std::uint64_t value;
-  std::memcpy(&value, &word, sizeof value);
-  return value;
-}
-
 }  // namespace
 
 // --- DescriptorBuilder ---------------------------------------------------------------
@@ -33,6 +27,13 @@ DescriptorBuilder::DescriptorBuilder(std::size_t segments) {
     memory = heap_;
   }
   builder_.emplace(memory);
+}
+
+kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> DescriptorBuilder::marked_frame() {
+  auto segments = builder_->getSegmentsForOutput();
+  frame_[0] = kj::ArrayPtr<const capnp::word>();  // the mark: no root pointer
+  frame_[1] = segments[0];
+  return kj::arrayPtr(frame_.data(), frame_.size());
 }
 
 // --- SharedSender --------------------------------------------------------------------
@@ -81,19 +82,20 @@ std::shared_ptr<SendArena> SharedSender::current_arena() const {
 ArenaBlock SharedSender::allocate(std::size_t bytes, bool zeroed, Deadline deadline) {
   for (;;) {
     link_->pump(Deadline::immediate());  // take in what the reader released
-    std::size_t held, in_use, capacity;
+    std::size_t held, held_bytes, in_use, capacity;
     std::shared_ptr<SendArena> replaced;  // unmapped after the lock: that takes a while
     {
       std::lock_guard lock(mutex_);
       SendArena& arena = arena_for_allocation_locked(replaced);
       held = arena.held_messages();
+      held_bytes = arena.held_bytes();
       in_use = arena.bytes_in_use();
       // Backpressure by bytes as well as by count: with only a small descriptor on the
       // pipe, nothing else keeps a sender from running hundreds of MiB ahead of a slower
       // reader, and every page that touches stays resident (shared_arena.h). Only what
       // the reader holds counts, so a message of any size can start while it holds a
       // little (say, the latest state it keeps).
-      const bool room = held < kMaxHeldSharedMessages && arena.held_bytes() < keep_bytes_ / 2;
+      const bool room = held < kMaxHeldSharedMessages && held_bytes < keep_bytes_ / 2;
       if (room) {
         if (auto block = arena.allocate(bytes, zeroed)) return *block;
       }
@@ -112,11 +114,12 @@ ArenaBlock SharedSender::allocate(std::size_t bytes, bool zeroed, Deadline deadl
     if (auto sender = sender_.lock(); sender && sender->flush_queued(deadline)) continue;
     if (deadline.expired()) {
       throw Error(ErrorCode::Timeout, context_,
-                  "the shared-memory arena (" + std::to_string(capacity) + " bytes, " +
-                      std::to_string(in_use) + " in use, more than " +
-                      std::to_string(keep_bytes_ / 2) +
-                      " held for the reader lets nothing new start) is full of messages the "
-                      "reader still holds, and the deadline passed");
+                  "the reader still holds " + std::to_string(held) + " shared-memory messages (" +
+                      std::to_string(held_bytes) + " bytes; a new one starts below " +
+                      std::to_string(keep_bytes_ / 2) + " bytes and " +
+                      std::to_string(kMaxHeldSharedMessages) + " messages, with room in the " +
+                      std::to_string(capacity) + "-byte arena, " + std::to_string(in_use) +
+                      " bytes of it in use), and the deadline passed");
     }
     // Sleep until the reader releases something, without holding the link's lock
     // (holding it while waiting deadlocked two soak processes).
@@ -218,22 +221,6 @@ SharedReceiver::SharedReceiver(std::shared_ptr<ControlLink> link, const ReceiveL
   if (shared_memory_unavailable_reason().empty()) link_->announce_accepts_shared();
 }
 
-bool SharedReceiver::is_descriptor(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
-  // A SharedMessage root: a struct pointer to 3 data words and 1 pointer whose first
-  // data word is the magic.
-  if (segments.size() != 1 || segments[0].size() < 5) return false;
-  const auto segment = segments[0];
-  const std::uint64_t root = load_word(segment[0]);
-  if ((root & 3) != 0) return false;
-  const auto offset = static_cast<std::int32_t>(static_cast<std::uint32_t>(root)) >> 2;
-  const auto data_words = static_cast<std::uint16_t>(root >> 32);
-  const auto pointers = static_cast<std::uint16_t>(root >> 48);
-  if (data_words != 3 || pointers != 1) return false;
-  const std::int64_t start = 1 + std::int64_t{offset};
-  if (start < 1 || start + 4 > static_cast<std::int64_t>(segment.size())) return false;
-  return load_word(segment[static_cast<std::size_t>(start)]) == wire::SharedMessage::EXPECTED_MAGIC;
-}
-
 std::shared_ptr<ReceiveArena> SharedReceiver::arena(std::uint32_t id) {
   // A sender names only its latest arena: it moves to the next one once nothing in the
   // old one is held, that is once every message of it was read and dropped here.
@@ -241,12 +228,11 @@ std::shared_ptr<ReceiveArena> SharedReceiver::arena(std::uint32_t id) {
     return arena_;
   }
   // The sender puts each arena on the control link before it writes any descriptor
-  // naming it, so the record is queued by the time the descriptor is read: the wait is
-  // only a bound for a peer that lies (a descriptor for an arena it never sends), and
-  // take_arena refuses at once an arena older than the latest.
-  auto [memfd, capacity] = link_->take_arena(id, Deadline::after(std::chrono::seconds(1)));
+  // naming it, so the record is queued by the time the descriptor is read: take_arena
+  // need not wait, and refuses at once what the peer never sent.
+  auto [memfd, capacity] = link_->take_arena(id);
   if (capacity == 0 || capacity > kLargestArena) {
-    throw Error(ErrorCode::MalformedFrame, context_,
+    throw Error(ErrorCode::ProtocolViolation, context_,
                 "the peer announced an arena of " + std::to_string(capacity) + " bytes");
   }
   // The older arena is unmapped once the last message reading it is dropped and this
@@ -273,11 +259,37 @@ void SharedReceiver::release_retired() noexcept {
   if (link_->retired_arena() >= arena_->id()) arena_.reset();
 }
 
-void SharedReceiver::open(capnp::MessageReader& descriptor, ReceivedMessageState& state) {
+void SharedReceiver::open(kj::ArrayPtr<const capnp::word> descriptor,
+                          ReceivedMessageState& state) {
+  if (link_->latest_arena() == 0) link_->pump(Deadline::immediate());
+  if (link_->latest_arena() == 0) {
+    throw Error(ErrorCode::MalformedFrame, context_,
+                "first segment is empty: a message needs at least its root pointer (the peer "
+                "announced no shared-memory arena, so this is no descriptor of one)");
+  }
+  // The peer is a capnsplice sender: from here on, a fault is a protocol violation, and
+  // Cap'n Proto's own exceptions about the descriptor's bytes are turned into one.
+  try {
+    open_descriptor(descriptor, state);
+  } catch (const kj::Exception& exception) {
+    throw Error(ErrorCode::ProtocolViolation, context_,
+                "a shared-memory descriptor is not a valid SharedMessage: " +
+                    std::string(exception.getDescription().cStr()));
+  }
+}
+
+void SharedReceiver::open_descriptor(kj::ArrayPtr<const capnp::word> descriptor_words,
+                                     ReceivedMessageState& state) {
+  const kj::ArrayPtr<const capnp::word> segments[] = {descriptor_words};
+  capnp::SegmentArrayMessageReader descriptor(segments);
   auto root = descriptor.getRoot<wire::SharedMessage>();
+  if (root.getMagic() != wire::SharedMessage::EXPECTED_MAGIC) {
+    throw Error(ErrorCode::ProtocolViolation, context_,
+                "a shared-memory descriptor lacks SharedMessage's magic word");
+  }
   auto places = root.getSegments();
   if (places.size() == 0 || places.size() > limits_.max_segments) {
-    throw Error(ErrorCode::MalformedFrame, context_,
+    throw Error(ErrorCode::ProtocolViolation, context_,
                 "a shared-memory message lists " + std::to_string(places.size()) +
                     " segments; 1 to " + std::to_string(limits_.max_segments) + " are allowed");
   }
@@ -287,7 +299,7 @@ void SharedReceiver::open(capnp::MessageReader& descriptor, ReceivedMessageState
   for (unsigned i = 0; i < places.size(); ++i) {
     auto segment = arena->segment(places[i].getOffset(), places[i].getWords());
     if (!segment) {
-      throw Error(ErrorCode::MalformedFrame, context_,
+      throw Error(ErrorCode::ProtocolViolation, context_,
                   "segment " + std::to_string(i) + " of a shared-memory message (offset " +
                       std::to_string(places[i].getOffset()) + ", " +
                       std::to_string(places[i].getWords()) + " words) is not inside the arena");

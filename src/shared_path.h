@@ -55,9 +55,10 @@ constexpr std::size_t descriptor_words(std::size_t segments) noexcept {
 }
 
 /// Memory for one SharedMessage descriptor of a message of `segments` segments: a
-/// single segment of exactly the size it needs (a receiver recognises only one-segment
-/// descriptors), on the stack up to kInlineSegments. Its bytes must be copied into the
-/// pipe, never spliced.
+/// single segment of exactly the size it needs, on the stack up to kInlineSegments.
+/// It goes on the pipe as a marked frame (frame.h): an empty segment 0, then the
+/// descriptor, which no ordinary message can look like. Its bytes must be copied into
+/// the pipe, never spliced.
 class DescriptorBuilder {
  public:
   static constexpr std::size_t kInlineSegments = 32;
@@ -65,10 +66,14 @@ class DescriptorBuilder {
   explicit DescriptorBuilder(std::size_t segments);
   capnp::MessageBuilder& message() noexcept { return *builder_; }
 
+  /// The frame's segments, once the descriptor is built: empty, then the descriptor.
+  kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> marked_frame();
+
  private:
   std::array<capnp::word, descriptor_words(kInlineSegments)> inline_{};  // zeroed, as capnp needs
   kj::Array<capnp::word> heap_;  // beyond kInlineSegments
   std::optional<capnp::MallocMessageBuilder> builder_;
+  std::array<kj::ArrayPtr<const capnp::word>, 2> frame_;
 };
 
 /// The sending half: arena allocation and message descriptors.
@@ -156,21 +161,20 @@ class SharedSender {
   std::uint64_t next_message_id_ = 1;
 };
 
-/// The receiving half: recognises descriptors and opens the messages they describe.
+/// The receiving half: opens the messages that marked frames describe.
 class SharedReceiver {
  public:
   /// Announces on `link` that this end reads shared-memory messages.
   SharedReceiver(std::shared_ptr<ControlLink> link, const ReceiveLimits& limits,
                  std::string context);
 
-  /// True when `segments` (a complete frame) is a SharedMessage descriptor. Cheap: looks
-  /// at the root pointer and one word.
-  static bool is_descriptor(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments);
-
-  /// Fills `state` with the message `descriptor` describes, checking every field: its
-  /// arena must be the latest one the peer announced (ControlLink::take_arena). Throws
-  /// MalformedFrame naming what is wrong.
-  void open(capnp::MessageReader& descriptor, ReceivedMessageState& state);
+  /// Fills `state` with the message that `descriptor` (segment 1 of a marked frame)
+  /// describes, checking every field: its arena must be the latest one the peer
+  /// announced (ControlLink::take_arena), which the peer does before it sends any
+  /// descriptor naming it, so nothing here waits. A marked frame from a peer that
+  /// announced no arena is MalformedFrame (a plain Cap'n Proto peer: a message without
+  /// a root pointer); anything else wrong with it is ProtocolViolation.
+  void open(kj::ArrayPtr<const capnp::word> descriptor, ReceivedMessageState& state);
 
   /// Lets go of arenas the peer has replaced or retired (ControlLink::send_retire; the
   /// link is read for that at most every kIdleArenaCheckInterval). Unmapping the last
@@ -181,6 +185,7 @@ class SharedReceiver {
   void release_retired() noexcept;
 
  private:
+  void open_descriptor(kj::ArrayPtr<const capnp::word> descriptor, ReceivedMessageState& state);
   std::shared_ptr<ReceiveArena> arena(std::uint32_t id);
 
   std::shared_ptr<ControlLink> link_;

@@ -31,13 +31,12 @@ UnixAddress UnixAddress::parse(std::string_view name, std::string_view context) 
   const std::size_t room = sizeof(result.address.sun_path) - 1;  // NUL or leading 0
   const std::string_view bytes = result.abstract ? name.substr(1) : name;
   if (bytes.empty()) {
-    throw Error(ErrorCode::SystemError, context, "an empty rendezvous name", EINVAL);
+    throw Error(ErrorCode::InvalidArgument, context, "an empty rendezvous name");
   }
   if (bytes.size() > room) {
-    throw Error(ErrorCode::SystemError, context,
+    throw Error(ErrorCode::InvalidArgument, context,
                 "the name is " + std::to_string(bytes.size()) + " bytes, sockets allow " +
-                    std::to_string(room),
-                ENAMETOOLONG);
+                    std::to_string(room));
   }
   char* path = result.address.sun_path;
   std::memcpy(path + (result.abstract ? 1 : 0), bytes.data(), bytes.size());

@@ -10,7 +10,8 @@
 //   send-frame HEX       write the frame HEX (e.g. a forged hello) as it is, then sink
 //   signals              sink, then exit 10 + 1 if SIGPIPE was ignored at start
 //                        + 2 if SIGCHLD was
-//   plain                plain Cap'n Proto on descriptors 3 and 4: echo one message
+//   plain                plain Cap'n Proto on descriptors 3 and 4: echo one message (any
+//                        root, copied by capnp::AnyPointer)
 //   connect NAME [APP VERSION]   connect to a rendezvous, then echo
 //
 // Exits 0 once the peer is gone, 3 when a hello fails (IncompatiblePeer), 1 on any other
@@ -138,7 +139,7 @@ bool ignored(int signal) {
 int plain() {
   capnp::StreamFdMessageReader request(kChildReceiveFd);
   capnp::MallocMessageBuilder reply;
-  reply.setRoot(request.getRoot<test::Blob>());
+  reply.getRoot<capnp::AnyPointer>().set(request.getRoot<capnp::AnyPointer>());
   capnp::writeMessageToFd(kChildSendFd, reply);
   return 0;
 }

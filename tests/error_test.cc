@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -73,12 +74,13 @@ TEST_CASE("a caller that blocks SIGPIPE itself keeps it blocked after a failed s
   pthread_sigmask(SIG_SETMASK, &previous, nullptr);
 }
 
-TEST_CASE("sending after close_sending fails with PeerClosed and the peer sees end of stream") {
+TEST_CASE("sending after close_sending fails with InvalidArgument and the peer sees end of "
+          "stream") {
   auto [near, far] = Channel::pair();
   near.close_sending();
   Random random(3);
   CHECK(error_from([&near = near, &random] { send_blob(near, 0, 10, random); }).code() ==
-        ErrorCode::PeerClosed);
+        ErrorCode::InvalidArgument);
   CHECK(error_from([&far = far] { far.receive(); }).code() == ErrorCode::PeerClosed);
   // The other direction still works.
   send_blob(far, 7, 10, random);
@@ -98,16 +100,44 @@ TEST_CASE("receiving with a timeout on a silent channel fails with Timeout, and 
   CHECK(far.receive_for(1s).root<test::Blob>().getSeq() == 1);
 }
 
-TEST_CASE("sending into a pipe nobody reads fails with Timeout after the send timeout") {
-  for (SendPath path : {SendPath::copy, SendPath::vmsplice}) {
-    auto [near, far] = Channel::pair(
-        ChannelOptions().with_send_path(path).with_send_timeout(100ms).with_pool_bytes(16 * MiB));
-    Random random(5);
-    Error error = error_from([&near = near, &random] {
-      for (int i = 0; i < 100000; ++i) send_blob(near, i, 8192, random);
-    });
-    CHECK(error.code() == ErrorCode::Timeout);
+TEST_CASE("a send whose deadline passes before any of it was written fails with Timeout, and "
+          "the channel is intact") {
+  // Frames under PIPE_BUF go into a pipe whole or not at all: the pipe fills up on a
+  // message boundary.
+  auto [near, far] = Channel::pair(
+      ChannelOptions().with_send_path(SendPath::copy).with_send_timeout(100ms));
+  Random random(5);
+  std::uint64_t sent = 0;
+  Error error = error_from([&near = near, &random, &sent] {
+    for (;; ++sent) send_blob(near, sent, 1000, random);
+  });
+  CHECK(error.code() == ErrorCode::Timeout);
+  CHECK(near.sender().fd() >= 0);
+  for (std::uint64_t seq = 0; seq < sent; ++seq) {
+    auto blob = far.receive_as<test::Blob>(Deadline::after(10s));
+    REQUIRE(blob->getSeq() == seq);
   }
+  send_blob(near, sent, 1000, random);  // the message that timed out, sent again
+  CHECK(far.receive_as<test::Blob>(Deadline::after(10s))->getSeq() == sent);
+}
+
+TEST_CASE("a send whose deadline passes mid-message fails with StreamCut: this end stops "
+          "sending and the reader sees TruncatedMessage") {
+  auto [near, far] = Channel::pair(ChannelOptions()
+                                       .with_pipe_bytes(64 * KiB)
+                                       .with_send_path(SendPath::vmsplice)
+                                       .with_send_timeout(50ms));
+  Random random(5);
+  Error cut = error_from([&near = near, &random] { send_blob(near, 0, 200 * KiB, random); });
+  CHECK(cut.code() == ErrorCode::StreamCut);
+  CHECK_FALSE(cut.peer_gone());
+  CHECK(cut.sys_errno() == 0);
+  Error after = error_from([&near = near, &random] { send_blob(near, 1, 10, random); });
+  CHECK(after.code() == ErrorCode::InvalidArgument);
+  CHECK(error_from([&far = far] { far.receive(); }).code() == ErrorCode::TruncatedMessage);
+  // Receiving on the cut end still works.
+  send_blob(far, 2, 10, random);
+  CHECK(near.receive_as<test::Blob>(Deadline::after(10s))->getSeq() == 2);
 }
 
 TEST_CASE("building in a pool full of unread messages fails with Timeout after the send "
@@ -183,16 +213,24 @@ TEST_CASE("a peer process that dies mid-message is reported as TruncatedMessage"
         ErrorCode::TruncatedMessage);
 }
 
-TEST_CASE("receiving from a descriptor that cannot be read fails with SystemError and errno") {
+TEST_CASE("a receiver or sender given the wrong end of a pipe fails with InvalidArgument") {
   RawPipe pipe;
-  Error error = error_from([&] { Receiver receiver(std::move(pipe.write_end)); });  // wrong end
-  CHECK(error.code() == ErrorCode::SystemError);
-  CHECK(error.sys_errno() == EBADF);
+  Error receiving = error_from([&] { Receiver receiver(std::move(pipe.write_end)); });
+  CHECK(receiving.code() == ErrorCode::InvalidArgument);
+  CHECK(receiving.sys_errno() == 0);
+  Error sending = error_from([&] { Sender sender(std::move(pipe.read_end)); });
+  CHECK(sending.code() == ErrorCode::InvalidArgument);
 }
 
-TEST_CASE("sending to a descriptor that cannot be written fails with SystemError and errno") {
-  RawPipe pipe;
-  Error error = error_from([&] { Sender sender(std::move(pipe.read_end)); });  // wrong end
+TEST_CASE("a system call that fails is SystemError with its errno") {
+  rlimit limit{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &limit) == 0);
+  rlimit none = limit;
+  none.rlim_cur = 0;  // no new descriptor at all: pipe2 fails with EMFILE
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &none) == 0);
+  Error error = error_from([] { Channel::pair(); });
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &limit) == 0);
   CHECK(error.code() == ErrorCode::SystemError);
-  CHECK(error.sys_errno() == EBADF);
+  CHECK(error.sys_errno() == EMFILE);
+  CHECK_THAT(error.detail(), Catch::Contains("pipe2"));
 }

@@ -8,7 +8,11 @@
 //   truncate            one whole message, then half of one, then exit
 //   garbage             three whole messages, then bytes that are no segment table
 //   stall               one whole message, then the first 4 KiB of a 60 MiB frame
-//   forged-descriptor   a shared-memory descriptor naming an arena it never sent
+//   forged-descriptor   a shared-memory descriptor, with no arena ever announced
+//   descriptor-ahead    arena 1 and a message in it, then a descriptor naming arena 2,
+//                       which it never sends
+//   corrupt-descriptor  arena 1 and a message in it, then a marked frame whose
+//                       descriptor's root pointer points far outside its segment
 //   unsealed-arena      an arena memfd without F_SEAL_FUTURE_WRITE, and a descriptor in it
 //   arena-flood         one valid arena and a message in it, then (once the parent took
 //                       the arena) 1000 more Arena records, every other one with two
@@ -105,8 +109,9 @@ std::vector<std::uint32_t> segment_table(const std::vector<std::uint32_t>& sizes
   return words;
 }
 
-/// A shared-memory descriptor as a capnsplice sender writes it: message 1, one segment
-/// of `words` words at the start of arena `arena`.
+/// A shared-memory descriptor as a capnsplice sender writes it (src/frame.h: a marked
+/// frame, an empty segment 0 and then the SharedMessage): message 1, one segment of
+/// `words` words at the start of arena `arena`.
 void write_descriptor(std::uint32_t arena, std::uint64_t words) {
   capnp::MallocMessageBuilder message;
   auto descriptor = message.initRoot<capnsplice::wire::SharedMessage>();
@@ -116,7 +121,9 @@ void write_descriptor(std::uint32_t arena, std::uint64_t words) {
   auto segment = descriptor.initSegments(1)[0];
   segment.setOffset(0);
   segment.setWords(words);
-  capnp::writeMessageToFd(kChildSendFd, message);
+  const kj::ArrayPtr<const capnp::word> frame[] = {nullptr,
+                                                   message.getSegmentsForOutput()[0]};
+  capnp::writeMessageToFd(kChildSendFd, frame);
 }
 
 /// Reads and drops whatever the parent sent; false once it closed its end.
@@ -323,6 +330,14 @@ int run(const std::string& mode) {
   } else if (mode == "forged-descriptor") {
     write_message(0);
     write_descriptor(7, 1);  // an arena this peer never put on the control link
+  } else if (mode == "descriptor-ahead") {
+    const BlobArena arena = send_in_new_arena(1, 0);
+    write_descriptor(2, arena.words);
+  } else if (mode == "corrupt-descriptor") {
+    send_in_new_arena(1, 0);
+    // A struct pointer whose offset (2^29 words) leaves the 2-word segment.
+    const std::vector<std::uint32_t> frame = {1, 0, 2, 0, 0x7FFFFFFCu, 0x00010003u, 0, 0};
+    write_words(frame);
   } else if (mode == "unsealed-arena") {
     write_message(0);
     send_record(kArena, 1, kArenaBytes, {make_arena(F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)});

@@ -162,16 +162,35 @@ TEST_CASE("a peer stalling inside a 60 MiB frame times the receive out without t
   CHECK(run.intact_seqs == std::vector<std::uint64_t>{0});
 }
 
-TEST_CASE("a forged shared-memory descriptor naming an arena never sent is MalformedFrame") {
+TEST_CASE("a descriptor from a peer that announced no arena is MalformedFrame") {
   HostileRun run = receive_from_hostile_peer("forged-descriptor");
   check_refused_then_next_channel_works(run, ErrorCode::MalformedFrame);
   CHECK(run.intact_seqs == std::vector<std::uint64_t>{0});
-  CHECK_THAT(run.error->what(), Catch::Contains("arena 7, which the peer never sent"));
+  CHECK_THAT(run.error->what(), Catch::Contains("announced no shared-memory arena"));
 }
 
-TEST_CASE("an arena memfd without F_SEAL_FUTURE_WRITE is MalformedFrame") {
+TEST_CASE("a descriptor naming an arena the peer has not sent is ProtocolViolation at once") {
+  Child peer = spawn_arena_peer("descriptor-ahead");
+  auto first = peer.channel.receive_for(kPatientReceive);
+  REQUIRE(blob_intact(first.root<test::Blob>()));
+  Error error = receive_until_error(peer.channel);
+  CHECK(error.code() == ErrorCode::ProtocolViolation);
+  CHECK_THAT(error.what(), Catch::Contains("names arena 2, which the peer had not sent"));
+}
+
+TEST_CASE("a descriptor whose bytes Cap'n Proto cannot read is ProtocolViolation, not a "
+          "kj::Exception") {
+  Child peer = spawn_arena_peer("corrupt-descriptor");
+  auto first = peer.channel.receive_for(kPatientReceive);
+  REQUIRE(blob_intact(first.root<test::Blob>()));
+  Error error = receive_until_error(peer.channel);  // catches capnsplice::Error only
+  CHECK(error.code() == ErrorCode::ProtocolViolation);
+  CHECK_THAT(error.what(), Catch::Contains("shared-memory descriptor"));
+}
+
+TEST_CASE("an arena memfd without F_SEAL_FUTURE_WRITE is ProtocolViolation") {
   HostileRun run = receive_from_hostile_peer("unsealed-arena");
-  check_refused_then_next_channel_works(run, ErrorCode::MalformedFrame);
+  check_refused_then_next_channel_works(run, ErrorCode::ProtocolViolation);
   CHECK(run.intact_seqs == std::vector<std::uint64_t>{0});
   CHECK_THAT(run.error->what(), Catch::Contains("lacks F_SEAL_FUTURE_WRITE"));
 }
@@ -191,7 +210,7 @@ TEST_CASE("a flood of arena records costs no descriptors, and a flooded arena is
   run.error = receive_until_error(peer.channel);
   const std::size_t resident_after = resident_bytes();
   run.resident_growth = resident_after > resident_before ? resident_after - resident_before : 0;
-  check_refused_then_next_channel_works(run, ErrorCode::MalformedFrame);
+  check_refused_then_next_channel_works(run, ErrorCode::ProtocolViolation);
   CHECK_THAT(run.error->what(),
              Catch::Contains("names arena 500, but the latest arena the peer announced is 1000"));
 }
@@ -210,12 +229,12 @@ TEST_CASE("arena announcements whose id is not above the latest are dropped with
   CHECK(again.root<test::Blob>().getSeq() == 0);
   CHECK(blob_intact(again.root<test::Blob>()));
   Error error = receive_until_error(peer.channel);
-  CHECK(error.code() == ErrorCode::MalformedFrame);
+  CHECK(error.code() == ErrorCode::ProtocolViolation);
   CHECK_THAT(error.what(),
              Catch::Contains("names arena 4, but the latest arena the peer announced is 5"));
 }
 
-TEST_CASE("a descriptor naming a replaced arena is MalformedFrame, and messages still read "
+TEST_CASE("a descriptor naming a replaced arena is ProtocolViolation, and messages still read "
           "the replaced arena") {
   Child peer = spawn_arena_peer("arena-replaced");
   auto in_first = peer.channel.receive_for(kPatientReceive);
@@ -227,7 +246,7 @@ TEST_CASE("a descriptor naming a replaced arena is MalformedFrame, and messages 
   CHECK(blob_intact(in_first.root<test::Blob>()));
   CHECK(blob_intact(in_second.root<test::Blob>()));
   Error error = receive_until_error(peer.channel);
-  CHECK(error.code() == ErrorCode::MalformedFrame);
+  CHECK(error.code() == ErrorCode::ProtocolViolation);
   CHECK_THAT(error.what(),
              Catch::Contains("names arena 1, but the latest arena the peer announced is 2"));
 }

@@ -14,6 +14,7 @@
 #include "capnsplice/process.h"
 #include "support/blob.h"
 #include "support/process_support.h"
+#include "support/raw_pipe.h"
 
 namespace {
 
@@ -73,7 +74,8 @@ TEST_CASE("a message already buffered is reported although its descriptor is not
   CHECK(poller.wait(Deadline::after(20ms)).empty());
 }
 
-TEST_CASE("a closed channel is reported as hung up, and draining it ends with PeerClosed") {
+TEST_CASE("a closed channel is reported as hung up, and draining it ends empty with at_end, "
+          "without an exception") {
   auto [near, far] = Channel::pair();
   Poller poller;
   poller.add(far, 1);
@@ -83,8 +85,24 @@ TEST_CASE("a closed channel is reported as hung up, and draining it ends with Pe
   REQUIRE(events.size() == 1);
   CHECK(events[0].readable);
   CHECK(events[0].hung_up);
+  CHECK_FALSE(far.at_end());
   CHECK(far.try_receive()->root<test::Blob>().getSeq() == 42);  // what was sent arrives
-  CHECK(error_from([&far = far] { far.try_receive(); }).code() == ErrorCode::PeerClosed);
+  CHECK_FALSE(far.try_receive().has_value());
+  CHECK(far.at_end());
+  CHECK_FALSE(far.try_receive().has_value());  // and stays so
+  CHECK(far.at_end());
+  // A blocking receive has nothing to return: it says PeerClosed.
+  CHECK(error_from([&far = far] { far.receive(); }).code() == ErrorCode::PeerClosed);
+}
+
+TEST_CASE("a peer that dies in the middle of a message makes try_receive throw "
+          "TruncatedMessage, and at_end stays false") {
+  RawPipe pipe;
+  Receiver receiver(std::move(pipe.read_end));
+  pipe.write_words({0, 4, 1, 2});  // a frame of 4 words, 2 of them sent
+  pipe.write_end.reset();
+  CHECK(error_from([&] { receiver.try_receive(); }).code() == ErrorCode::TruncatedMessage);
+  CHECK_FALSE(receiver.at_end());
 }
 
 TEST_CASE("a poller wait ends empty at its deadline or when woken from another thread") {
@@ -149,7 +167,8 @@ TEST_CASE("a child's exit descriptor outlives wait(), so the poller can remove i
     for (const PollEvent& event : events) {
       ended.insert(event.key);
       if (event.key == 1) {
-        CHECK(error_from([&] { child.channel.try_receive(); }).code() == ErrorCode::PeerClosed);
+        CHECK_FALSE(child.channel.try_receive().has_value());
+        CHECK(child.channel.at_end());
         poller.remove(child.channel);
       } else {
         CHECK(child.process.wait().success());
@@ -194,6 +213,10 @@ TEST_CASE("one thread serves many spawned children and keeps serving when one cr
             children[kCrashing].process.kill(SIGKILL);
           }
           send_seq(*event.channel, seq + 1);
+        }
+        if (event.channel->at_end()) {  // the killed child's stream ended between messages
+          gone.insert(event.key);
+          poller.remove(*event.channel);
         }
       } catch (const Error& error) {
         INFO(error.what());

@@ -33,3 +33,13 @@ struct Inventory {
   nonblockingAtStart @4 :Bool;    # an inherited channel descriptor had O_NONBLOCK
   extra @5 :Text;                 # CAPNSPLICE_TEST_EXTRA, to check added environment
 }
+
+# A struct laid out as capnsplice's SharedMessage descriptor (3 data words, 1 pointer).
+# With `first` set to SharedMessage.expectedMagic, a one-segment message of it has the
+# shape a capnsplice receiver once took for a shared-memory descriptor.
+struct Lookalike {
+  first @0 :UInt64;
+  second @1 :UInt64;
+  third @2 :UInt64;
+  payload @3 :Data;
+}

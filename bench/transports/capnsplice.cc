@@ -106,6 +106,7 @@ class CapnspliceEndpoint final : public Endpoint {
   capnsplice::ReceivedMessage receive_spinning() {
     for (;;) {
       if (auto message = channel_.try_receive()) return std::move(*message);
+      if (channel_.at_end()) return channel_.receive();  // throws PeerClosed
     }
   }
 

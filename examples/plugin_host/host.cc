@@ -91,19 +91,27 @@ int main() {
       if (events.empty()) throw std::runtime_error("no plugin answered for 10 s");
       for (const capnsplice::PollEvent& event : events) {
         Plugin& plugin = plugins[event.key];
+        // A plugin that exits between messages ends its stream: at_end(). One that dies
+        // in the middle of a message is TruncatedMessage, an exception.
+        std::string why_gone;
         try {
-          if (!take_responses(plugin)) continue;
-          poller.remove(plugin.child.channel);
-          plugin.child.channel.close_sending();  // the plugin sees PeerClosed and exits
+          if (take_responses(plugin)) {
+            poller.remove(plugin.child.channel);
+            plugin.child.channel.close_sending();  // the plugin sees PeerClosed and exits
+            continue;
+          }
+          if (!plugin.child.channel.at_end()) continue;
+          why_gone = "end of stream";
         } catch (const capnsplice::Error& error) {
           if (!error.peer_gone()) throw;
-          poller.remove(plugin.child.channel);
-          plugin.gone = true;
-          std::printf("host: noticed plugin %llu is gone (%s) after %d of %d answers: %s\n",
-                      static_cast<unsigned long long>(event.key),
-                      plugin.child.process.wait().describe().c_str(), plugin.answered,
-                      kRequestsEach, error.what());
+          why_gone = error.what();
         }
+        poller.remove(plugin.child.channel);
+        plugin.gone = true;
+        std::printf("host: noticed plugin %llu is gone (%s) after %d of %d answers: %s\n",
+                    static_cast<unsigned long long>(event.key),
+                    plugin.child.process.wait().describe().c_str(), plugin.answered,
+                    kRequestsEach, why_gone.c_str());
       }
     }
 

@@ -12,7 +12,7 @@
 // capnp::StreamFdMessageReader on the same descriptors).
 //
 // Errors are capnsplice::Error exceptions (see error.h); try_receive() returns an
-// empty optional when nothing is ready.
+// empty optional when nothing is ready, and at the peer's end of stream (at_end()).
 #pragma once
 
 #include <chrono>
@@ -103,8 +103,13 @@ class Channel {
   ReceivedMessage receive_for(std::chrono::nanoseconds timeout) {
     return receiver_.receive_for(timeout);
   }
-  /// A message if one is complete now, else empty; never blocks.
+  /// A message if one is complete now, else empty; never blocks. Empty with at_end()
+  /// true once the peer closed its end (Receiver::try_receive).
   std::optional<ReceivedMessage> try_receive() { return receiver_.try_receive(); }
+
+  /// True once the peer closed its sending end and every message it sent was received:
+  /// an event loop learns that a peer exited without catching an exception.
+  bool at_end() const noexcept { return receiver_.at_end(); }
 
   /// Receives and opens the root as `Root`.
   template <typename Root>

@@ -18,16 +18,26 @@ class Deadline {
   /// Does not block at all: only what is possible right now.
   static Deadline immediate() noexcept { return Deadline(Clock::time_point::min()); }
 
-  /// Gives up `timeout` from now.
+  /// Gives up `timeout` from now. A timeout too long for the clock to reach
+  /// (`nanoseconds::max()`, "wait forever") is never(), not an overflow that expires at
+  /// once; zero or less is already expired.
   static Deadline after(std::chrono::nanoseconds timeout) noexcept {
-    return Deadline(Clock::now() + timeout);
+    const Clock::time_point now = Clock::now();
+    if (timeout.count() <= 0) return Deadline(now);
+    if (timeout > Clock::time_point::max() - now) return never();
+    return Deadline(now + timeout);
   }
 
   /// Gives up `timeout` from now, for any duration type: `Deadline::after(10s)` would
-  /// otherwise be ambiguous between the two overloads around this one.
+  /// otherwise be ambiguous between the two overloads around this one. Durations beyond
+  /// what nanoseconds hold (`seconds::max()`) saturate to never().
   template <typename Rep, typename Period>
   static Deadline after(std::chrono::duration<Rep, Period> timeout) noexcept {
-    return after(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+    using Nanoseconds = std::chrono::nanoseconds;
+    using Same = std::chrono::duration<Rep, Period>;
+    if (timeout >= std::chrono::duration_cast<Same>(Nanoseconds::max())) return never();
+    if (timeout <= std::chrono::duration_cast<Same>(Nanoseconds::min())) return immediate();
+    return after(std::chrono::duration_cast<Nanoseconds>(timeout));
   }
 
   /// `never()` for an empty optional, else `after(*timeout)`.

@@ -1,14 +1,31 @@
 // capnsplice/error.h — the one error type every capnsplice call throws.
 //
 // capnsplice reports failures as exceptions of type capnsplice::Error (a
-// std::runtime_error), the same way everywhere: send, receive, channel setup.
-// Each carries an ErrorCode that tells the caller what to do next:
+// std::runtime_error), the same way everywhere: send, receive, channel setup,
+// processes, rendezvous. Each carries an ErrorCode that tells the caller what to do
+// next, and that advice holds wherever the code is thrown:
 //
-//   PeerClosed        the other end is gone (or closed its side): stop using the channel.
-//   Timeout           the deadline passed; the channel is intact, try again later.
-//   MessageTooLarge   a frame exceeds the configured limit; the stream cannot be resynchronised.
-//   MalformedFrame    the frame header is not valid Cap'n Proto stream framing.
-//   TruncatedMessage  the stream ended inside a message (the peer died mid-send).
+//   PeerClosed        the other end is gone or closed its side. After a failed send,
+//                     keep receiving until receive fails too: what the peer sent before
+//                     it went is still there. Then stop using the channel.
+//   TruncatedMessage  the stream ended inside a message (the peer died mid-send): stop.
+//   Timeout           the deadline passed before anything was done: nothing of the
+//                     message was written (or consumed); the channel is intact, retry.
+//   StreamCut         a send's deadline passed after part of a message was written: the
+//                     sending side is closed (the peer will see TruncatedMessage),
+//                     receiving still works. Close the channel when done receiving.
+//   MessageTooLarge   a message is larger than a limit. On receive: the peer's frame
+//                     exceeds max_message_bytes; the stream cannot be resynchronised,
+//                     close. On send or while building: the message cannot be carried
+//                     (it does not fit the shared-memory arena); nothing was written, the
+//                     channel is intact: send less.
+//   MalformedFrame    the peer's bytes are not valid Cap'n Proto stream framing: close.
+//   ProtocolViolation the peer broke capnsplice's own protocol (control-link records,
+//                     arena seals, shared-memory descriptors): it is buggy or hostile;
+//                     close the channel.
+//   InvalidArgument   the caller asked for something invalid (an empty or sent message,
+//                     a send after close_sending(), bad options, a malformed
+//                     CAPNSPLICE_CHANNEL): fix the calling code. Nothing was done.
 //   SystemError       a system call failed; sys_errno() says which errno.
 //   Interrupted       another thread called interrupt(); the channel is intact.
 //   PeerRefused       the other side refused the connection (another user, not allowed).
@@ -17,8 +34,9 @@
 // PeerClosed and TruncatedMessage both mean the peer is gone: Error::peer_gone().
 //
 // Non-blocking calls do not throw when nothing is ready: try_receive() returns an
-// empty std::optional. Errors inside message *content* (a bad pointer deep in a
-// struct) are Cap'n Proto's own kj::Exception, raised when the content is read.
+// empty std::optional, also at a clean end of stream (Receiver::at_end() tells the two
+// apart). Errors inside message *content* (a bad pointer deep in a struct) are Cap'n
+// Proto's own kj::Exception, raised when the content is read.
 #pragma once
 
 #include <stdexcept>
@@ -38,6 +56,9 @@ enum class ErrorCode {
   Interrupted,
   PeerRefused,
   IncompatiblePeer,
+  StreamCut,
+  ProtocolViolation,
+  InvalidArgument,
 };
 
 /// The name of a code as written in error messages ("PeerClosed", ...).

@@ -14,6 +14,13 @@
 //
 // probe_frame() checks every number in the table against the ReceiveLimits before
 // the caller allocates or reads anything for the frame.
+//
+// A frame whose segment 0 is empty is not a Cap'n Proto message (segment 0 holds the
+// root pointer, so every MessageBuilder writes at least one word there). capnsplice
+// uses exactly that shape, and nothing else, to mark its own control frames (the
+// descriptor of a shared-memory message: an empty segment 0, then the descriptor):
+// no ordinary message can look like one, whatever its bytes. Receivers refuse the
+// shape unless they follow a capnsplice peer that announced what it marks that way.
 #pragma once
 
 #include <capnp/common.h>
@@ -39,14 +46,24 @@ struct FrameProbe {
   std::uint32_t segment_count = 0;
   /// Bytes of the segment table, padding included.
   std::size_t header_bytes = 0;
+  /// Segment 0 is empty: a capnsplice control frame (only with MarkedFrames::accepted).
+  bool marked = false;
+};
+
+/// What a frame with an empty segment 0 (a marked frame) is to the caller.
+enum class MarkedFrames {
+  refused,   ///< malformed: a message needs its root pointer (plain Cap'n Proto peers)
+  accepted,  ///< a capnsplice control frame, checked by the caller (it has 2 segments)
 };
 
 /// Looks at `available` bytes at the start of a frame. Throws MalformedFrame (too many
-/// segments, an empty first segment) or MessageTooLarge (the sizes add up to more
-/// than limits.max_message_bytes) as soon as the bytes seen prove it; `context`
-/// prefixes the error text.
+/// segments, an empty first segment unless `marked` is accepted, a marked frame of
+/// other than 2 segments) or MessageTooLarge (the sizes add up to more than
+/// limits.max_message_bytes) as soon as the bytes seen prove it; `context` prefixes
+/// the error text.
 FrameProbe probe_frame(const std::byte* frame, std::size_t available,
-                       const ReceiveLimits& limits, std::string_view context);
+                       const ReceiveLimits& limits, std::string_view context,
+                       MarkedFrames marked = MarkedFrames::refused);
 
 /// Fills `segments` (segment_count entries) with views of a complete, probed frame.
 /// The frame must start 8-byte aligned.

@@ -30,8 +30,10 @@ namespace capnsplice {
 /// sealed against writes through the receiver's descriptor (F_SEAL_FUTURE_WRITE), and a
 /// receiver refuses an arena without that seal. 3: a sender replaces an idle arena that
 /// grew past arena_keep_bytes with a fresh one (higher id), which a version-2 receiver
-/// refuses.
-inline constexpr std::uint32_t kProtocolVersion = 3;
+/// refuses. 4: a shared-memory descriptor is a marked frame (frame.h: an empty segment
+/// 0, then the descriptor) instead of a one-segment message with a magic word, which
+/// ordinary messages could imitate.
+inline constexpr std::uint32_t kProtocolVersion = 4;
 
 /// What this end says about itself and requires of its peer.
 struct HelloOptions {

@@ -53,7 +53,7 @@ enum class SendPath {
 /// Options of the sending side of a channel.
 struct SenderOptions {
   /// Page-aligned pool the sender builds messages in. Kept small on purpose: a pool
-  /// that stays in cache is faster than a large one (see DESIGN.md, "Physics").
+  /// that stays in cache is faster than a large one (measured: README, Tuning).
   std::size_t pool_bytes = 4 * MiB;
   /// Pool for OutgoingMessage::allocate_data() buffers (mapped on first use).
   std::size_t data_pool_bytes = 4 * MiB;

@@ -33,7 +33,7 @@ class OutgoingMessage {
   OutgoingMessage& operator=(OutgoingMessage&&) noexcept;
   ~OutgoingMessage();
 
-  /// The underlying builder. Throws std::logic_error on an empty (sent) message.
+  /// The underlying builder. Throws InvalidArgument on an empty (sent) message.
   capnp::MessageBuilder& builder();
 
   template <typename Root>

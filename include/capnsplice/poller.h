@@ -7,14 +7,13 @@
 //   for (std::uint64_t i = 0; i < plugins.size(); ++i) poller.add(plugins[i].channel, i);
 //   for (;;) {
 //     for (const capnsplice::PollEvent& event : poller.wait()) {
-//       try {
-//         while (auto message = event.channel->try_receive()) handle(event.key, *message);
-//       } catch (const capnsplice::Error& error) {
-//         if (!error.peer_gone()) throw;
-//         poller.remove(*event.channel);  // plugin `event.key` exited or crashed
-//       }
+//       while (auto message = event.channel->try_receive()) handle(event.key, *message);
+//       if (event.channel->at_end()) poller.remove(*event.channel);  // plugin exited
 //     }
 //   }
+//
+// (A plugin that dies in the middle of a message makes try_receive() throw
+// TruncatedMessage: catch capnsplice::Error around the loop to survive that too.)
 //
 // Drain each reported channel with try_receive() until it returns empty: one read can
 // bring many messages, and a message already in the receiver's buffer does not make

@@ -32,7 +32,7 @@ class ReceivedMessage {
   ~ReceivedMessage();
 
   /// The message's reader, with the receiver's traversal and nesting limits.
-  /// Throws std::logic_error on an empty (moved-from) message.
+  /// Throws InvalidArgument on an empty (moved-from) message.
   capnp::MessageReader& reader();
 
   /// The root struct. Content errors are Cap'n Proto's kj::Exception, as usual.

@@ -8,8 +8,8 @@
 //
 // Frame headers are untrusted: segment count, each size and the total are checked
 // against ReceiveLimits before anything is allocated (MalformedFrame,
-// MessageTooLarge). End of stream between messages is PeerClosed; inside a message,
-// TruncatedMessage.
+// MessageTooLarge). End of stream between messages is PeerClosed for receive() and an
+// empty try_receive() with at_end() true; inside a message, TruncatedMessage for both.
 //
 // Threads: one thread receives at a time; messages may be used anywhere.
 #pragma once
@@ -68,9 +68,16 @@ class Receiver {
     return receive(Deadline::after(timeout));
   }
 
-  /// A message if one is complete now (reading once without blocking), else empty.
-  /// Errors are thrown as by receive().
+  /// A message if one is complete now (reading without blocking), else empty. Empty
+  /// also once the peer closed its end and every message before that was handed out:
+  /// at_end() then says so, with no exception for the normal end of a peer. Other
+  /// errors (TruncatedMessage, MalformedFrame, ...) are thrown as by receive().
   std::optional<ReceivedMessage> try_receive();
+
+  /// True once the stream ended cleanly (the peer closed its end or exited between
+  /// messages) and every message before the end was handed out: nothing more will come.
+  /// The descriptor stays readable from then on, so a loop should stop watching it.
+  bool at_end() const noexcept;
 
   /// True when a whole message is already buffered: poll() on fd() would not report it.
   /// After poll() says readable, call try_receive() until it returns empty.

@@ -11,6 +11,10 @@
 //       from 0, prints "N messages, B payload bytes" and exits 0. On bad input prints
 //       the error to stderr and exits 1.
 //
+//   capnsplice-pipe relay [--max-message-bytes BYTES] [--path auto|copy|vmsplice]
+//       Passes messages of any type from stdin to stdout, each exactly as it came (its
+//       segments, unchanged), until end of stream; exits 0 then, 1 on bad input.
+//
 // Both ends interoperate with `capnp encode` / `capnp decode schemas/demo.capnp Chunk`.
 #include <fcntl.h>
 #include <unistd.h>
@@ -39,7 +43,9 @@ constexpr int kUsageExit = 2;
   std::cerr << "capnsplice-pipe: " << why << "\n"
             << "usage: capnsplice-pipe produce --count N --size BYTES "
                "[--path auto|copy|vmsplice]\n"
-            << "       capnsplice-pipe consume [--max-message-bytes BYTES]\n";
+            << "       capnsplice-pipe consume [--max-message-bytes BYTES]\n"
+            << "       capnsplice-pipe relay [--max-message-bytes BYTES] "
+               "[--path auto|copy|vmsplice]\n";
   std::exit(kUsageExit);
 }
 
@@ -79,21 +85,29 @@ int produce(std::uint64_t count, std::uint64_t size, capnsplice::SendPath path) 
   return 0;
 }
 
-int consume(std::size_t max_message_bytes) {
+/// A receiver of stdin, whose errors name `command`.
+capnsplice::Receiver stdin_receiver(std::size_t max_message_bytes, const char* command) {
   capnsplice::ReceiverOptions options;
   options.limits.max_message_bytes = max_message_bytes;
-  capnsplice::Receiver receiver(duplicate(STDIN_FILENO), options, "capnsplice-pipe consume");
+  return capnsplice::Receiver(duplicate(STDIN_FILENO), options, command);
+}
+
+/// The next message; none once the stream ended between messages (the input is done).
+std::optional<capnsplice::ReceivedMessage> next_message(capnsplice::Receiver& receiver) {
+  try {
+    return receiver.receive();
+  } catch (const capnsplice::Error& error) {
+    if (error.code() != capnsplice::ErrorCode::PeerClosed) throw;
+    return std::nullopt;
+  }
+}
+
+int consume(std::size_t max_message_bytes) {
+  capnsplice::Receiver receiver = stdin_receiver(max_message_bytes, "capnsplice-pipe consume");
   std::uint64_t messages = 0;
   std::uint64_t payload_bytes = 0;
-  for (;;) {
-    capnsplice::ReceivedMessage message;
-    try {
-      message = receiver.receive();
-    } catch (const capnsplice::Error& error) {
-      if (error.code() != capnsplice::ErrorCode::PeerClosed) throw;
-      break;  // end of stream between messages: done
-    }
-    auto chunk = message.root<Chunk>();
+  while (auto message = next_message(receiver)) {
+    auto chunk = message->root<Chunk>();
     if (chunk.getSeq() != messages) {
       std::cerr << "capnsplice-pipe consume: message " << messages << " has seq "
                 << chunk.getSeq() << ", expected " << messages << "\n";
@@ -103,6 +117,17 @@ int consume(std::size_t max_message_bytes) {
     ++messages;
   }
   std::cout << messages << " messages, " << payload_bytes << " payload bytes\n";
+  return 0;
+}
+
+int relay(std::size_t max_message_bytes, capnsplice::SendPath path) {
+  capnsplice::Receiver receiver = stdin_receiver(max_message_bytes, "capnsplice-pipe relay");
+  capnsplice::SenderOptions options;
+  options.path = path;
+  capnsplice::Sender sender(duplicate(STDOUT_FILENO), options, "capnsplice-pipe relay");
+  while (auto message = next_message(receiver)) {
+    sender.send_copy(message->segments(), capnsplice::Deadline::never());
+  }
   return 0;
 }
 
@@ -146,6 +171,7 @@ int main(int argc, char** argv) {
       return produce(*count, *size, path);
     }
     if (command == "consume") return consume(max_message_bytes);
+    if (command == "relay") return relay(max_message_bytes, path);
     usage(("unknown command '" + std::string(command) + "'").c_str());
   } catch (const capnsplice::Error& error) {
     std::cerr << error.what() << "\n";

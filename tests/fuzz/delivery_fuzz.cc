@@ -122,7 +122,11 @@ class DeliveryRun {
         return;
       }
       require(message.has_value() || !promised, "has_buffered_message() kept its promise");
-      if (!message) return;
+      if (!message) {
+        // A clean end of stream is an empty result with at_end(), not an exception.
+        if (receiver_.at_end()) error_ = ErrorCode::PeerClosed;
+        return;
+      }
       check(*message);
       if (settings_.hold == Hold::all ||
           (settings_.hold == Hold::every_other && delivered_ % 2 == 0)) {

@@ -1,0 +1,113 @@
+// The error contract of error.h: every failure is a capnsplice::Error whose code's advice
+// holds where it is thrown. (Per-code behaviour of the channel: error_test.cc.)
+#include <catch2/catch.hpp>
+
+#include <capnp/message.h>
+
+#include <string>
+#include <thread>
+
+#include "capnsplice/process.h"
+#include "support/blob.h"
+#include "support/error_from.h"
+#include "support/process_support.h"
+
+namespace {
+
+using namespace capnsplice;
+using namespace capnsplice::testing;
+using namespace std::chrono_literals;
+
+}  // namespace
+
+TEST_CASE("an error's text carries its context, its detail and its code's name") {
+  const Error error(ErrorCode::ProtocolViolation, "channel 'x': receive", "what happened");
+  CHECK(error.code() == ErrorCode::ProtocolViolation);
+  CHECK(error.detail() == "what happened");
+  CHECK(error.sys_errno() == 0);
+  CHECK(std::string(error.what()) == "channel 'x': receive: what happened [ProtocolViolation]");
+  CHECK_FALSE(error.peer_gone());
+  const ErrorCode codes[] = {
+      ErrorCode::PeerClosed,       ErrorCode::Timeout,          ErrorCode::MessageTooLarge,
+      ErrorCode::MalformedFrame,   ErrorCode::TruncatedMessage, ErrorCode::SystemError,
+      ErrorCode::Interrupted,      ErrorCode::PeerRefused,      ErrorCode::IncompatiblePeer,
+      ErrorCode::StreamCut,        ErrorCode::ProtocolViolation, ErrorCode::InvalidArgument};
+  for (ErrorCode code : codes) CHECK(to_string(code) != "Unknown");
+  CHECK(Error(ErrorCode::PeerClosed, "", "").peer_gone());
+  CHECK(Error(ErrorCode::TruncatedMessage, "", "").peer_gone());
+}
+
+TEST_CASE("after a send fails with PeerClosed, every message the peer sent before it went is "
+          "still received") {
+  constexpr std::uint64_t kSent = 20;
+  Child child = fork_with_channel([](Channel& parent) {
+    Random random(1);
+    for (std::uint64_t seq = 0; seq < kSent; ++seq) send_blob(parent, seq, 3000, random);
+    return 0;  // exits: its receiving end closes with the rest
+  });
+  REQUIRE(child.process.wait().success());
+  Random random(2);
+  Error failed = error_from([&] { send_blob(child.channel, 0, 100, random); });
+  CHECK(failed.code() == ErrorCode::PeerClosed);
+  // What the docs tell the caller to do: keep receiving until receive fails.
+  for (std::uint64_t seq = 0; seq < kSent; ++seq) {
+    auto blob = child.channel.receive_as<test::Blob>(Deadline::after(10s));
+    CHECK(blob->getSeq() == seq);
+    CHECK(blob_intact(blob.root()));
+  }
+  CHECK(error_from([&] { child.channel.receive(Deadline::after(10s)); }).code() ==
+        ErrorCode::PeerClosed);
+}
+
+TEST_CASE("a sent or moved-from message is InvalidArgument, never std::logic_error") {
+  auto [near, far] = Channel::pair(ChannelOptions().with_name("misuse"));
+  OutgoingMessage message = near.new_message();
+  message.init_root<test::Blob>().setSeq(1);
+  near.send(std::move(message));
+  Error sending_again = error_from([&near = near, &message] { near.send(std::move(message)); });
+  CHECK(sending_again.code() == ErrorCode::InvalidArgument);
+  CHECK_THAT(sending_again.what(), Catch::StartsWith("channel 'misuse': send"));
+  CHECK(error_from([&message] { message.builder(); }).code() == ErrorCode::InvalidArgument);
+
+  ReceivedMessage received = far.receive(Deadline::after(10s));
+  ReceivedMessage taken = std::move(received);
+  CHECK(taken.root<test::Blob>().getSeq() == 1);
+  CHECK(error_from([&received] { received.reader(); }).code() == ErrorCode::InvalidArgument);
+}
+
+TEST_CASE("a caller cannot send a frame with an empty first segment, the mark of capnsplice's "
+          "own control frames") {
+  auto [near, far] = Channel::pair();
+  const capnp::word root{};  // a null root pointer
+  const kj::ArrayPtr<const capnp::word> marked[] = {nullptr, kj::arrayPtr(&root, 1)};
+  Error error = error_from([&near = near, &marked] {
+    near.sender().send_copy(marked, Deadline::after(1s));
+  });
+  CHECK(error.code() == ErrorCode::InvalidArgument);
+  CHECK(error_from([&near = near] {
+          near.sender().send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>>(),
+                                  Deadline::after(1s));
+        }).code() == ErrorCode::InvalidArgument);
+  // Nothing was written: the channel carries the next message as usual.
+  Random random(3);
+  send_blob(near, 5, 10, random);
+  CHECK(far.receive_as<test::Blob>(Deadline::after(10s))->getSeq() == 5);
+}
+
+TEST_CASE("wait-forever durations saturate to no deadline instead of expiring at once") {
+  CHECK(Deadline::after(std::chrono::nanoseconds::max()).is_never());
+  CHECK(Deadline::after(std::chrono::seconds::max()).is_never());
+  CHECK(Deadline::after(std::chrono::hours::max()).is_never());
+  CHECK_FALSE(Deadline::after(std::chrono::hours(24 * 365)).is_never());
+  CHECK(Deadline::after(std::chrono::nanoseconds::min()).expired());
+  CHECK(Deadline::after(std::chrono::seconds::min()).expired());
+  // receive_for(max) waits: here until another thread interrupts it, not Timeout at once.
+  auto [near, far] = Channel::pair();
+  std::thread interrupter([&far = far] {
+    std::this_thread::sleep_for(50ms);
+    far.interrupt_receive();
+  });
+  Error error = error_from([&far = far] { far.receive_for(std::chrono::nanoseconds::max()); });
+  interrupter.join();
+  CHECK(error.code() == ErrorCode::Interrupted);
+}
