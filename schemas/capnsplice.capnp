@@ -36,8 +36,11 @@ struct Hello {
 }
 
 # On the pipe in place of a large message that lives in the sender's shared-memory
-# arena (see src/shared_arena.h). Only sent to a peer that announced it reads these on
-# the channel's control link; the receiver checks every field before reading anything.
+# arena (see src/shared_arena.h), as segment 1 of a frame whose segment 0 is empty: that
+# framing, which no Cap'n Proto message has, marks it (include/capnsplice/frame.h), never
+# its content. Only sent to a peer that announced it reads these on the channel's
+# control link, and only after the arena it names; the receiver checks every field
+# before reading anything.
 struct SharedMessage {
   const expectedMagic :UInt64 = 0x6873636c70736e63;  # "cnsplcsh" as a little-endian word
 

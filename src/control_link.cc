@@ -158,7 +158,13 @@ bool ControlLink::peer_gone() {
 
 std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_id) {
   std::lock_guard lock(mutex_);
-  if (arena_id > latest_arena_.load(std::memory_order_relaxed)) pump_locked(Deadline::immediate());
+  // One pump takes kMaxRecordsPerPump records; an honest peer has fewer pending, but the
+  // socket holds a few more.
+  for (int pumps = 0; pumps < 4 && arena_id > latest_arena_.load(std::memory_order_relaxed) &&
+                      !peer_gone_;
+       ++pumps) {
+    pump_locked(Deadline::immediate());
+  }
   const std::uint32_t latest = latest_arena_.load(std::memory_order_relaxed);
   if (arena_id == latest && unclaimed_arena_.memfd) {
     return {std::move(unclaimed_arena_.memfd), unclaimed_arena_.capacity};
@@ -189,6 +195,10 @@ void ControlLink::pump_locked(Deadline deadline) {
   // deadline passed, however fast records come.
   const bool may_wait = !deadline.expired();
   bool waited = false;
+  // A peer that closed its end with our records unread makes the next recvmsg fail with
+  // ECONNRESET once, while the records it sent before are still queued: read on, and
+  // call it gone only when the queue is empty.
+  bool reset = false;
   for (std::size_t taken = 0; taken < kMaxRecordsPerPump && !peer_gone_;) {
     Record record{};
     iovec iov{&record, sizeof record};
@@ -201,7 +211,11 @@ void ControlLink::pump_locked(Deadline deadline) {
     const ssize_t got = ::recvmsg(socket_.get(), &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (got < 0) {
       if (errno == EINTR) continue;
-      if (errno == ECONNRESET) {  // the peer died with records unread
+      if (errno == ECONNRESET && !reset) {
+        reset = true;
+        continue;
+      }
+      if (errno == ECONNRESET || (errno == EAGAIN && reset)) {
         peer_gone_ = true;
         return;
       }

@@ -83,7 +83,9 @@ class ReceiverCore {
     return std::nullopt;
   }
 
-  bool at_end() const noexcept { return end_of_stream_ && !own_ && head_ == parse_; }
+  /// No byte of a frame is pending: the ring is parsed to its end, and an own frame (one
+  /// started when held messages filled the ring) has received nothing yet.
+  bool at_end() const noexcept { return end_of_stream_ && unread_bytes() == 0; }
 
   bool has_buffered_message() {
     if (own_) return own_->probe.header_complete && own_->have == own_->needed;
@@ -128,6 +130,9 @@ class ReceiverCore {
   ReceivedMessage make_message(std::unique_ptr<ReceivedMessageState> state, const std::byte* frame,
                                const FrameProbe& probe);
   [[noreturn]] void throw_end_of_stream() const;
+  std::size_t unread_bytes() const noexcept {
+    return own_ ? own_->have : static_cast<std::size_t>(head_ - parse_);
+  }
 
   UniqueFd fd_;
   UniqueFd wake_fd_;  // eventfd: interrupt() makes it readable
@@ -279,7 +284,7 @@ ReceiverCore::ReadOutcome ReceiverCore::read_more() {
 }
 
 void ReceiverCore::throw_end_of_stream() const {
-  const std::size_t partial = own_ ? own_->have : static_cast<std::size_t>(head_ - parse_);
+  const std::size_t partial = unread_bytes();
   if (partial == 0) {
     throw Error(ErrorCode::PeerClosed, context_, "peer closed the channel (end of stream)");
   }

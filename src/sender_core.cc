@@ -100,8 +100,8 @@ void SenderCore::ensure_open() const {
     case ClosedBy::peer:
       throw Error(ErrorCode::PeerClosed, context_, "peer closed its receiving end");
     case ClosedBy::cut:
-      throw Error(ErrorCode::InvalidArgument, context_,
-                  "this end stopped sending when a stream was cut mid-message (StreamCut)");
+      throw Error(ErrorCode::StreamCut, context_,
+                  "this end stopped sending when an earlier send was cut mid-message");
     case ClosedBy::caller:
       break;
   }
@@ -338,8 +338,10 @@ void SenderCore::close() {
   if (!fd_) return;
   try {
     flush_locked(Deadline::after(options_.send_timeout));
-  } catch (...) {
-    if (fd_) close_locked(ClosedBy::caller);
+  } catch (const Error& error) {
+    // Timeout wrote nothing of the message it stopped at (the queue behind it is
+    // dropped, as for a send): the end stays open, so close() can be called again.
+    if (fd_ && error.code() != ErrorCode::Timeout) close_locked(ClosedBy::caller);
     throw;
   }
   close_locked(ClosedBy::caller);

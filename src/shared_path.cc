@@ -288,6 +288,10 @@ void SharedReceiver::open_descriptor(kj::ArrayPtr<const capnp::word> descriptor_
                 "a shared-memory descriptor lacks SharedMessage's magic word");
   }
   auto places = root.getSegments();
+  if (places.size() != 0 && places[0].getWords() == 0) {
+    throw Error(ErrorCode::ProtocolViolation, context_,
+                "a shared-memory message's segment 0 is empty: it has no root pointer");
+  }
   if (places.size() == 0 || places.size() > limits_.max_segments) {
     throw Error(ErrorCode::ProtocolViolation, context_,
                 "a shared-memory message lists " + std::to_string(places.size()) +

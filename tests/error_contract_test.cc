@@ -27,12 +27,8 @@ TEST_CASE("an error's text carries its context, its detail and its code's name")
   CHECK(error.sys_errno() == 0);
   CHECK(std::string(error.what()) == "channel 'x': receive: what happened [ProtocolViolation]");
   CHECK_FALSE(error.peer_gone());
-  const ErrorCode codes[] = {
-      ErrorCode::PeerClosed,       ErrorCode::Timeout,          ErrorCode::MessageTooLarge,
-      ErrorCode::MalformedFrame,   ErrorCode::TruncatedMessage, ErrorCode::SystemError,
-      ErrorCode::Interrupted,      ErrorCode::PeerRefused,      ErrorCode::IncompatiblePeer,
-      ErrorCode::StreamCut,        ErrorCode::ProtocolViolation, ErrorCode::InvalidArgument};
-  for (ErrorCode code : codes) CHECK(to_string(code) != "Unknown");
+  CHECK(to_string(ErrorCode::StreamCut) == "StreamCut");
+  CHECK(to_string(ErrorCode::InvalidArgument) == "InvalidArgument");
   CHECK(Error(ErrorCode::PeerClosed, "", "").peer_gone());
   CHECK(Error(ErrorCode::TruncatedMessage, "", "").peer_gone());
 }
@@ -101,6 +97,10 @@ TEST_CASE("wait-forever durations saturate to no deadline instead of expiring at
   CHECK_FALSE(Deadline::after(std::chrono::hours(24 * 365)).is_never());
   CHECK(Deadline::after(std::chrono::nanoseconds::min()).expired());
   CHECK(Deadline::after(std::chrono::seconds::min()).expired());
+  // Unsigned durations are neither wrapped nor taken for negative ones.
+  CHECK_FALSE(Deadline::after(std::chrono::duration<unsigned, std::milli>(100000)).expired());
+  CHECK_FALSE(Deadline::after(std::chrono::duration<double>(100.0)).expired());
+  CHECK(Deadline::after(std::chrono::duration<double>(1e300)).is_never());
   // receive_for(max) waits: here until another thread interrupts it, not Timeout at once.
   auto [near, far] = Channel::pair();
   std::thread interrupter([&far = far] {
@@ -110,4 +110,28 @@ TEST_CASE("wait-forever durations saturate to no deadline instead of expiring at
   Error error = error_from([&far = far] { far.receive_for(std::chrono::nanoseconds::max()); });
   interrupter.join();
   CHECK(error.code() == ErrorCode::Interrupted);
+}
+
+TEST_CASE("close_sending that times out before writing leaves the end open, so it can be "
+          "called again") {
+  auto [near, far] = Channel::pair(
+      ChannelOptions().with_send_path(SendPath::copy).with_send_timeout(50ms));
+  Random random(4);
+  std::uint64_t sent = 0;
+  const Error full = error_from([&near = near, &random, &sent] {
+    for (;; ++sent) send_blob(near, sent, 1000, random);
+  });
+  REQUIRE(full.code() == ErrorCode::Timeout);
+  auto waiting = near.new_message();  // waits in the queue: the pipe is full
+  fill_blob(waiting.init_root<test::Blob>(), sent, 1000, random);
+  near.queue(std::move(waiting));
+  CHECK(error_from([&near = near] { near.close_sending(); }).code() == ErrorCode::Timeout);
+  CHECK(near.sender().fd() >= 0);
+  for (std::uint64_t seq = 0; seq < sent; ++seq) {
+    REQUIRE(far.receive_as<test::Blob>(Deadline::after(10s))->getSeq() == seq);
+  }
+  near.close_sending();  // the reader made room: this time it closes
+  CHECK(near.sender().fd() < 0);
+  CHECK(error_from([&far = far] { far.receive(Deadline::after(10s)); }).code() ==
+        ErrorCode::PeerClosed);
 }

@@ -101,6 +101,27 @@ TEST_CASE("more segments than the configured limit fail with malformed frame") {
 
 TEST_CASE("an empty first segment fails with malformed frame") {
   CHECK(error_of(frame({0}, 0)) == ErrorCode::MalformedFrame);
+  CHECK(error_of(frame({0, 4}, 4)) == ErrorCode::MalformedFrame);  // refused by default
+}
+
+TEST_CASE("a marked frame (empty first segment) is accepted only with two segments, and "
+          "only when asked for") {
+  const auto marked = frame({0, 4}, 4);
+  const FrameProbe probe = capnsplice::probe_frame(marked.data(), marked.size(), {}, "test",
+                                                   capnsplice::MarkedFrames::accepted);
+  CHECK(probe.marked);
+  CHECK(probe.header_complete);
+  CHECK(probe.segment_count == 2);
+  CHECK(probe.bytes_needed == marked.size());
+  for (const auto& other : {frame({0}, 0), frame({0, 4, 4}, 8)}) {
+    CHECK_THROWS_AS(capnsplice::probe_frame(other.data(), other.size(), {}, "test",
+                                            capnsplice::MarkedFrames::accepted),
+                    capnsplice::Error);
+  }
+  const auto ordinary = frame({4, 0}, 4);  // an empty segment that is not the first
+  CHECK_FALSE(capnsplice::probe_frame(ordinary.data(), ordinary.size(), {}, "test",
+                                      capnsplice::MarkedFrames::accepted)
+                  .marked);
 }
 
 TEST_CASE("a giant first segment is refused after the first word") {

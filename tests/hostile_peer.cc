@@ -13,6 +13,10 @@
 //                       which it never sends
 //   corrupt-descriptor  arena 1 and a message in it, then a marked frame whose
 //                       descriptor's root pointer points far outside its segment
+//   arena-then-exit     a message, arena 1 with a descriptor of blob 1 in it, then exit
+//                       without ever reading the control link (the parent's records
+//                       are still queued in it: the parent's next read of the link
+//                       fails with ECONNRESET before it gives the arena record)
 //   unsealed-arena      an arena memfd without F_SEAL_FUTURE_WRITE, and a descriptor in it
 //   arena-flood         one valid arena and a message in it, then (once the parent took
 //                       the arena) 1000 more Arena records, every other one with two
@@ -333,6 +337,12 @@ int run(const std::string& mode) {
   } else if (mode == "descriptor-ahead") {
     const BlobArena arena = send_in_new_arena(1, 0);
     write_descriptor(2, arena.words);
+  } else if (mode == "arena-then-exit") {
+    write_message(0);
+    const BlobArena arena = make_blob_arena(1);
+    send_record(kArena, 1, kArenaBytes, {arena.fd});
+    write_descriptor(1, arena.words);
+    return 0;
   } else if (mode == "corrupt-descriptor") {
     send_in_new_arena(1, 0);
     // A struct pointer whose offset (2^29 words) leaves the 2-word segment.

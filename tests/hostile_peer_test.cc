@@ -188,6 +188,18 @@ TEST_CASE("a descriptor whose bytes Cap'n Proto cannot read is ProtocolViolation
   CHECK_THAT(error.what(), Catch::Contains("shared-memory descriptor"));
 }
 
+TEST_CASE("a peer that exits right after sending a shared-memory message still delivers it, "
+          "then PeerClosed") {
+  Child peer = spawn_arena_peer("arena-then-exit");
+  REQUIRE(peer.process.wait().success());  // gone before this end read anything
+  CHECK(peer.channel.receive_as<test::Blob>(Deadline::after(kPatientReceive))->getSeq() == 0);
+  auto shared = peer.channel.receive_as<test::Blob>(Deadline::after(kPatientReceive));
+  CHECK(shared->getSeq() == 1);
+  CHECK(blob_intact(shared.root()));
+  CHECK(peer.channel.receiver().stats().shared_messages == 1);
+  CHECK(receive_until_error(peer.channel).code() == ErrorCode::PeerClosed);
+}
+
 TEST_CASE("an arena memfd without F_SEAL_FUTURE_WRITE is ProtocolViolation") {
   HostileRun run = receive_from_hostile_peer("unsealed-arena");
   check_refused_then_next_channel_works(run, ErrorCode::ProtocolViolation);

@@ -103,6 +103,28 @@ TEST_CASE("a peer that dies in the middle of a message makes try_receive throw "
   pipe.write_end.reset();
   CHECK(error_from([&] { receiver.try_receive(); }).code() == ErrorCode::TruncatedMessage);
   CHECK_FALSE(receiver.at_end());
+  CHECK(error_from([&] { receiver.try_receive(); }).code() == ErrorCode::TruncatedMessage);
+}
+
+TEST_CASE("the end of stream is at_end, without an exception, also when held messages fill "
+          "the ring to its last byte") {
+  // 8 frames of 8 KiB fill a 64 KiB ring exactly; holding them makes the receiver start
+  // the next frame in a buffer of its own, which the end of stream leaves empty.
+  RawPipe pipe;
+  ReceiverOptions options;
+  options.buffer_bytes = 64 * KiB;
+  Receiver receiver(std::move(pipe.read_end), options);
+  constexpr std::uint32_t kWords = 8 * 1024 / 8 - 1;  // + the 8-byte table: 8 KiB
+  std::vector<ReceivedMessage> held;
+  for (int i = 0; i < 8; ++i) {
+    std::vector<std::uint32_t> frame{0, kWords};
+    frame.resize(2 + 2 * kWords);  // zero words: a null root
+    pipe.write_words(frame);
+    held.push_back(receiver.receive(Deadline::after(10s)));
+  }
+  pipe.write_end.reset();
+  CHECK_FALSE(receiver.try_receive().has_value());
+  CHECK(receiver.at_end());
 }
 
 TEST_CASE("a poller wait ends empty at its deadline or when woken from another thread") {

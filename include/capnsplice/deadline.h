@@ -34,9 +34,10 @@ class Deadline {
   template <typename Rep, typename Period>
   static Deadline after(std::chrono::duration<Rep, Period> timeout) noexcept {
     using Nanoseconds = std::chrono::nanoseconds;
-    using Same = std::chrono::duration<Rep, Period>;
-    if (timeout >= std::chrono::duration_cast<Same>(Nanoseconds::max())) return never();
-    if (timeout <= std::chrono::duration_cast<Same>(Nanoseconds::min())) return immediate();
+    // Compared in a type that holds every duration (and unsigned ones) without wrapping.
+    const std::chrono::duration<long double, std::nano> wide = timeout;
+    if (wide.count() >= static_cast<long double>(Nanoseconds::max().count())) return never();
+    if (wide.count() <= 0) return immediate();
     return after(std::chrono::duration_cast<Nanoseconds>(timeout));
   }
 

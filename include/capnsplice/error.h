@@ -11,8 +11,9 @@
 //   TruncatedMessage  the stream ended inside a message (the peer died mid-send): stop.
 //   Timeout           the deadline passed before anything was done: nothing of the
 //                     message was written (or consumed); the channel is intact, retry.
-//   StreamCut         a send's deadline passed after part of a message was written: the
-//                     sending side is closed (the peer will see TruncatedMessage),
+//   StreamCut         a send's deadline passed (or a system call failed) after part of a
+//                     message was written: the sending side is closed (the peer will see
+//                     TruncatedMessage), and every later send says StreamCut again;
 //                     receiving still works. Close the channel when done receiving.
 //   MessageTooLarge   a message is larger than a limit. On receive: the peer's frame
 //                     exceeds max_message_bytes; the stream cannot be resynchronised,
@@ -24,7 +25,7 @@
 //                     arena seals, shared-memory descriptors): it is buggy or hostile;
 //                     close the channel.
 //   InvalidArgument   the caller asked for something invalid (an empty or sent message,
-//                     a send after close_sending(), bad options, a malformed
+//                     a send after close_sending(), the wrong end of a pipe, a malformed
 //                     CAPNSPLICE_CHANNEL): fix the calling code. Nothing was done.
 //   SystemError       a system call failed; sys_errno() says which errno.
 //   Interrupted       another thread called interrupt(); the channel is intact.

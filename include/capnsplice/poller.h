@@ -42,8 +42,9 @@ struct PollEvent {
   /// Messages or bytes are waiting: call try_receive() until it returns empty.
   bool readable = false;
   /// The peer closed its sending side or died: after the messages still buffered,
-  /// receiving throws PeerClosed (or TruncatedMessage if it died mid-message). Remove
-  /// the channel then; until it is removed every wait() reports it again.
+  /// try_receive() returns empty with at_end() true (or throws TruncatedMessage if it
+  /// died mid-message). Remove the channel then; until it is removed every wait()
+  /// reports it again.
   bool hung_up = false;
 };
 

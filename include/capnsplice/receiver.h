@@ -57,7 +57,8 @@ class Receiver {
   ~Receiver();
 
   /// Blocks until a whole message is there. Throws PeerClosed, TruncatedMessage,
-  /// MessageTooLarge, MalformedFrame or SystemError.
+  /// MessageTooLarge, MalformedFrame, ProtocolViolation (a shared-memory descriptor
+  /// from a capnsplice peer that breaks the protocol), Interrupted or SystemError.
   ReceivedMessage receive();
 
   /// Like receive(), but throws Timeout once `deadline` passes.

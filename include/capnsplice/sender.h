@@ -86,10 +86,14 @@ class Sender {
   OutgoingMessage new_message();
 
   /// Sends and consumes `message` (after any queued ones); waits for room until the
-  /// options' send_timeout. Throws PeerClosed, Timeout or SystemError. If the deadline
-  /// passes or the peer goes away after part of a message was written, the stream is
-  /// cut mid-message: the sender closes itself and the reader sees TruncatedMessage.
-  /// Messages not written when an error is thrown are dropped (the error says how many).
+  /// options' send_timeout. Throws Timeout when the deadline passed before any of the
+  /// message was written (the channel is intact), StreamCut when it passed after part
+  /// was (the stream is cut mid-message: this sender closes itself, later sends throw
+  /// InvalidArgument, and the reader sees TruncatedMessage), PeerClosed when the reader
+  /// is gone (keep receiving: what it sent before is still there), MessageTooLarge when
+  /// it does not fit the shared-memory arena (nothing written), InvalidArgument for a
+  /// sent or moved-from message or after close(), or SystemError. Messages not written
+  /// when an error is thrown are dropped (the error says how many).
   void send(OutgoingMessage&& message);
   void send(OutgoingMessage&& message, Deadline deadline);
 
@@ -107,14 +111,18 @@ class Sender {
   bool has_queued() const noexcept;
 
   /// Sends a message built with any other builder (capnp::MallocMessageBuilder, ...)
-  /// by copy. The builder can be reused or destroyed as soon as this returns.
+  /// by copy. The builder can be reused or destroyed as soon as this returns. Segments
+  /// whose first is empty are refused (InvalidArgument): that framing marks capnsplice's
+  /// own control frames (frame.h), and such a message has no root pointer anyway.
   void send_copy(capnp::MessageBuilder& message);
   void send_copy(capnp::MessageBuilder& message, Deadline deadline);
   void send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
                  Deadline deadline);
 
   /// Writes queued messages, then closes the write end: the reader gets every message
-  /// sent, then end of stream. Further sends throw PeerClosed. (Destroying a sender
+  /// sent, then end of stream. Further sends throw InvalidArgument. A Timeout (the reader
+  /// made no room in time; the unwritten messages are dropped) leaves the end open, so
+  /// close() can be called again. (Destroying a sender
   /// with queued messages writes only what the pipe takes without waiting.)
   void close();
 
