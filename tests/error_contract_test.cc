@@ -117,10 +117,7 @@ TEST_CASE("close_sending that times out before writing leaves the end open, so i
   auto [near, far] = Channel::pair(
       ChannelOptions().with_send_path(SendPath::copy).with_send_timeout(50ms));
   Random random(4);
-  std::uint64_t sent = 0;
-  const Error full = error_from([&near = near, &random, &sent] {
-    for (;; ++sent) send_blob(near, sent, 1000, random);
-  });
+  const auto [sent, full] = fill_pipe(near, random);
   REQUIRE(full.code() == ErrorCode::Timeout);
   auto waiting = near.new_message();  // waits in the queue: the pipe is full
   fill_blob(waiting.init_root<test::Blob>(), sent, 1000, random);

@@ -102,15 +102,10 @@ TEST_CASE("receiving with a timeout on a silent channel fails with Timeout, and 
 
 TEST_CASE("a send whose deadline passes before any of it was written fails with Timeout, and "
           "the channel is intact") {
-  // Frames under PIPE_BUF go into a pipe whole or not at all: the pipe fills up on a
-  // message boundary.
   auto [near, far] = Channel::pair(
       ChannelOptions().with_send_path(SendPath::copy).with_send_timeout(100ms));
   Random random(5);
-  std::uint64_t sent = 0;
-  Error error = error_from([&near = near, &random, &sent] {
-    for (;; ++sent) send_blob(near, sent, 1000, random);
-  });
+  const auto [sent, error] = fill_pipe(near, random);
   CHECK(error.code() == ErrorCode::Timeout);
   CHECK(near.sender().fd() >= 0);
   for (std::uint64_t seq = 0; seq < sent; ++seq) {

@@ -58,6 +58,25 @@ inline void send_blob(Channel& channel, std::uint64_t seq, std::size_t size, Ran
   channel.send(std::move(message));
 }
 
+/// What fill_pipe() saw: blobs 0 to sent-1 went whole, then a send failed.
+struct FilledPipe {
+  std::uint64_t sent;
+  Error error;
+};
+
+/// Sends 1000-byte blobs until a send fails: with nobody reading, the send timeout once
+/// the pipe is full. Each frame is under PIPE_BUF, so on a copy path the pipe takes it
+/// whole or not at all and fills up on a message boundary.
+inline FilledPipe fill_pipe(Channel& channel, Random& random) {
+  for (std::uint64_t sent = 0;; ++sent) {
+    try {
+      send_blob(channel, sent, 1000, random);
+    } catch (const Error& error) {
+      return {sent, error};
+    }
+  }
+}
+
 /// Payload bytes of a blob.
 inline std::size_t blob_size(test::Blob::Reader blob) {
   if (!blob.hasParts()) return blob.getData().size();
