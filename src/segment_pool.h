@@ -54,6 +54,9 @@ class ConsumptionSource {
   /// Blocks until the reader has probably consumed more, or briefly; throws PeerClosed
   /// when the reader is gone. Returns at the deadline at the latest.
   virtual void wait_for_reader(Deadline deadline) = 0;
+  /// Throws PeerClosed when nobody can read the pipe any more (its read end is closed),
+  /// without waiting: for waits whose wake-up comes from elsewhere (arena releases).
+  virtual void require_reader() = 0;
 };
 
 /// A dedicated mapping for a request the ring could not serve.

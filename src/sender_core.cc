@@ -365,6 +365,18 @@ std::uint64_t SenderCore::consumed_bytes() {
   return written > queued ? written - queued : 0;
 }
 
+void SenderCore::require_reader() {
+  std::lock_guard lock(mutex_);
+  ensure_open();
+  pollfd probe{fd_.get(), POLLOUT, 0};
+  while (::poll(&probe, 1, 0) < 0) {
+    if (errno != EINTR) throw_system_error(context_, "poll");
+  }
+  if ((probe.revents & POLLERR) != 0) {
+    throw Error(ErrorCode::PeerClosed, context_, "peer closed its receiving end");
+  }
+}
+
 void SenderCore::wait_for_reader(Deadline deadline) {
   std::lock_guard lock(mutex_);
   ensure_open();

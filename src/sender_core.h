@@ -67,6 +67,7 @@ class SenderCore final : public ConsumptionSource {
   std::uint64_t consumed_bytes() override;
   bool flush_queued(Deadline deadline) override;
   void wait_for_reader(Deadline deadline) override;
+  void require_reader() override;
 
  private:
   struct QueuedFrame {

@@ -121,6 +121,9 @@ ArenaBlock SharedSender::allocate(std::size_t bytes, bool zeroed, Deadline deadl
                       std::to_string(capacity) + "-byte arena, " + std::to_string(in_use) +
                       " bytes of it in use), and the deadline passed");
     }
+    // A reader that closed the pipe will release nothing, even with its control link
+    // still open: that is PeerClosed, not a wait until the deadline.
+    if (auto sender = sender_.lock()) sender->require_reader();
     // Sleep until the reader releases something, without holding the link's lock
     // (holding it while waiting deadlocked two soak processes).
     link_->nap_for_records(deadline);
@@ -310,6 +313,14 @@ void SharedReceiver::open_descriptor(kj::ArrayPtr<const capnp::word> descriptor_
     }
     slots[i] = *segment;
     words += places[i].getWords();
+  }
+  // The receive limit holds for every path: a shared message is no exception.
+  if (words > limits_.max_message_bytes / sizeof(capnp::word)) {
+    link_->send_release(arena->id(), root.getId());  // nothing here will read it
+    throw Error(ErrorCode::MessageTooLarge, context_,
+                "shared-memory message of " + std::to_string(words * sizeof(capnp::word)) +
+                    " bytes exceeds the limit of " + std::to_string(limits_.max_message_bytes) +
+                    " bytes");
   }
   // Segments may overlap (each may even cover the whole arena): what they declare can
   // add up to far more than there is, so the arena's size caps the words counted.

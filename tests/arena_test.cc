@@ -5,6 +5,7 @@
 
 #include <capnp/message.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -169,6 +170,24 @@ TEST_CASE("a full arena fails with Timeout once the send timeout passes") {
   held.clear();
   near.send(blob_in_place(near, 3, 12 * MiB, random));
   CHECK(blob_intact(far.receive_as<test::Blob>(Deadline::after(10s)).root()));
+}
+
+TEST_CASE("a sender waiting for releases sees PeerClosed when the reader closes its pipe but "
+          "keeps its control link") {
+  auto [near, remote] = Channel::pair_with_remote_end(
+      shared_options().with_arena_keep_bytes(32 * MiB).with_send_timeout(30s));
+  // The remote end says it reads shared memory (an AcceptsShared record, as
+  // src/control_link.cc lays it out), then holds every message: it never releases one.
+  const std::uint64_t accepts_shared[3] = {1, 0, 0};
+  REQUIRE(::send(remote.control_fd.get(), accepts_shared, sizeof accepts_shared, 0) == 24);
+  Random random(21);
+  for (int i = 0; i < 4; ++i) near.send(blob_in_place(near, i, 4 * MiB, random));
+  REQUIRE(near.sender().stats().shared_messages == 4);  // 16 MiB held: the next one waits
+  remote.receive_fd.reset();  // the pipe's only reader is gone; the control link stays
+  Error error = error_from([&near = near, &random] {
+    near.send(blob_in_place(near, 4, 4 * MiB, random));
+  });
+  CHECK(error.code() == ErrorCode::PeerClosed);  // not Timeout after the 30 s
 }
 
 TEST_CASE("a message whose objects add up to more than the arena fails at once with "

@@ -4,9 +4,14 @@
 
 #include <capnp/message.h>
 
+#include <cstring>
+#include <vector>
+
 #include <string>
 #include <thread>
 
+#include "capnsplice.capnp.h"
+#include "capnsplice/handshake.h"
 #include "capnsplice/process.h"
 #include "support/blob.h"
 #include "support/error_from.h"
@@ -131,4 +136,24 @@ TEST_CASE("close_sending that times out before writing leaves the end open, so i
   CHECK(near.sender().fd() < 0);
   CHECK(error_from([&far = far] { far.receive(Deadline::after(10s)); }).code() ==
         ErrorCode::PeerClosed);
+}
+
+TEST_CASE("a hello whose text pointer leaves its segment is IncompatiblePeer, not a "
+          "kj::Exception") {
+  auto [near, far] = Channel::pair(ChannelOptions().with_name("hello"));
+  capnp::MallocMessageBuilder hello;
+  auto root = hello.initRoot<wire::Hello>();
+  root.setMagic(wire::Hello::EXPECTED_MAGIC);
+  root.setProtocolVersion(kProtocolVersion);
+  root.setApplication("app");
+  const auto segment = hello.getSegmentsForOutput()[0];
+  std::vector<capnp::word> words(segment.begin(), segment.end());
+  // Root pointer, 4 data words, then the application's list pointer: aim it 2^28 words on.
+  const std::uint64_t far_list = (std::uint64_t{4} << 35) | (std::uint64_t{2} << 32) |
+                                 (std::uint64_t{0x0FFFFFFF} << 2) | 1;
+  std::memcpy(&words[5], &far_list, sizeof far_list);
+  const kj::ArrayPtr<const capnp::word> segments[] = {kj::arrayPtr(words.data(), words.size())};
+  far.sender().send_copy(segments, Deadline::after(1s));
+  Error error = error_from([&near = near] { exchange_hello(near); });
+  CHECK(error.code() == ErrorCode::IncompatiblePeer);
 }

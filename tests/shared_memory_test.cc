@@ -56,9 +56,30 @@ TEST_CASE("messages below the shared-memory threshold take the pipe") {
   CHECK(near.sender().stats().shared_messages == 0);
 }
 
-TEST_CASE("a shared-memory message is not bound by the pipe's message size limit") {
-  // 100 MiB is over the 64 MiB frame limit; only a small descriptor crosses the pipe.
-  auto [near, far] = Channel::pair(shared_options());
+TEST_CASE("a shared-memory message is bound by the receiver's max_message_bytes like any "
+          "other, and the sender gets its arena memory back") {
+  // Only a small descriptor crosses the pipe, but the limit is about the message.
+  auto [near, far] = Channel::pair(shared_options().with_max_message_bytes(1 * MiB));
+  Random random(3);
+  near.send(blob_in_place(near, 7, 4 * MiB, random));
+  REQUIRE(near.sender().stats().shared_messages == 1);
+  Error error = error_from([&far = far] { far.receive(Deadline::after(10s)); });
+  CHECK(error.code() == ErrorCode::MessageTooLarge);
+  CHECK_THAT(error.what(), Catch::Contains("exceeds the limit of 1048576 bytes"));
+  CHECK(far.receiver().stats().shared_messages == 0);  // nothing of it was read
+  // The refused message was released: the sender's arena is empty again.
+  const auto give_up = std::chrono::steady_clock::now() + 10s;
+  while (near.sender().stats().arena_bytes_in_use != 0 &&
+         std::chrono::steady_clock::now() < give_up) {
+    send_blob(near, 8, 10, random);  // sending takes in what the reader released
+    std::this_thread::sleep_for(1ms);
+  }
+  CHECK(near.sender().stats().arena_bytes_in_use == 0);
+}
+
+TEST_CASE("a shared-memory message above the pipe's frame size crosses when the limit "
+          "allows it") {
+  auto [near, far] = Channel::pair(shared_options().with_max_message_bytes(256 * MiB));
   Random random(3);
   near.send(blob_in_place(near, 7, 100 * MiB, random));
   auto blob = far.receive_as<test::Blob>(Deadline::after(10s));
