@@ -365,20 +365,7 @@ std::uint64_t SenderCore::consumed_bytes() {
   return written > queued ? written - queued : 0;
 }
 
-void SenderCore::require_reader() {
-  std::lock_guard lock(mutex_);
-  ensure_open();
-  pollfd probe{fd_.get(), POLLOUT, 0};
-  while (::poll(&probe, 1, 0) < 0) {
-    if (errno != EINTR) throw_system_error(context_, "poll");
-  }
-  if ((probe.revents & POLLERR) != 0) {
-    throw Error(ErrorCode::PeerClosed, context_, "peer closed its receiving end");
-  }
-}
-
-void SenderCore::wait_for_reader(Deadline deadline) {
-  std::lock_guard lock(mutex_);
+bool SenderCore::pipe_has_room_locked() {
   ensure_open();
   pollfd probe{fd_.get(), POLLOUT, 0};
   // A zero-timeout poll still fails with EINTR when a signal is pending: try again.
@@ -388,7 +375,17 @@ void SenderCore::wait_for_reader(Deadline deadline) {
   if ((probe.revents & POLLERR) != 0) {
     throw Error(ErrorCode::PeerClosed, context_, "peer closed its receiving end");
   }
-  if ((probe.revents & POLLOUT) == 0) {
+  return (probe.revents & POLLOUT) != 0;
+}
+
+void SenderCore::require_reader() {
+  std::lock_guard lock(mutex_);
+  static_cast<void>(pipe_has_room_locked());
+}
+
+void SenderCore::wait_for_reader(Deadline deadline) {
+  std::lock_guard lock(mutex_);
+  if (!pipe_has_room_locked()) {
     // The pipe is full: the kernel wakes us as soon as the reader frees a slot.
     wait_for(fd_.get(), POLLOUT, deadline);
     return;

@@ -105,6 +105,9 @@ class SenderCore final : public ConsumptionSource {
   /// Why the descriptor was closed: what a later send is told.
   enum class ClosedBy { caller, peer, cut };
   void close_locked(ClosedBy why);
+  /// Whether the pipe takes a write now, without waiting; PeerClosed when its read end
+  /// is closed.
+  bool pipe_has_room_locked();
 
   UniqueFd fd_;
   const SenderOptions options_;
