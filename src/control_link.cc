@@ -110,7 +110,11 @@ void ControlLink::send_arena(std::uint32_t arena_id, std::uint64_t capacity, int
 
 void ControlLink::send_release(std::uint32_t arena_id, std::uint64_t message_id) noexcept {
   std::lock_guard lock(mutex_);
-  unsent_releases_.emplace_back(arena_id, message_id);
+  if (unsent_releases_.size() >= kMaxUnsentReleases) {
+    releases_overflowed_.store(true, std::memory_order_relaxed);
+  } else {
+    unsent_releases_.emplace_back(arena_id, message_id);
+  }
   try {
     while (!unsent_releases_.empty()) {
       const auto [arena, id] = unsent_releases_.front();

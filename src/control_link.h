@@ -45,6 +45,12 @@ class SendArena;
 /// Shared-memory messages a sender keeps un-released at most.
 inline constexpr std::size_t kMaxHeldSharedMessages = 128;
 
+/// Release records kept for a peer whose link is full, at most. An honest sender holds at
+/// most kMaxHeldSharedMessages messages un-released, so it never has more releases
+/// owed; past this, the peer is not reading its link (or names messages it does not
+/// hold), further releases are dropped and the next shared message is refused.
+inline constexpr std::size_t kMaxUnsentReleases = 2 * kMaxHeldSharedMessages;
+
 /// Records one pump takes at most, whatever its deadline: a peer that sends records
 /// without pause cannot keep a pump (and the link's lock) for ever. Well above what an
 /// honest peer has pending (kMaxHeldSharedMessages releases and two other records).
@@ -66,8 +72,15 @@ class ControlLink {
   void send_arena(std::uint32_t arena_id, std::uint64_t capacity, int memfd);
 
   /// Tells the peer it may free `message_id` in its arena. Never blocks or throws: if
-  /// the peer is gone the record is dropped, as nothing is held for a dead peer.
+  /// the peer is gone the record is dropped, as nothing is held for a dead peer; past
+  /// kMaxUnsentReleases owed, too (releases_overflowed()).
   void send_release(std::uint32_t arena_id, std::uint64_t message_id) noexcept;
+
+  /// True once more than kMaxUnsentReleases release records could not be sent: the
+  /// peer does not read its control link.
+  bool releases_overflowed() const noexcept {
+    return releases_overflowed_.load(std::memory_order_relaxed);
+  }
 
   /// Tells the peer that no descriptor will name `arena_id` again. Best effort, like
   /// send_release: a peer that misses it keeps the arena mapped until the next one.
@@ -136,6 +149,7 @@ class ControlLink {
   bool peer_gone_ = false;
   std::atomic<std::uint32_t> latest_arena_{0};  // written under `mutex_`
   std::atomic<std::uint32_t> retired_arena_{0};  // written under `mutex_`
+  std::atomic<bool> releases_overflowed_{false};  // written under `mutex_`
   ReceivedArena unclaimed_arena_;               // of latest_arena_; no memfd once taken
   std::weak_ptr<SendArena> send_arena_;
   std::deque<std::pair<std::uint32_t, std::uint64_t>> unsent_releases_;

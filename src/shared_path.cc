@@ -283,6 +283,12 @@ void SharedReceiver::open(kj::ArrayPtr<const capnp::word> descriptor,
 
 void SharedReceiver::open_descriptor(kj::ArrayPtr<const capnp::word> descriptor_words,
                                      ReceivedMessageState& state) {
+  if (link_->releases_overflowed()) {
+    throw Error(ErrorCode::ProtocolViolation, context_,
+                "the peer does not read its control link: more than " +
+                    std::to_string(kMaxUnsentReleases) +
+                    " releases could not be sent, more messages than a sender may hold");
+  }
   const kj::ArrayPtr<const capnp::word> segments[] = {descriptor_words};
   capnp::SegmentArrayMessageReader descriptor(segments);
   auto root = descriptor.getRoot<wire::SharedMessage>();

@@ -13,6 +13,8 @@
 //                       which it never sends
 //   corrupt-descriptor  arena 1 and a message in it, then a marked frame whose
 //                       descriptor's root pointer points far outside its segment
+//   release-flood       arena 1 and 2000 descriptors of one message in it, never reading
+//                       the control link (the parent's release records pile up)
 //   arena-then-exit     a message, arena 1 with a descriptor of blob 1 in it, then exit
 //                       without ever reading the control link (the parent's records
 //                       are still queued in it: the parent's next read of the link
@@ -337,6 +339,10 @@ int run(const std::string& mode) {
   } else if (mode == "descriptor-ahead") {
     const BlobArena arena = send_in_new_arena(1, 0);
     write_descriptor(2, arena.words);
+  } else if (mode == "release-flood") {
+    const BlobArena arena = make_blob_arena(0);
+    send_record(kArena, 1, kArenaBytes, {arena.fd});
+    for (int i = 0; i < 2000; ++i) write_descriptor(1, arena.words);
   } else if (mode == "arena-then-exit") {
     write_message(0);
     const BlobArena arena = make_blob_arena(1);

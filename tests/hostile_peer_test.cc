@@ -200,6 +200,18 @@ TEST_CASE("a peer that exits right after sending a shared-memory message still d
   CHECK(receive_until_error(peer.channel).code() == ErrorCode::PeerClosed);
 }
 
+TEST_CASE("a peer that never reads its control link is ProtocolViolation once the releases "
+          "owed to it pass their bound, and they cost bounded memory") {
+  HostileRun run = receive_from_hostile_peer("release-flood");
+  REQUIRE(run.error.has_value());
+  INFO(run.error->what());
+  CHECK(run.error->code() == ErrorCode::ProtocolViolation);
+  CHECK_THAT(run.error->what(), Catch::Contains("does not read its control link"));
+  CHECK(run.intact_seqs.size() > 256);   // the socket buffer and the bound took that many
+  CHECK(run.intact_seqs.size() < 2000);  // not every one: the bound stopped it
+  CHECK(run.resident_growth < kMaxResidentGrowth);
+}
+
 TEST_CASE("an arena memfd without F_SEAL_FUTURE_WRITE is ProtocolViolation") {
   HostileRun run = receive_from_hostile_peer("unsealed-arena");
   check_refused_then_next_channel_works(run, ErrorCode::ProtocolViolation);
