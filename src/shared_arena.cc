@@ -1,11 +1,13 @@
 #include "shared_arena.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <ctime>
 #include <cerrno>
 #include <cstdlib>
@@ -65,6 +67,17 @@ std::chrono::nanoseconds coarse_now() noexcept {
   timespec now{};
   ::clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
   return std::chrono::seconds(now.tv_sec) + std::chrono::nanoseconds(now.tv_nsec);
+}
+
+namespace {
+std::atomic<std::uint64_t> fork_count{0};
+void count_fork() noexcept { fork_count.fetch_add(1, std::memory_order_relaxed); }
+}  // namespace
+
+std::uint64_t fork_generation() noexcept {
+  static const bool registered = ::pthread_atfork(nullptr, nullptr, count_fork) == 0;
+  static_cast<void>(registered);
+  return fork_count.load(std::memory_order_relaxed);
 }
 
 const std::string& shared_memory_unavailable_reason() {

@@ -69,6 +69,12 @@ inline constexpr const char* kDisableSharedMemoryVariable = "CAPNSPLICE_DISABLE_
 /// does not use it, so large messages take the pipe: slower, never wrong.
 const std::string& shared_memory_unavailable_reason();
 
+/// 0 in a process that never forked from one using capnsplice, one more in each fork()
+/// child (pthread_atfork, registered on the first call). An arena's allocator lives in
+/// the shared pages and takes no lock across processes: a sender made in another
+/// generation must not allocate there, or a parent and its forked child corrupt it.
+std::uint64_t fork_generation() noexcept;
+
 /// CLOCK_MONOTONIC_COARSE (a few ns, ms resolution): for the idle-arena checks, which
 /// run on every send.
 std::chrono::nanoseconds coarse_now() noexcept;

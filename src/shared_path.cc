@@ -53,7 +53,8 @@ bool SharedSender::wants(std::size_t bytes) {
   // Requests too large for half the arena could never be served while another message
   // is held: those take the pipe.
   const bool large_enough = everything_ || (threshold_ != 0 && bytes >= threshold_);
-  return available_ && large_enough && bytes <= capacity_ / 2 && link_->peer_accepts_shared();
+  return available_ && large_enough && bytes <= capacity_ / 2 &&
+         arena_is_ours() && link_->peer_accepts_shared();
 }
 
 SendArena& SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced) {
@@ -69,6 +70,7 @@ SendArena& SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>&
     link_->attach_send_arena(arena);
     ++next_arena_id_;
     replaced = std::exchange(arena_, std::move(arena));
+    arena_generation_.store(fork_generation(), std::memory_order_relaxed);
     has_arena_.store(true, std::memory_order_relaxed);
   }
   return *arena_;
@@ -137,6 +139,7 @@ std::optional<ArenaBlock> SharedSender::allocate_more(std::size_t bytes) {
 
 void SharedSender::retire_idle_arena() {
   if (!has_arena_.load(std::memory_order_relaxed)) return;
+  if (!arena_is_ours()) return;  // the parent's arena: not this process's to retire
   const std::chrono::nanoseconds now = coarse_now();
   if (now.count() < next_idle_check_ns_.load(std::memory_order_relaxed)) return;
   next_idle_check_ns_.store((now + kIdleArenaCheckInterval).count(), std::memory_order_relaxed);

@@ -83,8 +83,9 @@ class SharedSender {
                std::string context);
 
   /// True when a request of `bytes` goes to the arena: it is at least the threshold (or
-  /// the path is SendPath::shared_memory), this process can make arenas and the peer
-  /// said it reads shared-memory messages.
+  /// the path is SendPath::shared_memory), this process can make arenas, the current
+  /// arena (if any) is this process's own (arena_generation_) and the peer said it reads
+  /// shared-memory messages.
   bool wants(std::size_t bytes);
 
   /// The sender whose queued messages hold arena blocks: written before waiting for
@@ -143,6 +144,11 @@ class SharedSender {
   SendArena& arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced);
   /// The current arena, which every live block is in (none before the first allocation).
   std::shared_ptr<SendArena> current_arena() const;
+  /// False in a fork() child whose inherited arena is its parent's.
+  bool arena_is_ours() const noexcept {
+    return !has_arena_.load(std::memory_order_relaxed) ||
+           arena_generation_.load(std::memory_order_relaxed) == fork_generation();
+  }
 
   std::shared_ptr<ControlLink> link_;
   const std::size_t threshold_;
@@ -152,6 +158,10 @@ class SharedSender {
   const bool available_;
   const std::chrono::nanoseconds idle_retire_after_;
   const std::string context_;
+  /// fork_generation() of the process that made the current arena: only it allocates
+  /// there. A fork() child that inherited an arena keeps to the pipe; one that inherited
+  /// a sender without an arena (fork_with_channel) makes its own.
+  std::atomic<std::uint64_t> arena_generation_{0};
   std::atomic<bool> has_arena_{false};                     // arena_ is set
   std::atomic<std::int64_t> next_idle_check_ns_{0};        // coarse_now() for the next look
   mutable std::mutex mutex_;  // guards the arena, its replacement and the ids

@@ -325,3 +325,35 @@ TEST_CASE("a peer that cannot use shared memory gets large messages by pipe both
   child.channel.close_sending();
   CHECK(child.process.wait().success());
 }
+
+TEST_CASE("a fork() child building large messages on its parent's channel end keeps off the "
+          "parent's arena") {
+  // The arena's allocator lives in the shared pages without a lock across processes:
+  // both allocating there at once corrupted it (SIGSEGV). The child takes the pipe.
+  auto [near, far] = Channel::pair(shared_options());
+  Random random(31);
+  near.send(blob_in_place(near, 0, 4 * MiB, random));  // the arena exists before the fork
+  REQUIRE(blob_intact(far.receive_as<test::Blob>(Deadline::after(10s)).root()));
+  const pid_t child = fork_child([&near = near] {
+    Random own(32);
+    for (int i = 0; i < 200; ++i) {
+      auto message = near.new_message();  // built and dropped, never sent
+      fill_blob_in_place(message, 1, 4 * MiB, own);
+    }
+    near.send(blob_in_place(near, 1, 4 * MiB, own));
+    return near.sender().stats().shared_messages == 1 ? 0 : 1;  // still only the parent's
+  });
+  for (int i = 0; i < 200; ++i) {
+    auto message = near.new_message();
+    fill_blob_in_place(message, 2, 4 * MiB, random);
+  }
+  auto from_child = far.receive_as<test::Blob>(Deadline::after(30s));
+  CHECK(from_child->getSeq() == 1);
+  CHECK(blob_intact(from_child.root()));
+  CHECK(wait_child(child) == 0);
+  near.send(blob_in_place(near, 3, 4 * MiB, random));  // the parent's arena still serves
+  auto after = far.receive_as<test::Blob>(Deadline::after(10s));
+  CHECK(after->getSeq() == 3);
+  CHECK(blob_intact(after.root()));
+  CHECK(near.sender().stats().shared_messages == 2);
+}
