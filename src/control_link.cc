@@ -92,8 +92,13 @@ bool ControlLink::send_record_locked(std::uint32_t kind, std::uint32_t arena,
 
 void ControlLink::announce_accepts_shared() {
   std::lock_guard lock(mutex_);
-  while (!send_record_locked(kAcceptsShared, 0, 0, -1)) {
-    wait_for(socket_.get(), POLLOUT, Deadline::after(std::chrono::seconds(1)));
+  announcement_unsent_ = true;
+  retry_announcement_locked();
+}
+
+void ControlLink::retry_announcement_locked() {
+  if (announcement_unsent_ && send_record_locked(kAcceptsShared, 0, 0, -1)) {
+    announcement_unsent_ = false;
   }
 }
 
@@ -116,6 +121,7 @@ void ControlLink::send_release(std::uint32_t arena_id, std::uint64_t message_id)
     unsent_releases_.emplace_back(arena_id, message_id);
   }
   try {
+    retry_announcement_locked();
     while (!unsent_releases_.empty()) {
       const auto [arena, id] = unsent_releases_.front();
       if (!send_record_locked(kRelease, arena, id, -1)) return;  // kept for the next call
@@ -195,6 +201,7 @@ void ControlLink::file_arena_locked(std::uint32_t arena_id, std::uint64_t capaci
 }
 
 void ControlLink::pump_locked(Deadline deadline) {
+  retry_announcement_locked();
   // An immediate pump takes what is pending; one that may wait also stops once its
   // deadline passed, however fast records come.
   const bool may_wait = !deadline.expired();

@@ -65,7 +65,9 @@ class ControlLink {
 
   // --- Saying things (any thread) ----------------------------------------------------
 
-  /// Tells the peer this end reads shared-memory messages.
+  /// Tells the peer this end reads shared-memory messages. Never waits: when the link
+  /// cannot take the record now (a peer that fills it and never reads), it is sent by a
+  /// later pump or release instead; until then the peer sends everything by pipe.
   void announce_accepts_shared();
 
   /// Sends a sending arena (its memfd) to the peer.
@@ -138,6 +140,8 @@ class ControlLink {
   /// Files an Arena record: keeps `memfd` when `arena_id` is newer than any before,
   /// closing the descriptor of an older arena not taken yet.
   void file_arena_locked(std::uint32_t arena_id, std::uint64_t capacity, UniqueFd memfd);
+  /// Sends a pending AcceptsShared announcement if the link takes it now.
+  void retry_announcement_locked();
   /// Sends one record (and a descriptor); false when the socket buffer is full.
   bool send_record_locked(std::uint32_t kind, std::uint32_t arena, std::uint64_t value,
                           int fd);
@@ -146,6 +150,7 @@ class ControlLink {
   const std::string context_;
   std::mutex mutex_;
   bool peer_accepts_shared_ = false;
+  bool announcement_unsent_ = false;  // announce_accepts_shared() found the link full
   bool peer_gone_ = false;
   std::atomic<std::uint32_t> latest_arena_{0};  // written under `mutex_`
   std::atomic<std::uint32_t> retired_arena_{0};  // written under `mutex_`

@@ -19,6 +19,7 @@
 #include "capnsplice/handshake.h"
 #include "support/blob.h"
 #include "support/process_support.h"
+#include "support/temp_dir.h"
 
 namespace {
 
@@ -27,19 +28,6 @@ using namespace capnsplice::testing;
 using namespace std::chrono_literals;
 
 constexpr uid_t kOtherUid = 65534;  // nobody
-
-/// A directory others may traverse (so only the socket file's mode stops them).
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char name[] = "/tmp/capnsplice-rendezvous-XXXXXX";
-    REQUIRE(::mkdtemp(name) != nullptr);
-    path = name;
-    ::chmod(name, 0755);
-  }
-  ~TempDir() { std::system(("rm -rf " + path).c_str()); }
-  std::string socket() const { return path + "/host.sock"; }
-};
 
 std::string abstract_name(const char* what) {
   return "@capnsplice-test-" + std::string(what) + "-" + std::to_string(::getpid());

@@ -1,0 +1,86 @@
+// A rendezvous client against hosts that do not keep to the protocol: it keeps to its
+// own timeout whatever the host does.
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <thread>
+
+#include "capnsplice/rendezvous.h"
+#include "support/error_from.h"
+#include "support/temp_dir.h"
+
+namespace {
+
+using namespace capnsplice;
+using namespace capnsplice::testing;
+using namespace std::chrono_literals;
+
+/// A listening Unix stream socket at `path`.
+UniqueFd listen_at(const std::string& path) {
+  UniqueFd listening(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  REQUIRE(listening);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strncpy(address.sun_path, path.c_str(), sizeof address.sun_path - 1);
+  REQUIRE(::bind(listening.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+  REQUIRE(::listen(listening.get(), 4) == 0);
+  return listening;
+}
+
+/// Hands `fds` to `client` as an accepted connection, as src/unix_socket.cc lays it out:
+/// the byte 'A' with the descriptors attached.
+void hand_over(int client, const int (&fds)[3]) {
+  char accepted = 'A';
+  iovec iov{&accepted, 1};
+  msghdr header{};
+  header.msg_iov = &iov;
+  header.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof fds)] = {};
+  header.msg_control = control;
+  header.msg_controllen = sizeof control;
+  cmsghdr* message = CMSG_FIRSTHDR(&header);
+  message->cmsg_level = SOL_SOCKET;
+  message->cmsg_type = SCM_RIGHTS;
+  message->cmsg_len = CMSG_LEN(sizeof fds);
+  std::memcpy(CMSG_DATA(message), fds, sizeof fds);
+  REQUIRE(::sendmsg(client, &header, MSG_NOSIGNAL) == 1);
+}
+
+}  // namespace
+
+TEST_CASE("connect_rendezvous keeps to its timeout when the host hands over a control link "
+          "that cannot take a record") {
+  TempDir dir;
+  UniqueFd listening = listen_at(dir.socket());
+  std::thread host([&listening] {
+    UniqueFd client(::accept4(listening.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    int to_client[2], from_client[2], control[2];
+    REQUIRE(::pipe2(to_client, O_CLOEXEC) == 0);
+    REQUIRE(::pipe2(from_client, O_CLOEXEC) == 0);
+    REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, control) == 0);
+    // Fill the queue the client's records go to: its first record finds no room.
+    const char record[24] = {};
+    while (::send(control[0], record, sizeof record, MSG_DONTWAIT) > 0) {
+    }
+    hand_over(client.get(), {to_client[0], from_client[1], control[0]});
+    // Then never a hello: wait until the client gives up and closes its end (the hello
+    // it sends makes the pipe readable; only its closing is a hang-up).
+    pollfd gone{from_client[0], 0, 0};
+    ::poll(&gone, 1, 20000);
+    for (int fd : {to_client[0], to_client[1], from_client[0], from_client[1], control[0],
+                   control[1]}) {
+      ::close(fd);
+    }
+  });
+  RendezvousOptions options;
+  options.hello.timeout = 300ms;
+  Error error = error_from([&] { connect_rendezvous(dir.socket(), options); });
+  host.join();
+  CHECK(error.code() == ErrorCode::Timeout);  // it blocked for ever on the control link
+}
