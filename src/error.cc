@@ -19,6 +19,7 @@ std::string_view to_string(ErrorCode code) noexcept {
     case ErrorCode::StreamCut: return "StreamCut";
     case ErrorCode::ProtocolViolation: return "ProtocolViolation";
     case ErrorCode::InvalidArgument: return "InvalidArgument";
+    case ErrorCode::Overloaded: return "Overloaded";
   }
   return "Unknown";
 }

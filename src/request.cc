@@ -8,8 +8,9 @@
 
 namespace capnsplice {
 
-RequestTracker::RequestTracker(Channel& channel, ResponseId response_id)
-    : channel_(channel), response_id_(std::move(response_id)) {}
+RequestTracker::RequestTracker(Channel& channel, ResponseId response_id,
+                               std::size_t max_queued_bytes)
+    : channel_(channel), response_id_(std::move(response_id)), max_queued_bytes_(max_queued_bytes) {}
 
 std::optional<ReceivedMessage> RequestTracker::take_queued(std::optional<std::uint64_t> id) {
   auto found = id ? std::find_if(queue_.begin(), queue_.end(),
@@ -18,6 +19,7 @@ std::optional<ReceivedMessage> RequestTracker::take_queued(std::optional<std::ui
   if (found == queue_.end()) return std::nullopt;
   ReceivedMessage message = std::move(found->message);
   queue_.erase(found);
+  queued_bytes_ -= message.frame_bytes();
   return message;
 }
 
@@ -31,6 +33,14 @@ ReceivedMessage RequestTracker::await(std::uint64_t id, Deadline deadline,
                                       const OtherMessageHandler& on_other) {
   if (auto queued = take_queued(id)) return std::move(*queued);
   for (;;) {
+    if (queued_bytes_ > max_queued_bytes_) {
+      throw Error(ErrorCode::Overloaded,
+                  "channel '" + channel_.name() + "': request " + std::to_string(id),
+                  std::to_string(queue_.size()) + " other messages (" +
+                      std::to_string(queued_bytes_) + " bytes) are queued, more than the " +
+                      std::to_string(max_queued_bytes_) +
+                      " bytes a tracker keeps while a call waits: take them, then await again");
+    }
     ReceivedMessage message;
     try {
       message = channel_.receive(deadline);
@@ -45,6 +55,7 @@ ReceivedMessage RequestTracker::await(std::uint64_t id, Deadline deadline,
     if (on_other && !answers) {
       on_other(std::move(message));
     } else {
+      queued_bytes_ += message.frame_bytes();
       queue_.push_back({answers, std::move(message)});
     }
   }

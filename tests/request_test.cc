@@ -144,3 +144,45 @@ TEST_CASE("a call to a peer that goes away fails with the peer gone instead of w
   peer.join();
   CHECK(error.peer_gone());
 }
+
+TEST_CASE("a peer flooding other messages while a call waits makes the await fail with "
+          "Overloaded, and nothing it sent is lost") {
+  auto [near, far] = Channel::pair();
+  constexpr std::uint64_t kEvents = 40;
+  std::thread peer([&far = far] {
+    ReceivedMessage asked = far.receive();
+    for (std::uint64_t i = 0; i < kEvents; ++i) send_kind(far, kEvent, i);
+    send_kind(far, kResponse, id_of(asked));
+  });
+  // An event is a 48-byte frame: 10 of them pass 400 bytes.
+  RequestTracker tracker(near, response_id, /*max_queued_bytes=*/400);
+  const std::uint64_t id = tracker.next_id();
+  Error overloaded =
+      error_from([&] { tracker.call(id, request(near, id), Deadline::after(10s)); });
+  peer.join();
+  CHECK(overloaded.code() == ErrorCode::Overloaded);
+  const std::size_t held = tracker.queued();
+  CHECK(held >= 8);
+  CHECK(held <= 11);  // the bound, and the one message that passed it
+  std::uint64_t next_event = 0;
+  auto take_events = [&](std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) {
+      ReceivedMessage event = tracker.receive(Deadline::after(10s));
+      REQUIRE(kind_of(event) == kEvent);
+      CHECK(id_of(event) == next_event++);
+    }
+  };
+  // Taking what was queued makes room; each await then queues more, until the response.
+  for (;;) {
+    take_events(tracker.queued());
+    try {
+      ReceivedMessage response = tracker.await(id, Deadline::after(10s));
+      CHECK(id_of(response) == id);
+      break;
+    } catch (const Error& error) {
+      REQUIRE(error.code() == ErrorCode::Overloaded);
+    }
+  }
+  take_events(tracker.queued());
+  CHECK(next_event == kEvents);  // every event, in order
+}

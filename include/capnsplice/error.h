@@ -27,6 +27,9 @@
 //   InvalidArgument   the caller asked for something invalid (an empty or sent message,
 //                     a send after close_sending(), the wrong end of a pipe, a malformed
 //                     CAPNSPLICE_CHANNEL): fix the calling code. Nothing was done.
+//   Overloaded        a bound on what this end keeps for later was reached (the messages
+//                     a RequestTracker queues while a call waits): take the queued
+//                     messages, then retry. Nothing was lost; the channel is intact.
 //   SystemError       a system call failed; sys_errno() says which errno.
 //   Interrupted       another thread called interrupt(); the channel is intact.
 //   PeerRefused       the other side refused the connection (another user, not allowed).
@@ -60,6 +63,7 @@ enum class ErrorCode {
   StreamCut,
   ProtocolViolation,
   InvalidArgument,
+  Overloaded,
 };
 
 /// The name of a code as written in error messages ("PeerClosed", ...).

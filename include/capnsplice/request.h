@@ -21,7 +21,9 @@
 // responses to other ids — is kept in arrival order for receive()/try_receive() (or
 // passed to a handler, to answer the peer's requests during the wait), and the channel
 // can still send from other threads: nothing is lost and neither direction stalls.
-// Queued messages hold their space in the receive buffer until they are taken.
+// Queued messages hold their space in the receive buffer until they are taken, and the
+// queue is bounded (max_queued_bytes): a peer that floods other messages while a call
+// waits makes the await throw Overloaded, with everything it sent still queued.
 //
 // With a Poller: the poller sees the channel, not the tracker's queue. After an await,
 // drain the tracker (try_receive() until empty) before waiting on the poller again, or
@@ -51,8 +53,13 @@ using OtherMessageHandler = std::function<void(ReceivedMessage&&)>;
 
 class RequestTracker {
  public:
+  /// What the queue of other messages may hold by default while a call waits.
+  static constexpr std::size_t kDefaultMaxQueuedBytes = std::size_t{64} << 20;
+
   /// Matches responses on `channel` (which must outlive the tracker) by `response_id`.
-  RequestTracker(Channel& channel, ResponseId response_id);
+  /// Queued messages may add up to `max_queued_bytes` (frame bytes); one more may pass it.
+  RequestTracker(Channel& channel, ResponseId response_id,
+                 std::size_t max_queued_bytes = kDefaultMaxQueuedBytes);
 
   /// A fresh id: 1, 2, 3, ... (never 0, so schemas can keep 0 for "no id").
   std::uint64_t next_id() noexcept { return ++last_id_; }
@@ -65,7 +72,9 @@ class RequestTracker {
   /// Waits for the response to `id`, which may already be queued. Responses to other ids
   /// are queued; other messages are queued too, or given to `on_other` when it is set. Throws
   /// Timeout naming the id when the deadline passes (a response arriving later is queued like any
-  /// other message), and the channel's errors (PeerClosed ... the peer is gone).
+  /// other message), Overloaded once the queue holds more than max_queued_bytes (take queued
+  /// messages with receive(), then await again), and the channel's errors (PeerClosed ...
+  /// the peer is gone).
   ReceivedMessage await(std::uint64_t id, Deadline deadline,
                         const OtherMessageHandler& on_other = nullptr);
 
@@ -89,6 +98,8 @@ class RequestTracker {
 
   Channel& channel_;
   ResponseId response_id_;
+  const std::size_t max_queued_bytes_;
+  std::size_t queued_bytes_ = 0;
   std::deque<Queued> queue_;
   std::uint64_t last_id_ = 0;
 };
