@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "capnsplice/error.h"
 #include "capnsplice/frame.h"
@@ -44,7 +46,20 @@ class ReceiverCore {
     if (link) shared_.emplace(std::move(link), options_.limits, context_);
   }
 
+  /// A receive() blocked in another thread would go on in freed memory: wake it (it
+  /// throws InvalidArgument) and wait until every call in progress has left.
+  ~ReceiverCore() {
+    closing_.store(true);
+    if (callers_.load() == 0) return;
+    interrupt();
+    while (callers_.load() != 0) std::this_thread::yield();
+  }
+
+  ReceiverCore(const ReceiverCore&) = delete;
+  ReceiverCore& operator=(const ReceiverCore&) = delete;
+
   ReceivedMessage receive(Deadline deadline) {
+    const CallInProgress call(callers_);
     for (;;) {
       if (auto message = take_buffered()) return std::move(*message);
       if (end_of_stream_) throw_end_of_stream();
@@ -59,6 +74,10 @@ class ReceiverCore {
         case WaitResult::interrupted:
           std::uint64_t count;
           static_cast<void>(::read(wake_fd_.get(), &count, sizeof count));
+          if (closing_.load()) {
+            throw Error(ErrorCode::InvalidArgument, context_,
+                        "the receiver was destroyed while this receive waited");
+          }
           throw Error(ErrorCode::Interrupted, context_, "receive was interrupted");
       }
     }
@@ -70,6 +89,7 @@ class ReceiverCore {
   }
 
   std::optional<ReceivedMessage> try_receive() {
+    const CallInProgress call(callers_);
     if (auto message = take_buffered()) return message;
     // One read takes at most kMaxReadBytes: go on while bytes come, so that an empty
     // result means nothing more is ready, even for a frame larger than one read.
@@ -105,6 +125,18 @@ class ReceiverCore {
  private:
   enum class ReadOutcome { data, end_of_stream, would_block };
 
+  /// Counts a receive or try_receive in progress, for the destructor.
+  class CallInProgress {
+   public:
+    explicit CallInProgress(std::atomic<int>& callers) : callers_(callers) { ++callers_; }
+    ~CallInProgress() { --callers_; }
+    CallInProgress(const CallInProgress&) = delete;
+    CallInProgress& operator=(const CallInProgress&) = delete;
+
+   private:
+    std::atomic<int>& callers_;
+  };
+
   /// A frame assembled outside the ring: too large for it, or the ring is full of
   /// messages the application still holds.
   struct OwnFrame {
@@ -136,6 +168,8 @@ class ReceiverCore {
 
   UniqueFd fd_;
   UniqueFd wake_fd_;  // eventfd: interrupt() makes it readable
+  std::atomic<int> callers_{0};       // receive/try_receive calls in progress
+  std::atomic<bool> closing_{false};  // the destructor has started
   ReceiverOptions options_;
   std::string context_;
   bool splice_reads_;  // vmsplice (read direction) rather than read()

@@ -4,11 +4,13 @@
 
 #include <capnp/message.h>
 
+#include <atomic>
 #include <cstring>
-#include <vector>
-
+#include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "capnsplice.capnp.h"
 #include "capnsplice/handshake.h"
@@ -156,4 +158,26 @@ TEST_CASE("a hello whose text pointer leaves its segment is IncompatiblePeer, no
   far.sender().send_copy(segments, Deadline::after(1s));
   Error error = error_from([&near = near] { exchange_hello(near); });
   CHECK(error.code() == ErrorCode::IncompatiblePeer);
+}
+
+TEST_CASE("destroying a channel while another thread blocks in its receive wakes that thread "
+          "with InvalidArgument instead of leaving it in freed memory") {
+  auto [near, far] = Channel::pair();
+  auto doomed = std::make_unique<Channel>(std::move(far));
+  Channel* receiving = doomed.get();
+  std::atomic<bool> entering{false};
+  std::optional<ErrorCode> outcome;
+  std::thread receiver([&] {
+    entering = true;
+    try {
+      receiving->receive();
+    } catch (const Error& error) {
+      outcome = error.code();
+    }
+  });
+  while (!entering) std::this_thread::yield();
+  std::this_thread::sleep_for(200ms);  // from the flag into the blocking wait
+  doomed.reset();  // without the wake-up: blocked for ever, then a use after free
+  receiver.join();
+  CHECK(outcome == ErrorCode::InvalidArgument);
 }

@@ -11,7 +11,10 @@
 // MessageTooLarge). End of stream between messages is PeerClosed for receive() and an
 // empty try_receive() with at_end() true; inside a message, TruncatedMessage for both.
 //
-// Threads: one thread receives at a time; messages may be used anywhere.
+// Threads: one thread receives at a time; messages may be used anywhere. Destroying a
+// receiver (or its channel) while another thread is blocked in receive() wakes that
+// thread, which throws InvalidArgument, and waits for it to leave; a call that starts
+// after the destruction began is the caller's bug.
 #pragma once
 
 #include <chrono>
