@@ -8,6 +8,7 @@
 
 #include "capnsplice.capnp.h"
 #include "capnsplice/error.h"
+#include "handshake_steps.h"
 
 namespace capnsplice {
 namespace {
@@ -41,6 +42,7 @@ PeerHello read_hello(ReceivedMessage& message, const std::string& context) {
   }
 }
 
+
 /// Empty when the peer suits this end, else what does not match.
 std::string mismatch(const PeerHello& peer, const HelloOptions& options) {
   if (peer.protocol_version != kProtocolVersion) {
@@ -62,9 +64,9 @@ std::string mismatch(const PeerHello& peer, const HelloOptions& options) {
 
 }  // namespace
 
-PeerHello exchange_hello(Channel& channel, const HelloOptions& options) {
-  const std::string context = "channel '" + channel.name() + "': hello";
-  const Deadline deadline = Deadline::after(options.timeout);
+namespace detail {
+
+void send_hello(Channel& channel, const HelloOptions& options, Deadline deadline) {
   auto message = channel.new_message();
   auto hello = message.init_root<wire::Hello>();
   hello.setMagic(wire::Hello::EXPECTED_MAGIC);
@@ -75,6 +77,23 @@ PeerHello exchange_hello(Channel& channel, const HelloOptions& options) {
   hello.setApplication(options.application);
   hello.setApplicationVersion(options.application_version);
   channel.send(std::move(message), deadline);
+}
+
+PeerHello check_hello(ReceivedMessage& reply, const HelloOptions& options,
+                      const std::string& context) {
+  PeerHello peer = read_hello(reply, context);
+  if (std::string why = mismatch(peer, options); !why.empty()) {
+    throw Error(ErrorCode::IncompatiblePeer, context, why);
+  }
+  return peer;
+}
+
+}  // namespace detail
+
+PeerHello exchange_hello(Channel& channel, const HelloOptions& options) {
+  const std::string context = "channel '" + channel.name() + "': hello";
+  const Deadline deadline = Deadline::after(options.timeout);
+  detail::send_hello(channel, options, deadline);
 
   ReceivedMessage reply;
   try {
@@ -88,11 +107,7 @@ PeerHello exchange_hello(Channel& channel, const HelloOptions& options) {
                 std::chrono::duration_cast<std::chrono::milliseconds>(options.timeout).count()) +
             " ms");
   }
-  PeerHello peer = read_hello(reply, context);
-  if (std::string why = mismatch(peer, options); !why.empty()) {
-    throw Error(ErrorCode::IncompatiblePeer, context, why);
-  }
-  return peer;
+  return detail::check_hello(reply, options, context);
 }
 
 }  // namespace capnsplice

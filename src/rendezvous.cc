@@ -1,15 +1,19 @@
 #include "capnsplice/rendezvous.h"
 
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <exception>
 #include <thread>
 #include <utility>
 
 #include "capnsplice/error.h"
+#include "handshake_steps.h"
 #include "pipe_io.h"
 #include "unix_socket.h"
 
@@ -28,16 +32,13 @@ HelloOptions hello_options(const RendezvousOptions& options) {
   return hello;
 }
 
-/// The next connected client of the non-blocking `listening` socket.
-UniqueFd next_client(int listening, Deadline deadline, const std::string& context) {
-  for (;;) {
-    UniqueFd client(::accept4(listening, nullptr, nullptr, SOCK_CLOEXEC));
-    if (client) return client;
-    if (errno == EINTR || errno == ECONNABORTED) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) throw_system_error(context, "accept4");
-    if (detail::wait_for(listening, POLLIN, deadline) == detail::WaitResult::timed_out) {
-      throw Error(ErrorCode::Timeout, context, "no client connected before the deadline");
-    }
+/// Adds `fd` to (or removes it from) the epoll set `events`, for POLLIN.
+void watch(int events, int fd, bool add, const std::string& context) {
+  epoll_event event{};
+  event.events = EPOLLIN;
+  event.data.fd = fd;
+  if (::epoll_ctl(events, add ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, fd, &event) != 0) {
+    throw_system_error(context, "epoll_ctl");
   }
 }
 
@@ -57,7 +58,17 @@ RendezvousListener::RendezvousListener(std::string name, RendezvousOptions optio
     }
   }
   if (::listen(socket_.get(), options_.backlog) != 0) throw_system_error(context, "listen");
+  events_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  if (!events_) throw_system_error(context, "epoll_create1");
+  watch(events_.get(), socket_.get(), /*add=*/true, context);
 }
+
+/// A client handed its channel and sent this end's hello, whose own hello has not come.
+struct RendezvousListener::Handshake {
+  Connection connection;  // its hello is filled in when it comes
+  std::string context;    // "rendezvous 'x': accept (client pid 1, uid 2)"
+  Deadline deadline;      // for the client's hello
+};
 
 RendezvousListener::RendezvousListener(RendezvousListener&&) noexcept = default;
 RendezvousListener& RendezvousListener::operator=(RendezvousListener&&) noexcept = default;
@@ -70,7 +81,25 @@ std::string RendezvousListener::context(const char* operation) const {
 Connection RendezvousListener::accept(Deadline deadline) {
   const std::string context = this->context("accept");
   for (;;) {
-    UniqueFd client = next_client(socket_.get(), deadline, context);
+    admit_waiting_clients(context);
+    if (auto connection = finish_a_handshake()) return std::move(*connection);
+    if (deadline.expired()) {
+      throw Error(ErrorCode::Timeout, context,
+                  "no client completed its handshake before the deadline (" +
+                      std::to_string(handshakes_.size()) + " waiting for their hellos)");
+    }
+    wait_for_news(deadline);
+  }
+}
+
+void RendezvousListener::admit_waiting_clients(const std::string& context) {
+  while (handshakes_.size() < static_cast<std::size_t>(std::max(options_.backlog, 1))) {
+    UniqueFd client(::accept4(socket_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!client) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      throw_system_error(context, "accept4");
+    }
     const PeerCredentials peer = detail::peer_credentials(client.get(), context);
     const std::string client_context = context + " (client " + describe_peer(peer) + ")";
     if (!detail::uid_allowed(peer.uid, options_.allowed_uids)) {
@@ -97,9 +126,57 @@ Connection RendezvousListener::accept(Deadline deadline) {
       throw;
     }
     remote = RemoteEnd{};  // the client holds them now
-    PeerHello hello = exchange_hello(channel, hello_options(options_));
-    return Connection{std::move(channel), peer, std::move(hello)};
+    // A fresh pipe takes the hello at once; the client's comes whenever it comes.
+    const Deadline hello_deadline = Deadline::after(options_.hello.timeout);
+    detail::send_hello(channel, hello_options(options_), hello_deadline);
+    watch(events_.get(), channel.receive_fd(), /*add=*/true, context);
+    handshakes_.push_back(std::make_unique<Handshake>(
+        Handshake{Connection{std::move(channel), peer, {}}, client_context, hello_deadline}));
   }
+}
+
+std::optional<Connection> RendezvousListener::finish_a_handshake() {
+  for (auto it = handshakes_.begin(); it != handshakes_.end(); ++it) {
+    Handshake& handshake = **it;
+    Channel& channel = handshake.connection.channel;
+    std::optional<ReceivedMessage> reply;
+    std::exception_ptr failure;
+    try {
+      reply = channel.try_receive();
+    } catch (const Error&) {
+      failure = std::current_exception();
+    }
+    if (!reply && !failure && !channel.at_end() && !handshake.deadline.expired()) continue;
+    // Done, one way or the other: it leaves the waiting set first.
+    std::unique_ptr<Handshake> done = std::move(*it);
+    handshakes_.erase(it);
+    watch(events_.get(), done->connection.channel.receive_fd(), /*add=*/false, done->context);
+    if (failure) std::rethrow_exception(failure);
+    if (!reply) {
+      if (done->connection.channel.at_end()) {
+        throw Error(ErrorCode::PeerClosed, done->context, "the client left during the hello");
+      }
+      throw Error(ErrorCode::Timeout, done->context,
+                  "the client sent no hello within " +
+                      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         options_.hello.timeout)
+                                         .count()) +
+                      " ms");
+    }
+    done->connection.hello = detail::check_hello(*reply, hello_options(options_), done->context);
+    return std::move(done->connection);
+  }
+  return std::nullopt;
+}
+
+void RendezvousListener::wait_for_news(Deadline deadline) {
+  // The nearest of the caller's deadline and the handshakes' deadlines.
+  std::chrono::nanoseconds wait = deadline.is_never() ? std::chrono::nanoseconds::max()
+                                                      : deadline.remaining();
+  for (const auto& handshake : handshakes_) wait = std::min(wait, handshake->deadline.remaining());
+  detail::wait_for(events_.get(), POLLIN,
+                   wait == std::chrono::nanoseconds::max() ? Deadline::never()
+                                                           : Deadline::after(wait));
 }
 
 Connection connect_rendezvous(std::string_view name, const RendezvousOptions& options) {

@@ -9,9 +9,11 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include "capnsplice/rendezvous.h"
+#include "support/blob.h"
 #include "support/error_from.h"
 #include "support/temp_dir.h"
 
@@ -21,16 +23,22 @@ using namespace capnsplice;
 using namespace capnsplice::testing;
 using namespace std::chrono_literals;
 
-/// A listening Unix stream socket at `path`.
-UniqueFd listen_at(const std::string& path) {
-  UniqueFd listening(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  REQUIRE(listening);
+/// A Unix stream socket at `path`: listening there, or connected to it (and then, in
+/// the tests, silent).
+UniqueFd socket_at(const std::string& path, bool listening) {
+  UniqueFd socket(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  REQUIRE(socket);
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
   std::strncpy(address.sun_path, path.c_str(), sizeof address.sun_path - 1);
-  REQUIRE(::bind(listening.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
-  REQUIRE(::listen(listening.get(), 4) == 0);
-  return listening;
+  const auto* at = reinterpret_cast<const sockaddr*>(&address);
+  if (listening) {
+    REQUIRE(::bind(socket.get(), at, sizeof address) == 0);
+    REQUIRE(::listen(socket.get(), 4) == 0);
+  } else {
+    REQUIRE(::connect(socket.get(), at, sizeof address) == 0);
+  }
+  return socket;
 }
 
 /// Hands `fds` to `client` as an accepted connection, as src/unix_socket.cc lays it out:
@@ -57,7 +65,7 @@ void hand_over(int client, const int (&fds)[3]) {
 TEST_CASE("connect_rendezvous keeps to its timeout when the host hands over a control link "
           "that cannot take a record") {
   TempDir dir;
-  UniqueFd listening = listen_at(dir.socket());
+  UniqueFd listening = socket_at(dir.socket(), /*listening=*/true);
   std::thread host([&listening] {
     UniqueFd client(::accept4(listening.get(), nullptr, nullptr, SOCK_CLOEXEC));
     int to_client[2], from_client[2], control[2];
@@ -83,4 +91,39 @@ TEST_CASE("connect_rendezvous keeps to its timeout when the host hands over a co
   Error error = error_from([&] { connect_rendezvous(dir.socket(), options); });
   host.join();
   CHECK(error.code() == ErrorCode::Timeout);  // it blocked for ever on the control link
+}
+
+TEST_CASE("silent clients hold up no well-behaved one: handshakes wait side by side") {
+  TempDir dir;
+  RendezvousOptions host_options;
+  host_options.hello.timeout = 1s;
+  RendezvousListener listener(dir.socket(), host_options);
+  const UniqueFd silent[] = {socket_at(dir.socket(), false), socket_at(dir.socket(), false)};
+  std::optional<Connection> served;
+  std::thread host([&] {
+    const Deadline give_up = Deadline::after(10s);
+    while (!served && !give_up.expired()) {
+      try {
+        served.emplace(listener.accept(give_up));
+      } catch (const Error&) {  // a silent client's hello timed out: serve on
+      }
+    }
+  });
+  // Served one after the other, the two silent clients would take 2 s first.
+  RendezvousOptions client_options;
+  client_options.hello.timeout = 1500ms;
+  std::optional<Connection> connected;
+  Error failed(ErrorCode::SystemError, "", "not run");
+  try {
+    connected.emplace(connect_rendezvous(dir.socket(), client_options));
+  } catch (const Error& error) {
+    failed = error;
+  }
+  host.join();
+  INFO(failed.what());
+  REQUIRE(connected.has_value());
+  REQUIRE(served.has_value());
+  Random random(1);
+  send_blob(connected->channel, 7, 100, random);
+  CHECK(served->channel.receive_as<test::Blob>(Deadline::after(10s))->getSeq() == 7);
 }

@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -86,25 +87,41 @@ class RendezvousListener {
   RendezvousListener& operator=(RendezvousListener&&) noexcept;
   ~RendezvousListener();
 
-  /// Waits for the next client, hands it a channel and exchanges hellos. A failure that
-  /// concerns only this client — PeerRefused (another user), IncompatiblePeer, PeerClosed
-  /// (it left during the hello), Timeout of its hello — is thrown naming the client; the
-  /// listener stays usable, so a serving loop catches Error and calls accept() again. A
-  /// client that left before it was handed its channel is skipped. Throws Timeout when
-  /// no client connects before `deadline`.
+  /// Returns the next client whose handshake completed: each client that connects is
+  /// handed a channel and sent this end's hello at once, and many handshakes wait for
+  /// their clients' hellos side by side (at most `backlog`), so a silent client holds up
+  /// nobody. A failure that concerns only one client — PeerRefused (another user),
+  /// IncompatiblePeer, PeerClosed (it left during the hello), Timeout of its hello — is
+  /// thrown naming the client; the listener stays usable, so a serving loop catches
+  /// Error and calls accept() again. A client that left before it was handed its channel
+  /// is skipped. Throws Timeout when no handshake completes before `deadline`
+  /// (handshakes still waiting go on in the next call).
   Connection accept(Deadline deadline = Deadline::never());
 
-  /// Readable (POLLIN) when a client is waiting: poll it next to channels.
-  int fd() const noexcept { return socket_.get(); }
+  /// Readable (POLLIN) when a client is waiting or a handshake has news: poll it next
+  /// to channels, then call accept(Deadline::immediate()) (Timeout: nothing finished yet).
+  int fd() const noexcept { return events_.get(); }
   const std::string& name() const noexcept { return name_; }
 
  private:
+  struct Handshake;
   std::string context(const char* operation) const;
+  /// Hands a channel and this end's hello to every client waiting in the kernel's queue
+  /// now, while fewer than `backlog` handshakes wait.
+  void admit_waiting_clients(const std::string& context);
+  /// The connection of a handshake whose client's hello came, if any; throws the error of
+  /// one that failed (dropping it).
+  std::optional<Connection> finish_a_handshake();
+  /// Sleeps until a client connects, a hello comes, or `deadline` or a handshake's
+  /// deadline passes.
+  void wait_for_news(Deadline deadline);
 
   std::string name_;
   RendezvousOptions options_;
   std::unique_ptr<detail::SocketFile> socket_file_;  // removed on destruction
   UniqueFd socket_;
+  UniqueFd events_;  // epoll: the socket and every waiting handshake's receive end
+  std::vector<std::unique_ptr<Handshake>> handshakes_;
 };
 
 /// Connects to the host listening on `name`, receives a channel and exchanges hellos.
