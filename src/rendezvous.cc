@@ -49,14 +49,10 @@ RendezvousListener::RendezvousListener(std::string name, RendezvousOptions optio
   const std::string context = this->context("listen");
   const detail::UnixAddress address = detail::UnixAddress::parse(name_, context);
   socket_ = detail::make_unix_socket(/*nonblocking=*/true, context);
-  detail::bind_replacing_stale(socket_.get(), address, context);
-  if (!address.abstract) {
-    socket_file_ = std::make_unique<detail::SocketFile>(address.path, context);
-    // Before listen(): until then nobody can connect, so the mode holds from the start.
-    if (::chmod(address.path.c_str(), options_.socket_mode) != 0) {
-      throw_system_error(context, "chmod");
-    }
-  }
+  // The mode is set before the file has its name, so it holds from the start.
+  const detail::FileIdentity file =
+      detail::bind_replacing_stale(socket_.get(), address, options_.socket_mode, context);
+  if (!address.abstract) socket_file_ = std::make_unique<detail::SocketFile>(address.path, file);
   if (::listen(socket_.get(), options_.backlog) != 0) throw_system_error(context, "listen");
   events_.reset(::epoll_create1(EPOLL_CLOEXEC));
   if (!events_) throw_system_error(context, "epoll_create1");

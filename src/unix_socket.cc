@@ -1,5 +1,6 @@
 #include "unix_socket.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -45,16 +46,13 @@ UnixAddress UnixAddress::parse(std::string_view name, std::string_view context) 
   return result;
 }
 
-SocketFile::SocketFile(std::string path, std::string_view context) : path_(std::move(path)) {
-  struct stat info {};
-  if (::lstat(path_.c_str(), &info) != 0) throw_system_error(context, "lstat");
-  device_ = info.st_dev;
-  inode_ = info.st_ino;
-}
+SocketFile::SocketFile(std::string path, FileIdentity identity)
+    : path_(std::move(path)), identity_(identity) {}
 
 SocketFile::~SocketFile() {
   struct stat info {};
-  if (::lstat(path_.c_str(), &info) == 0 && info.st_dev == device_ && info.st_ino == inode_) {
+  if (::lstat(path_.c_str(), &info) == 0 && info.st_dev == identity_.device &&
+      info.st_ino == identity_.inode) {
     ::unlink(path_.c_str());
   }
 }
@@ -78,18 +76,97 @@ bool stale_socket_file(const UnixAddress& address, std::string_view context) {
 
 }  // namespace
 
-void bind_replacing_stale(int socket, const UnixAddress& address, std::string_view context) {
-  if (::bind(socket, address.get(), address.length) == 0) return;
+namespace {
+
+/// A directory only this process's user can enter, beside a socket path, with the
+/// socket's first name inside; both are removed when it goes.
+class PrivateDirectory {
+ public:
+  static constexpr const char* kEntry = "socket";
+
+  PrivateDirectory(const std::string& beside, std::string_view context) {
+    const std::size_t slash = beside.rfind('/');
+    path_ = slash == std::string::npos ? std::string(".")
+                                       : beside.substr(0, slash == 0 ? 1 : slash);
+    path_ += "/.capnsplice-bind-XXXXXX";
+    if (::mkdtemp(path_.data()) == nullptr) throw_system_error(context, "mkdtemp");
+    fd_.reset(::open(path_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    struct stat info {};
+    if (!fd_ || ::fstat(fd_.get(), &info) != 0 || info.st_uid != ::geteuid() ||
+        (info.st_mode & 077) != 0) {
+      const int err = fd_ ? EPERM : errno;
+      throw Error(ErrorCode::SystemError, context,
+                  "the private directory made to bind in (" + path_ +
+                      ") was replaced before it could be opened",
+                  err);
+    }
+  }
+  PrivateDirectory(const PrivateDirectory&) = delete;
+  PrivateDirectory& operator=(const PrivateDirectory&) = delete;
+  ~PrivateDirectory() {
+    if (fd_) ::unlinkat(fd_.get(), kEntry, 0);
+    ::rmdir(path_.c_str());
+  }
+
+  int fd() const noexcept { return fd_.get(); }
+  /// The entry's path, for bind(). Everything after bind goes through fd(): if someone
+  /// swapped the directory in between, those calls find no socket and fail.
+  std::string entry_path() const { return path_ + "/" + kEntry; }
+
+ private:
+  std::string path_;
+  UniqueFd fd_;
+};
+
+[[noreturn]] void throw_name_taken(std::string_view context, int err) {
+  throw Error(ErrorCode::SystemError, context,
+              "bind failed: " + std::string(error_text(err)) +
+                  " (another host is listening on this name)",
+              err);
+}
+
+FileIdentity bind_file(int socket, const UnixAddress& address, mode_t mode,
+                       std::string_view context) {
+  PrivateDirectory directory(address.path, context);
+  UnixAddress inside;
+  inside.address.sun_family = AF_UNIX;
+  const std::string entry = directory.entry_path();
+  if (entry.size() >= sizeof inside.address.sun_path) {
+    throw Error(ErrorCode::InvalidArgument, context,
+                "the directory of '" + address.path + "' is too long a path to bind in");
+  }
+  std::memcpy(inside.address.sun_path, entry.c_str(), entry.size() + 1);
+  inside.length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + entry.size() + 1);
+  if (::bind(socket, inside.get(), inside.length) != 0) throw_system_error(context, "bind");
+  // No one else can put anything in the directory: this is the socket just bound.
+  if (::fchmodat(directory.fd(), PrivateDirectory::kEntry, mode, 0) != 0) {
+    throw_system_error(context, "fchmodat");
+  }
+  struct stat info {};
+  if (::fstatat(directory.fd(), PrivateDirectory::kEntry, &info, AT_SYMLINK_NOFOLLOW) != 0) {
+    throw_system_error(context, "fstatat");
+  }
+  for (bool replaced_stale = false;; replaced_stale = true) {
+    if (::linkat(directory.fd(), PrivateDirectory::kEntry, AT_FDCWD, address.path.c_str(), 0) ==
+        0) {
+      return {info.st_dev, info.st_ino};
+    }
+    const int err = errno;
+    if (err != EEXIST) throw_system_error(context, "link", err);
+    if (replaced_stale || !stale_socket_file(address, context)) throw_name_taken(context, EADDRINUSE);
+    ::unlink(address.path.c_str());
+  }
+}
+
+}  // namespace
+
+FileIdentity bind_replacing_stale(int socket, const UnixAddress& address, mode_t mode,
+                                  std::string_view context) {
+  if (!address.abstract) return bind_file(socket, address, mode, context);
+  if (::bind(socket, address.get(), address.length) == 0) return {};
   const int err = errno;
   if (err != EADDRINUSE) throw_system_error(context, "bind", err);
-  if (address.abstract || !stale_socket_file(address, context)) {
-    throw Error(ErrorCode::SystemError, context,
-                "bind failed: " + std::string(error_text(err)) +
-                    " (another host is listening on this name)",
-                err);
-  }
-  ::unlink(address.path.c_str());
-  if (::bind(socket, address.get(), address.length) != 0) throw_system_error(context, "bind");
+  throw_name_taken(context, err);
 }
 
 PeerCredentials peer_credentials(int socket, std::string_view context) {

@@ -29,28 +29,40 @@ struct UnixAddress {
   const sockaddr* get() const noexcept { return reinterpret_cast<const sockaddr*>(&address); }
 };
 
+/// Which file a socket file is (st_dev, st_ino).
+struct FileIdentity {
+  dev_t device = 0;
+  ino_t inode = 0;
+};
+
 /// A socket file this process bound; unlinked when destroyed, unless another socket
 /// has replaced it at the same path since.
 class SocketFile {
  public:
-  /// Records the identity of the socket file at `path`.
-  SocketFile(std::string path, std::string_view context);
+  /// The socket file at `path`, which is `identity`.
+  SocketFile(std::string path, FileIdentity identity);
   SocketFile(const SocketFile&) = delete;
   SocketFile& operator=(const SocketFile&) = delete;
   ~SocketFile();
 
  private:
   std::string path_;
-  dev_t device_ = 0;
-  ino_t inode_ = 0;
+  FileIdentity identity_;
 };
 
 /// A stream socket, close-on-exec.
 UniqueFd make_unix_socket(bool nonblocking, std::string_view context);
 
 /// Binds `socket` to `address`, replacing a stale socket file (one nobody listens on)
-/// at the same path. Throws SystemError (EADDRINUSE when a live host holds the name).
-void bind_replacing_stale(int socket, const UnixAddress& address, std::string_view context);
+/// at the same path. A path's socket file gets `mode` with no window in which someone
+/// who can write its directory could redirect the mode change (swap the file for a
+/// symlink between bind() and chmod()): the socket is bound and its mode set inside a
+/// private directory (0700) beside the path, reached through its descriptor, then
+/// linked into place, and link() never replaces a file. Returns the socket file's
+/// identity (nothing for an abstract name). Throws SystemError (EADDRINUSE when a live
+/// host holds the name, or something else that is no stale socket sits there).
+FileIdentity bind_replacing_stale(int socket, const UnixAddress& address, mode_t mode,
+                                  std::string_view context);
 
 /// Who is at the other end of a connected socket (SO_PEERCRED).
 PeerCredentials peer_credentials(int socket, std::string_view context);

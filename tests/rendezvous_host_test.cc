@@ -5,9 +5,11 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <optional>
 #include <thread>
@@ -126,4 +128,44 @@ TEST_CASE("silent clients hold up no well-behaved one: handshakes wait side by s
   Random random(1);
   send_blob(connected->channel, 7, 100, random);
   CHECK(served->channel.receive_as<test::Blob>(Deadline::after(10s))->getSeq() == 7);
+}
+
+TEST_CASE("a socket file swapped for a symlink while a listener starts never lends its mode "
+          "to the symlink's target") {
+  TempDir dir;
+  const std::string socket = dir.socket();
+  const std::string target = dir.path + "/target";
+  UniqueFd file(::open(target.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600));
+  REQUIRE(file);
+  REQUIRE(::fchmod(file.get(), 0600) == 0);
+  // Someone who can write the directory watches for the socket file and swaps it for a
+  // symlink to the target the moment it appears (rename replaces it atomically).
+  const std::string staged = dir.path + "/staged";
+  std::atomic<bool> stop{false};
+  std::thread attacker([&] {
+    while (!stop) {
+      struct stat info {};
+      if (::lstat(socket.c_str(), &info) == 0 && S_ISSOCK(info.st_mode)) {
+        ::symlink(target.c_str(), staged.c_str());
+        ::rename(staged.c_str(), socket.c_str());
+      }
+    }
+  });
+  RendezvousOptions options;
+  options.socket_mode = 0666;
+  int started = 0;
+  for (int i = 0; i < 1000; ++i) {
+    ::unlink(socket.c_str());  // whatever the attacker left there
+    try {
+      RendezvousListener listener(socket, options);
+      ++started;
+    } catch (const Error&) {  // the symlink was there first: refused, as it should be
+    }
+  }
+  stop = true;
+  attacker.join();
+  struct stat info {};
+  REQUIRE(::stat(target.c_str(), &info) == 0);
+  INFO(started << " listeners started");
+  CHECK((info.st_mode & 0777) == 0600);
 }
