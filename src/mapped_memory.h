@@ -35,6 +35,8 @@ class MappedMemory {
   ///
   ///   virtual:  [ copy A: 0 .. bytes ) [ copy B: bytes .. 2*bytes )
   ///                   \________ same memfd pages ________/
+  ///
+  /// Where memfd_create is refused, the pages are shared anonymous memory instead.
   static MappedMemory mirrored(std::size_t bytes, std::string_view context);
 
   /// `bytes` of address space that reads as zeros and cannot be written: no memory is
@@ -47,6 +49,8 @@ class MappedMemory {
   explicit operator bool() const noexcept { return data_ != nullptr; }
 
  private:
+  /// mirrored() without a file: shared anonymous pages, mapped again with mremap.
+  static MappedMemory mirrored_without_file(std::size_t size, std::string_view context);
   void unmap() noexcept;
 
   void* base_ = nullptr;

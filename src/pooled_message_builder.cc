@@ -42,8 +42,9 @@ Chunk PooledMessageBuilder::allocate_from(SegmentPool& pool, std::size_t bytes, 
 
 std::optional<ArenaBlock> PooledMessageBuilder::allocate_shared(std::size_t bytes, bool zeroed) {
   if (!shared_ || !shared_->wants(bytes)) return std::nullopt;
-  ArenaBlock block = shared_->allocate(bytes, zeroed, Deadline::after(allocation_timeout_));
-  arena_blocks_.push_back(block);
+  std::optional<ArenaBlock> block =
+      shared_->allocate(bytes, zeroed, Deadline::after(allocation_timeout_));
+  if (block) arena_blocks_.push_back(*block);
   return block;
 }
 

@@ -53,17 +53,26 @@ bool SharedSender::wants(std::size_t bytes) {
   // Requests too large for half the arena could never be served while another message
   // is held: those take the pipe.
   const bool large_enough = everything_ || (threshold_ != 0 && bytes >= threshold_);
-  return available_ && large_enough && bytes <= capacity_ / 2 &&
+  return available_.load(std::memory_order_relaxed) && large_enough && bytes <= capacity_ / 2 &&
          arena_is_ours() && link_->peer_accepts_shared();
 }
 
-SendArena& SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced) {
+SendArena* SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced) {
   if (arena_ && link_->peer_gone()) arena_->release_all();  // nobody will read what is held
   // Only an idle arena is replaced: nothing held or being built refers to it, and no
   // descriptor naming it is still to be read (each held message is released only after
   // the reader read its descriptor and dropped the message).
   if (!arena_ || arena_->should_retire(keep_bytes_)) {
-    auto arena = std::make_shared<SendArena>(next_arena_id_, capacity_, context_);
+    std::shared_ptr<SendArena> arena;
+    try {
+      arena = std::make_shared<SendArena>(next_arena_id_, capacity_, context_);
+    } catch (const Error& error) {
+      if (error.code() != ErrorCode::SystemError) throw;
+      // memfd_create refused (a sandbox) or the mapping refused (RLIMIT_AS): from now on
+      // this sender keeps to the pipe, as in a process that cannot make arenas at all.
+      available_.store(false, std::memory_order_relaxed);
+      return arena_.get();  // the old arena, if any, goes on serving
+    }
     // Announced before anything can name it. Releases go to it alone from now on, and
     // only now: if the announcement fails, the old arena goes on serving.
     link_->send_arena(arena->id(), arena->capacity(), arena->fd());
@@ -73,7 +82,7 @@ SendArena& SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>&
     arena_generation_.store(fork_generation(), std::memory_order_relaxed);
     has_arena_.store(true, std::memory_order_relaxed);
   }
-  return *arena_;
+  return arena_.get();
 }
 
 std::shared_ptr<SendArena> SharedSender::current_arena() const {
@@ -81,14 +90,17 @@ std::shared_ptr<SendArena> SharedSender::current_arena() const {
   return arena_;
 }
 
-ArenaBlock SharedSender::allocate(std::size_t bytes, bool zeroed, Deadline deadline) {
+std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
+                                                Deadline deadline) {
   for (;;) {
     link_->pump(Deadline::immediate());  // take in what the reader released
     std::size_t held, held_bytes, in_use, capacity;
     std::shared_ptr<SendArena> replaced;  // unmapped after the lock: that takes a while
     {
       std::lock_guard lock(mutex_);
-      SendArena& arena = arena_for_allocation_locked(replaced);
+      SendArena* made = arena_for_allocation_locked(replaced);
+      if (made == nullptr) return std::nullopt;
+      SendArena& arena = *made;
       held = arena.held_messages();
       held_bytes = arena.held_bytes();
       in_use = arena.bytes_in_use();
@@ -176,7 +188,12 @@ std::uint64_t SharedSender::describe(PooledMessageBuilder& builder, std::vector<
       // A segment built in the pipe pool (the root, small objects): the reader must find
       // every segment in the arena, so copy it there. It is small.
       std::optional<ArenaBlock> room = allocate_more(bytes);
-      ArenaBlock copy = room ? *room : allocate(bytes, /*zeroed=*/false, deadline);
+      if (!room) room = allocate(bytes, /*zeroed=*/false, deadline);
+      if (!room) {  // cannot be: the message's other blocks keep the arena alive
+        throw Error(ErrorCode::SystemError, context_,
+                    "no shared-memory arena for a segment of a shared message", ENOMEM);
+      }
+      const ArenaBlock copy = *room;
       if (bytes != 0) std::memcpy(copy.data, begin, bytes);
       blocks.push_back(copy);
       places.emplace_back(copy.offset, segment.size());

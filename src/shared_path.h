@@ -93,7 +93,7 @@ class SharedSender {
   void attach(std::weak_ptr<ConsumptionSource> sender) { sender_ = std::move(sender); }
 
   /// False when this process cannot make arenas (shared_memory_unavailable_reason()).
-  bool available() const noexcept { return available_; }
+  bool available() const noexcept { return available_.load(std::memory_order_relaxed); }
 
   /// True when every segment goes to the arena (SendPath::shared_memory).
   bool everything() const noexcept { return everything_; }
@@ -105,7 +105,9 @@ class SharedSender {
   /// MessageTooLarge at once (one message's objects add up to more than the arena). It
   /// cannot tell which message the unsent blocks belong to, so messages built on other
   /// threads at the same time that fill the arena also make it fail rather than wait.
-  ArenaBlock allocate(std::size_t bytes, bool zeroed, Deadline deadline);
+  /// Empty when no arena could be made here after all (memfd_create refused, RLIMIT_AS):
+  /// available() is false from then on and the caller takes the pipe pool instead.
+  std::optional<ArenaBlock> allocate(std::size_t bytes, bool zeroed, Deadline deadline);
 
   /// Unzeroed arena memory for part of a message that already holds arena blocks (so
   /// the arena cannot be replaced under it), without taking in releases first (a system
@@ -141,7 +143,8 @@ class SharedSender {
   /// go: blocks are made only in the current arena, so a replaced arena stays idle. A
   /// replaced arena is handed to `replaced`, for the caller to let go of after
   /// unlocking (unmapping it takes ~70 ms per GiB).
-  SendArena& arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced);
+  /// Null when there is no arena and none can be made.
+  SendArena* arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced);
   /// The current arena, which every live block is in (none before the first allocation).
   std::shared_ptr<SendArena> current_arena() const;
   /// False in a fork() child whose inherited arena is its parent's.
@@ -155,7 +158,7 @@ class SharedSender {
   const bool everything_;
   const std::size_t capacity_;
   const std::size_t keep_bytes_;
-  const bool available_;
+  std::atomic<bool> available_;  // false also once making an arena failed
   const std::chrono::nanoseconds idle_retire_after_;
   const std::string context_;
   /// fork_generation() of the process that made the current arena: only it allocates

@@ -1,0 +1,79 @@
+// capnsplice in a sandbox that refuses memfd_create (as seccomp profiles of browsers and
+// container runtimes can): channels still work, by the means that remain.
+#include <catch2/catch.hpp>
+
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <iterator>
+
+#include "capnsplice/channel.h"
+#include "support/blob.h"
+#include "support/shared_memory_support.h"
+
+namespace {
+
+using namespace capnsplice;
+using namespace capnsplice::testing;
+
+/// Makes memfd_create fail with EPERM in this process from now on.
+bool refuse_memfd_create() {
+  sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_memfd_create, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog program{static_cast<unsigned short>(std::size(filter)), filter};
+  return ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+         ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) == 0;
+}
+
+/// What went wrong in the sandboxed child, as its exit code.
+enum Verdict : int {
+  kCarried = 0,
+  kNoSandbox = 2,
+  kMemfdStillWorks = 3,
+  kSmallMessagesBroken = 4,
+  kLargeMessageBroken = 5,
+  kUsedSharedMemory = 6,
+  kThrew = 99,  // fork_child's code for an exception
+};
+
+}  // namespace
+
+TEST_CASE("where memfd_create is refused, a channel still carries small messages through a "
+          "wrapping ring and large ones by pipe") {
+  // This process finds it can make arenas before the sandbox closes in: the child's
+  // sender then learns otherwise only when it tries, and must fall back then.
+  static_cast<void>(Channel::pair());
+  const pid_t child = fork_child([] {
+    if (!refuse_memfd_create()) return int{kNoSandbox};
+    if (::memfd_create("probe", MFD_CLOEXEC) >= 0 || errno != EPERM) return int{kMemfdStillWorks};
+    // A 64 KiB ring: 200 frames of 3 KB wrap it many times, so frames cross its end.
+    auto [near, far] =
+        Channel::pair(shared_options().with_receive_buffer_bytes(64 * KiB));
+    Random random(1);
+    for (std::uint64_t seq = 0; seq < 200; ++seq) {
+      send_blob(near, seq, 3000, random);
+      auto blob = far.receive_as<test::Blob>(Deadline::after(std::chrono::seconds(10)));
+      if (blob->getSeq() != seq || !blob_intact(blob.root())) return int{kSmallMessagesBroken};
+    }
+    // Over the shared-memory threshold, and small enough for the pipe to take whole
+    // while this thread is not reading.
+    near.send(blob_in_place(near, 200, 512 * KiB, random));
+    auto large = far.receive_as<test::Blob>(Deadline::after(std::chrono::seconds(10)));
+    if (large->getSeq() != 200 || !blob_intact(large.root())) return int{kLargeMessageBroken};
+    const SenderStats stats = near.sender().stats();
+    if (stats.shared_messages != 0 || stats.shared_memory_available) {
+      return int{kUsedSharedMemory};
+    }
+    return int{kCarried};
+  });
+  CHECK(wait_child(child) == kCarried);
+}
