@@ -74,9 +74,7 @@ MappedMemory MappedMemory::readable_reservation(std::size_t bytes, std::string_v
   return memory;
 }
 
-MappedMemory MappedMemory::mirrored_without_file(std::size_t size, std::string_view context) {
-  // Where memfd_create is refused (a seccomp sandbox): shared anonymous memory, and
-  // mremap with an old size of 0 maps the same pages a second time (mremap(2)).
+MappedMemory MappedMemory::mirror_reservation(std::size_t size, std::string_view context) {
   void* base = ::mmap(nullptr, 2 * size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (base == MAP_FAILED) throw_system_error(context, "mmap");
   MappedMemory memory;
@@ -84,32 +82,29 @@ MappedMemory MappedMemory::mirrored_without_file(std::size_t size, std::string_v
   memory.mapping_bytes_ = 2 * size;
   memory.data_ = static_cast<std::byte*>(base);
   memory.size_ = size;
-  if (::mmap(memory.data_, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED,
-             -1, 0) == MAP_FAILED) {
-    throw_system_error(context, "mmap (shared)");
-  }
-  if (::mremap(memory.data_, 0, size, MREMAP_MAYMOVE | MREMAP_FIXED, memory.data_ + size) ==
-      MAP_FAILED) {
-    throw_system_error(context, "mremap (mirror)");
-  }
   return memory;
 }
 
 MappedMemory MappedMemory::mirrored(std::size_t bytes, std::string_view context) {
   const std::size_t size = round_up(bytes == 0 ? 1 : bytes, page_size());
   UniqueFd file(::memfd_create("capnsplice-ring", MFD_CLOEXEC));
-  if (!file) return mirrored_without_file(size, context);
-  if (::ftruncate(file.get(), static_cast<off_t>(size)) != 0) {
+  if (file && ::ftruncate(file.get(), static_cast<off_t>(size)) != 0) {
     throw_system_error(context, "ftruncate");
   }
-  // Reserve 2*size of address space, then map the file over both halves.
-  void* base = ::mmap(nullptr, 2 * size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (base == MAP_FAILED) throw_system_error(context, "mmap");
-  MappedMemory memory;
-  memory.base_ = base;
-  memory.mapping_bytes_ = 2 * size;
-  memory.data_ = static_cast<std::byte*>(base);
-  memory.size_ = size;
+  MappedMemory memory = mirror_reservation(size, context);
+  if (!file) {
+    // memfd_create refused (a seccomp sandbox): shared anonymous pages, which mremap with
+    // an old size of 0 maps a second time (mremap(2)).
+    if (::mmap(memory.data_, size, PROT_READ | PROT_WRITE,
+               MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) {
+      throw_system_error(context, "mmap (shared)");
+    }
+    if (::mremap(memory.data_, 0, size, MREMAP_MAYMOVE | MREMAP_FIXED, memory.data_ + size) ==
+        MAP_FAILED) {
+      throw_system_error(context, "mremap (mirror)");
+    }
+    return memory;
+  }
   for (std::size_t half = 0; half < 2; ++half) {
     void* at = memory.data_ + half * size;
     if (::mmap(at, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, file.get(), 0) ==

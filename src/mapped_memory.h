@@ -49,8 +49,8 @@ class MappedMemory {
   explicit operator bool() const noexcept { return data_ != nullptr; }
 
  private:
-  /// mirrored() without a file: shared anonymous pages, mapped again with mremap.
-  static MappedMemory mirrored_without_file(std::size_t size, std::string_view context);
+  /// 2 * `size` bytes of inaccessible address space, for mirrored() to map over.
+  static MappedMemory mirror_reservation(std::size_t size, std::string_view context);
   void unmap() noexcept;
 
   void* base_ = nullptr;
