@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "capnsplice/error.h"
+#include "capnsplice/options.h"
 
 namespace capnsplice::detail {
 
@@ -78,6 +79,15 @@ std::uint64_t fork_generation() noexcept {
   static const bool registered = ::pthread_atfork(nullptr, nullptr, count_fork) == 0;
   static_cast<void>(registered);
   return fork_count.load(std::memory_order_relaxed);
+}
+
+bool room_for_a_peers_arena() noexcept {
+  const std::size_t reservation = SenderOptions{}.arena_bytes + 2 * kArenaGuardBytes;
+  void* probe =
+      ::mmap(nullptr, reservation, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (probe == MAP_FAILED) return false;
+  ::munmap(probe, reservation);
+  return true;
 }
 
 const std::string& shared_memory_unavailable_reason() {

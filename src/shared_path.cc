@@ -241,7 +241,9 @@ std::uint64_t SharedSender::arenas_created() const {
 SharedReceiver::SharedReceiver(std::shared_ptr<ControlLink> link, const ReceiveLimits& limits,
                                std::string context)
     : link_(std::move(link)), limits_(limits), context_(std::move(context)) {
-  if (shared_memory_unavailable_reason().empty()) link_->announce_accepts_shared();
+  if (shared_memory_unavailable_reason().empty() && room_for_a_peers_arena()) {
+    link_->announce_accepts_shared();
+  }
 }
 
 std::shared_ptr<ReceiveArena> SharedReceiver::arena(std::uint32_t id) {

@@ -1,11 +1,13 @@
 // capnsplice in a sandbox that refuses memfd_create (as seccomp profiles of browsers and
-// container runtimes can): channels still work, by the means that remain.
+// container runtimes can) or under a tight address-space limit: channels still work, by
+// the means that remain.
 #include <catch2/catch.hpp>
 
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 
 #include <cerrno>
@@ -14,6 +16,7 @@
 
 #include "capnsplice/channel.h"
 #include "support/blob.h"
+#include "support/sanitizer.h"
 #include "support/shared_memory_support.h"
 
 namespace {
@@ -37,7 +40,7 @@ bool refuse_memfd_create() {
 /// What went wrong in the sandboxed child, as its exit code.
 enum Verdict : int {
   kCarried = 0,
-  kNoSandbox = 2,
+  kNoSandbox = 2,  // or the limit could not be set
   kMemfdStillWorks = 3,
   kSmallMessagesBroken = 4,
   kLargeMessageBroken = 5,
@@ -73,6 +76,29 @@ TEST_CASE("where memfd_create is refused, a channel still carries small messages
     if (stats.shared_messages != 0 || stats.shared_memory_available) {
       return int{kUsedSharedMemory};
     }
+    return int{kCarried};
+  });
+  CHECK(wait_child(child) == kCarried);
+}
+
+TEST_CASE("under an address-space limit too tight for a peer's arena, a channel carries large "
+          "messages by pipe") {
+  if (kUnderSanitizer) {
+    SUCCEED("skipped: a sanitizer's runtime reserves far more address space than the limit");
+    return;
+  }
+  const pid_t child = fork_child([] {
+    // 8 GiB: room for everything but the reservation a received arena needs.
+    const rlimit limit{rlim_t{8} << 30, rlim_t{8} << 30};
+    if (::setrlimit(RLIMIT_AS, &limit) != 0) return int{kNoSandbox};
+    auto [near, far] = Channel::pair(shared_options());
+    Random random(2);
+    near.send(blob_in_place(near, 1, 512 * KiB, random));  // over the threshold
+    auto large = far.receive_as<test::Blob>(Deadline::after(std::chrono::seconds(10)));
+    if (large->getSeq() != 1 || !blob_intact(large.root())) return int{kLargeMessageBroken};
+    // This end could make arenas, but its receiver has no room to map one: it did not
+    // say it reads them, so nothing was sent through one.
+    if (near.sender().stats().shared_messages != 0) return int{kUsedSharedMemory};
     return int{kCarried};
   });
   CHECK(wait_child(child) == kCarried);
