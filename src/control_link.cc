@@ -14,7 +14,13 @@ namespace capnsplice::detail {
 
 namespace {
 
-enum RecordKind : std::uint32_t { kAcceptsShared = 1, kArena = 2, kRelease = 3, kRetire = 4 };
+enum RecordKind : std::uint32_t {
+  kAcceptsShared = 1,
+  kArena = 2,
+  kRelease = 3,
+  kRetire = 4,
+  kArenaLost = 5,
+};
 
 struct Record {
   std::uint32_t kind;
@@ -179,6 +185,14 @@ std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_i
   if (arena_id == latest && unclaimed_arena_.memfd) {
     return {std::move(unclaimed_arena_.memfd), unclaimed_arena_.capacity};
   }
+  if (arena_id == lost_arena_) {
+    throw Error(ErrorCode::SystemError, context_,
+                "the peer's shared-memory arena " + std::to_string(arena_id) +
+                    " arrived while this process could take no more descriptors "
+                    "(RLIMIT_NOFILE): its messages cannot be read; the peer was asked for a "
+                    "new arena",
+                EMFILE);
+  }
   std::string why;
   if (arena_id < latest) {
     why = "but the latest arena the peer announced is " + std::to_string(latest) +
@@ -251,7 +265,21 @@ void ControlLink::pump_locked(Deadline deadline) {
           peer_accepts_shared_ = true;
           break;
         case kArena:
+          if (!received && (message.msg_flags & MSG_CTRUNC) != 0 &&
+              record.arena > latest_arena_.load(std::memory_order_relaxed)) {
+            // The kernel dropped the descriptor: this process had none left.
+            lost_arena_ = record.arena;
+            latest_arena_.store(record.arena, std::memory_order_release);
+            unclaimed_arena_ = ReceivedArena{};
+            static_cast<void>(send_record_locked(kArenaLost, record.arena, 0, -1));
+            break;
+          }
           file_arena_locked(record.arena, record.value, std::move(received));
+          break;
+        case kArenaLost:
+          if (auto arena = send_arena_.lock(); arena && arena->id() == record.arena) {
+            arena->mark_lost_by_peer();
+          }
           break;
         case kRelease:
           // SendArena::release() checks the id against what it holds: a forged or

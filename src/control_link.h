@@ -9,6 +9,9 @@
 //   Release         id     message id     -            "done with this message": free it
 //   Retire          id     -              -            "no descriptor names this arena
 //                                                       again": unmap it once idle
+//   ArenaLost       id     -              -            "its descriptor did not reach me
+//                                                       (I was out of descriptors)": make
+//                                                       a new one once this one is idle
 //
 // A sender uses the shared-memory path only after its peer said AcceptsShared, so a
 // peer that ignores this socket (plain Cap'n Proto on the pipes) never sees a
@@ -126,6 +129,10 @@ class ControlLink {
     return retired_arena_.load(std::memory_order_acquire);
   }
 
+  /// An Arena record whose descriptor the kernel could not hand to this process (out of
+  /// descriptors: MSG_CTRUNC) is remembered, and the peer is told (ArenaLost), so that it
+  /// moves to a new arena; take_arena() of the lost one throws SystemError (EMFILE).
+
   /// True once a pump saw the peer close its end of the link (it exited or closed the
   /// channel).
   bool peer_gone();
@@ -151,6 +158,7 @@ class ControlLink {
   std::mutex mutex_;
   bool peer_accepts_shared_ = false;
   bool announcement_unsent_ = false;  // announce_accepts_shared() found the link full
+  std::uint32_t lost_arena_ = 0;      // an arena whose descriptor never arrived (0: none)
   bool peer_gone_ = false;
   std::atomic<std::uint32_t> latest_arena_{0};  // written under `mutex_`
   std::atomic<std::uint32_t> retired_arena_{0};  // written under `mutex_`

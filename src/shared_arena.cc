@@ -204,7 +204,13 @@ bool SendArena::idle() const {
 
 bool SendArena::should_retire(std::size_t keep_bytes) const {
   std::lock_guard lock(mutex_);
-  return blocks_in_use_ == 0 && footprint_ > keep_bytes && footprint_ / 2 > last_busy_peak_;
+  return blocks_in_use_ == 0 &&
+         (lost_by_peer_ || (footprint_ > keep_bytes && footprint_ / 2 > last_busy_peak_));
+}
+
+void SendArena::mark_lost_by_peer() noexcept {
+  std::lock_guard lock(mutex_);
+  lost_by_peer_ = true;
 }
 
 bool SendArena::idle_past_keep(std::size_t keep_bytes, std::chrono::nanoseconds now,

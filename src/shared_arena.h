@@ -151,8 +151,12 @@ class SendArena {
   /// again) had in use at once: the pages no longer earn their keep. A stream of large
   /// messages reusing the same pages keeps its arena, since refaulting them every time
   /// would cost more than the copy the arena saves; a burst followed by smaller
-  /// messages gives its pages back.
+  /// messages gives its pages back. Also true once idle after the peer said it lost the
+  /// arena's descriptor (mark_lost_by_peer): no message in it can reach the peer.
   bool should_retire(std::size_t keep_bytes) const;
+
+  /// The peer could not take this arena's descriptor (it was out of descriptors).
+  void mark_lost_by_peer() noexcept;
 
   /// True when the arena is idle, has been since `idle_for` before `now` (coarse_now())
   /// and keeps more pages resident than `keep_bytes`: nothing is coming to reuse them.
@@ -180,6 +184,7 @@ class SendArena {
   std::size_t footprint_ = 0;
   std::size_t busy_peak_ = 0;       // most bytes in use since the arena was last idle
   std::size_t last_busy_peak_ = 0;  // the same for the busy spell before that
+  bool lost_by_peer_ = false;
   std::chrono::nanoseconds idle_since_ = coarse_now();  // coarse_now() when last idle
 };
 

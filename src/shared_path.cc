@@ -328,7 +328,14 @@ void SharedReceiver::open_descriptor(kj::ArrayPtr<const capnp::word> descriptor_
                 "a shared-memory message lists " + std::to_string(places.size()) +
                     " segments; 1 to " + std::to_string(limits_.max_segments) + " are allowed");
   }
-  std::shared_ptr<ReceiveArena> arena = this->arena(root.getArena());
+  std::shared_ptr<ReceiveArena> arena;
+  try {
+    arena = this->arena(root.getArena());
+  } catch (const Error& error) {
+    // An arena lost for want of descriptors: the sender may free the message.
+    if (error.code() == ErrorCode::SystemError) link_->send_release(root.getArena(), root.getId());
+    throw;
+  }
   auto* slots = state.segment_slots(places.size());
   std::uint64_t words = 0;
   for (unsigned i = 0; i < places.size(); ++i) {

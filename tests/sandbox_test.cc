@@ -1,6 +1,6 @@
 // capnsplice in a sandbox that refuses memfd_create (as seccomp profiles of browsers and
-// container runtimes can) or under a tight address-space limit: channels still work, by
-// the means that remain.
+// container runtimes can), under a tight address-space limit, or out of descriptors:
+// channels still work, by the means that remain, or name the cause and recover.
 #include <catch2/catch.hpp>
 
 #include <linux/filter.h>
@@ -9,9 +9,11 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstddef>
+#include <functional>
 #include <iterator>
 
 #include "capnsplice/channel.h"
@@ -44,9 +46,22 @@ enum Verdict : int {
   kMemfdStillWorks = 3,
   kSmallMessagesBroken = 4,
   kLargeMessageBroken = 5,
-  kUsedSharedMemory = 6,
+  kUsedSharedMemory = 6,  // or did not, when it should have
+  kLostArenaNotNamed = 7,
+  kNoNewArena = 8,
   kThrew = 99,  // fork_child's code for an exception
 };
+
+/// Runs `body` in a forked child (its limits and filters stay there) and checks that it
+/// returns kCarried. `sanitizer_conflict`: why the body cannot run under a sanitizer,
+/// whose runtime needs the very resources it takes away; then it is skipped there.
+void check_in_child(const std::function<int()>& body, const char* sanitizer_conflict = nullptr) {
+  if (sanitizer_conflict != nullptr && kUnderSanitizer) {
+    SUCCEED("skipped under a sanitizer: " << sanitizer_conflict);
+    return;
+  }
+  CHECK(wait_child(fork_child(body)) == kCarried);
+}
 
 }  // namespace
 
@@ -55,7 +70,7 @@ TEST_CASE("where memfd_create is refused, a channel still carries small messages
   // This process finds it can make arenas before the sandbox closes in: the child's
   // sender then learns otherwise only when it tries, and must fall back then.
   static_cast<void>(Channel::pair());
-  const pid_t child = fork_child([] {
+  check_in_child([] {
     if (!refuse_memfd_create()) return int{kNoSandbox};
     if (::memfd_create("probe", MFD_CLOEXEC) >= 0 || errno != EPERM) return int{kMemfdStillWorks};
     // A 64 KiB ring: 200 frames of 3 KB wrap it many times, so frames cross its end.
@@ -78,16 +93,11 @@ TEST_CASE("where memfd_create is refused, a channel still carries small messages
     }
     return int{kCarried};
   });
-  CHECK(wait_child(child) == kCarried);
 }
 
 TEST_CASE("under an address-space limit too tight for a peer's arena, a channel carries large "
           "messages by pipe") {
-  if (kUnderSanitizer) {
-    SUCCEED("skipped: a sanitizer's runtime reserves far more address space than the limit");
-    return;
-  }
-  const pid_t child = fork_child([] {
+  check_in_child([] {
     // 8 GiB: room for everything but the reservation a received arena needs.
     const rlimit limit{rlim_t{8} << 30, rlim_t{8} << 30};
     if (::setrlimit(RLIMIT_AS, &limit) != 0) return int{kNoSandbox};
@@ -100,6 +110,37 @@ TEST_CASE("under an address-space limit too tight for a peer's arena, a channel 
     // say it reads them, so nothing was sent through one.
     if (near.sender().stats().shared_messages != 0) return int{kUsedSharedMemory};
     return int{kCarried};
-  });
-  CHECK(wait_child(child) == kCarried);
+  }, "its runtime reserves far more address space than the limit");
+}
+
+TEST_CASE("an arena that arrives while the receiver is out of descriptors is named as the "
+          "cause, and the next large message comes through a new arena") {
+  check_in_child([] {
+    auto [near, far] = Channel::pair(shared_options());
+    Random random(3);
+    send_blob(near, 0, 100, random);  // the receive ring exists before the limit
+    if (far.receive_as<test::Blob>()->getSeq() != 0) return int{kSmallMessagesBroken};
+    near.send(blob_in_place(near, 1, 512 * KiB, random));  // announces arena 1
+    if (near.sender().stats().shared_messages != 1) return int{kLargeMessageBroken};
+    // No descriptor left: the lowest free number is the limit.
+    const int lowest_free = ::dup(0);
+    ::close(lowest_free);
+    rlimit limit{};
+    ::getrlimit(RLIMIT_NOFILE, &limit);
+    const rlimit none{static_cast<rlim_t>(lowest_free), limit.rlim_max};
+    if (::setrlimit(RLIMIT_NOFILE, &none) != 0) return int{kNoSandbox};
+    int code = -1;
+    try {
+      far.receive(Deadline::after(std::chrono::seconds(10)));
+    } catch (const Error& error) {
+      if (error.code() == ErrorCode::SystemError && error.sys_errno() == EMFILE) code = 0;
+    }
+    ::setrlimit(RLIMIT_NOFILE, &limit);
+    if (code != 0) return int{kLostArenaNotNamed};
+    near.send(blob_in_place(near, 2, 512 * KiB, random));  // in arena 2
+    auto large = far.receive_as<test::Blob>(Deadline::after(std::chrono::seconds(10)));
+    if (large->getSeq() != 2 || !blob_intact(large.root())) return int{kLargeMessageBroken};
+    if (far.receiver().stats().shared_messages != 1) return int{kUsedSharedMemory};
+    return near.sender().stats().arenas_created == 2 ? int{kCarried} : int{kNoNewArena};
+  }, "its runtime needs descriptors of its own to report");
 }
