@@ -113,6 +113,25 @@ TEST_CASE("under an address-space limit too tight for a peer's arena, a channel 
   }, "its runtime reserves far more address space than the limit");
 }
 
+TEST_CASE("a sender that cannot map an arena under its address-space limit sends large "
+          "messages by pipe instead of failing them") {
+  check_in_child([] {
+    // The receiver found room for a peer's arena before the limit: it reads them.
+    auto [near, far] = Channel::pair(shared_options());
+    const rlimit limit{rlim_t{1} << 30, rlim_t{1} << 30};  // less than the 2 GiB arena
+    if (::setrlimit(RLIMIT_AS, &limit) != 0) return int{kNoSandbox};
+    Random random(4);
+    near.send(blob_in_place(near, 1, 512 * KiB, random));
+    auto large = far.receive_as<test::Blob>(Deadline::after(std::chrono::seconds(10)));
+    if (large->getSeq() != 1 || !blob_intact(large.root())) return int{kLargeMessageBroken};
+    const SenderStats stats = near.sender().stats();
+    if (stats.shared_messages != 0 || stats.shared_memory_available) {
+      return int{kUsedSharedMemory};
+    }
+    return int{kCarried};
+  }, "its runtime reserves far more address space than the limit");
+}
+
 TEST_CASE("an arena that arrives while the receiver is out of descriptors is named as the "
           "cause, and the next large message comes through a new arena") {
   check_in_child([] {
