@@ -52,6 +52,22 @@ enum Verdict : int {
   kThrew = 99,  // fork_child's code for an exception
 };
 
+/// Sends a message over the shared-memory threshold, small enough for the pipe to take
+/// whole while this thread is not reading, and checks it arrived intact by pipe;
+/// `sender_gave_up`: the sender also says it cannot use shared memory any more.
+int large_message_took_the_pipe(Channel& near, Channel& far, std::uint64_t seq,
+                                bool sender_gave_up) {
+  Random random(seq);
+  near.send(blob_in_place(near, seq, 512 * KiB, random));
+  auto large = far.receive_as<test::Blob>(Deadline::after(std::chrono::seconds(10)));
+  if (large->getSeq() != seq || !blob_intact(large.root())) return kLargeMessageBroken;
+  const SenderStats stats = near.sender().stats();
+  if (stats.shared_messages != 0 || (sender_gave_up && stats.shared_memory_available)) {
+    return kUsedSharedMemory;
+  }
+  return kCarried;
+}
+
 /// Runs `body` in a forked child (its limits and filters stay there) and checks that it
 /// returns kCarried. `sanitizer_conflict`: why the body cannot run under a sanitizer,
 /// whose runtime needs the very resources it takes away; then it is skipped there.
@@ -82,16 +98,7 @@ TEST_CASE("where memfd_create is refused, a channel still carries small messages
       auto blob = far.receive_as<test::Blob>(Deadline::after(std::chrono::seconds(10)));
       if (blob->getSeq() != seq || !blob_intact(blob.root())) return int{kSmallMessagesBroken};
     }
-    // Over the shared-memory threshold, and small enough for the pipe to take whole
-    // while this thread is not reading.
-    near.send(blob_in_place(near, 200, 512 * KiB, random));
-    auto large = far.receive_as<test::Blob>(Deadline::after(std::chrono::seconds(10)));
-    if (large->getSeq() != 200 || !blob_intact(large.root())) return int{kLargeMessageBroken};
-    const SenderStats stats = near.sender().stats();
-    if (stats.shared_messages != 0 || stats.shared_memory_available) {
-      return int{kUsedSharedMemory};
-    }
-    return int{kCarried};
+    return large_message_took_the_pipe(near, far, 200, /*sender_gave_up=*/true);
   });
 }
 
@@ -102,14 +109,9 @@ TEST_CASE("under an address-space limit too tight for a peer's arena, a channel 
     const rlimit limit{rlim_t{8} << 30, rlim_t{8} << 30};
     if (::setrlimit(RLIMIT_AS, &limit) != 0) return int{kNoSandbox};
     auto [near, far] = Channel::pair(shared_options());
-    Random random(2);
-    near.send(blob_in_place(near, 1, 512 * KiB, random));  // over the threshold
-    auto large = far.receive_as<test::Blob>(Deadline::after(std::chrono::seconds(10)));
-    if (large->getSeq() != 1 || !blob_intact(large.root())) return int{kLargeMessageBroken};
     // This end could make arenas, but its receiver has no room to map one: it did not
-    // say it reads them, so nothing was sent through one.
-    if (near.sender().stats().shared_messages != 0) return int{kUsedSharedMemory};
-    return int{kCarried};
+    // say it reads them, so nothing is sent through one.
+    return large_message_took_the_pipe(near, far, 1, /*sender_gave_up=*/false);
   }, "its runtime reserves far more address space than the limit");
 }
 
@@ -120,15 +122,7 @@ TEST_CASE("a sender that cannot map an arena under its address-space limit sends
     auto [near, far] = Channel::pair(shared_options());
     const rlimit limit{rlim_t{1} << 30, rlim_t{1} << 30};  // less than the 2 GiB arena
     if (::setrlimit(RLIMIT_AS, &limit) != 0) return int{kNoSandbox};
-    Random random(4);
-    near.send(blob_in_place(near, 1, 512 * KiB, random));
-    auto large = far.receive_as<test::Blob>(Deadline::after(std::chrono::seconds(10)));
-    if (large->getSeq() != 1 || !blob_intact(large.root())) return int{kLargeMessageBroken};
-    const SenderStats stats = near.sender().stats();
-    if (stats.shared_messages != 0 || stats.shared_memory_available) {
-      return int{kUsedSharedMemory};
-    }
-    return int{kCarried};
+    return large_message_took_the_pipe(near, far, 1, /*sender_gave_up=*/true);
   }, "its runtime reserves far more address space than the limit");
 }
 
