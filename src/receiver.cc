@@ -5,9 +5,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <cstring>
 #include <string>
+#include <new>
 #include <thread>
 
 #include "capnsplice/error.h"
@@ -72,12 +74,12 @@ class ReceiverCore {
         case WaitResult::timed_out:
           throw Error(ErrorCode::Timeout, context_, "no message arrived before the deadline");
         case WaitResult::interrupted:
-          std::uint64_t count;
-          static_cast<void>(::read(wake_fd_.get(), &count, sizeof count));
-          if (closing_.load()) {
+          if (closing_.load()) {  // the count stays: every waiter must wake
             throw Error(ErrorCode::InvalidArgument, context_,
                         "the receiver was destroyed while this receive waited");
           }
+          std::uint64_t count;
+          static_cast<void>(::read(wake_fd_.get(), &count, sizeof count));
           throw Error(ErrorCode::Interrupted, context_, "receive was interrupted");
       }
     }
@@ -187,9 +189,10 @@ class ReceiverCore {
 std::optional<ReceivedMessage> ReceiverCore::take_buffered() {
   if (own_) {
     while (own_->have == own_->needed && !own_->probe.header_complete) {
-      own_->probe = probe_at(own_->bytes(), own_->have);
-      own_->needed = own_->probe.bytes_needed;
-      grow_own_frame(own_->needed);
+      const FrameProbe probe = probe_at(own_->bytes(), own_->have);
+      grow_own_frame(probe.bytes_needed);  // first: if it fails, nothing has changed
+      own_->probe = probe;
+      own_->needed = probe.bytes_needed;
     }
     if (own_->have < own_->needed) return std::nullopt;
     auto state = std::make_unique<ReceivedMessageState>();
@@ -245,7 +248,12 @@ void ReceiverCore::start_own_frame(const FrameProbe& probe) {
   // probe_frame() has checked the sizes against the limits: `needed` is bounded.
   own_.emplace(OwnFrame{});  // clang refuses a bare emplace() of this nested struct
   own_->probe = probe;
-  grow_own_frame(probe.bytes_needed);
+  try {
+    grow_own_frame(probe.bytes_needed);
+  } catch (...) {
+    own_.reset();  // as before: the bytes stay in the ring, the next call tries again
+    throw;
+  }
   own_->needed = probe.bytes_needed;
   own_->have = static_cast<std::size_t>(head_ - parse_);
   std::memcpy(own_->bytes(), ring_->at(parse_), own_->have);
@@ -254,7 +262,15 @@ void ReceiverCore::start_own_frame(const FrameProbe& probe) {
 
 void ReceiverCore::grow_own_frame(std::size_t bytes) {
   if (own_->buffer.bytes >= bytes) return;
-  FrameBuffer bigger = ring_->take_frame_buffer(bytes);
+  FrameBuffer bigger;
+  try {
+    bigger = ring_->take_frame_buffer(bytes);
+  } catch (const std::bad_alloc&) {
+    // The limits allowed the frame, the process has not the memory for it (a tight
+    // RLIMIT_AS, no overcommit): a system failure, and nothing of the frame is lost.
+    throw Error(ErrorCode::SystemError, context_,
+                "no memory for a frame of " + std::to_string(bytes) + " bytes", ENOMEM);
+  }
   if (own_->have != 0) std::memcpy(bigger.data(), own_->bytes(), own_->have);
   own_->buffer = std::move(bigger);
 }

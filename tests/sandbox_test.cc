@@ -3,6 +3,7 @@
 // channels still work, by the means that remain, or name the cause and recover.
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sys/mman.h>
@@ -13,10 +14,13 @@
 
 #include <cerrno>
 #include <cstddef>
+#include <fstream>
 #include <functional>
 #include <iterator>
+#include <string>
 
 #include "capnsplice/channel.h"
+#include "capnsplice/receiver.h"
 #include "support/blob.h"
 #include "support/sanitizer.h"
 #include "support/shared_memory_support.h"
@@ -156,4 +160,41 @@ TEST_CASE("an arena that arrives while the receiver is out of descriptors is nam
     if (far.receiver().stats().shared_messages != 1) return int{kUsedSharedMemory};
     return near.sender().stats().arenas_created == 2 ? int{kCarried} : int{kNoNewArena};
   }, "its runtime needs descriptors of its own to report");
+}
+
+TEST_CASE("a frame the limits allow but memory does not is SystemError ENOMEM, every time, "
+          "never a crash") {
+  check_in_child([] {
+    int ends[2];
+    if (::pipe2(ends, O_CLOEXEC | O_NONBLOCK) != 0) return int{kNoSandbox};
+    Receiver receiver(UniqueFd(ends[0]), ReceiverOptions{});
+    UniqueFd write_end(ends[1]);
+    static_cast<void>(receiver.try_receive());  // the ring exists before the limit
+    const std::uint32_t header[2] = {0, (60u << 20) / 8};  // one 60 MiB segment
+    const std::uint64_t first_word = 0;
+    if (::write(write_end.get(), header, sizeof header) != sizeof header ||
+        ::write(write_end.get(), &first_word, sizeof first_word) != sizeof first_word) {
+      return int{kNoSandbox};
+    }
+    // Room for 16 MiB more than this process maps now: not for the frame.
+    std::ifstream status("/proc/self/status");
+    std::size_t mapped_kib = 0;
+    for (std::string line; std::getline(status, line);) {
+      if (line.rfind("VmSize:", 0) == 0) mapped_kib = std::stoul(line.substr(7));
+    }
+    const rlim_t room = (mapped_kib + 16 * 1024) * 1024;
+    const rlimit limit{room, room};
+    if (mapped_kib == 0 || ::setrlimit(RLIMIT_AS, &limit) != 0) return int{kNoSandbox};
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      try {
+        static_cast<void>(receiver.try_receive());
+        return int{kLargeMessageBroken};
+      } catch (const Error& error) {
+        if (error.code() != ErrorCode::SystemError || error.sys_errno() != ENOMEM) {
+          return int{kLargeMessageBroken};
+        }
+      }
+    }
+    return int{kCarried};
+  }, "its runtime reserves far more address space than the limit");
 }
