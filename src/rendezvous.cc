@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -56,7 +57,10 @@ RendezvousListener::RendezvousListener(std::string name, RendezvousOptions optio
   if (::listen(socket_.get(), options_.backlog) != 0) throw_system_error(context, "listen");
   events_.reset(::epoll_create1(EPOLL_CLOEXEC));
   if (!events_) throw_system_error(context, "epoll_create1");
+  timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+  if (!timer_) throw_system_error(context, "timerfd_create");
   watch(events_.get(), socket_.get(), /*add=*/true, context);
+  watch(events_.get(), timer_.get(), /*add=*/true, context);
 }
 
 /// A client handed its channel and sent this end's hello, whose own hello has not come.
@@ -76,9 +80,23 @@ std::string RendezvousListener::context(const char* operation) const {
 
 Connection RendezvousListener::accept(Deadline deadline) {
   const std::string context = this->context("accept");
+  // However this returns or throws, the watches follow the handshakes left.
+  struct Rewatch {
+    RendezvousListener& listener;
+    const std::string& context;
+    ~Rewatch() {
+      try {
+        listener.update_watches(context);
+      } catch (const Error&) {  // the next accept() tries again
+      }
+    }
+  } rewatch{*this, context};
   for (;;) {
+    // Finished handshakes first: a flood of refused clients must not hide them.
+    if (auto connection = finish_a_handshake()) return std::move(*connection);
     admit_waiting_clients(context);
     if (auto connection = finish_a_handshake()) return std::move(*connection);
+    update_watches(context);
     if (deadline.expired()) {
       throw Error(ErrorCode::Timeout, context,
                   "no client completed its handshake before the deadline (" +
@@ -163,6 +181,29 @@ std::optional<Connection> RendezvousListener::finish_a_handshake() {
     return std::move(done->connection);
   }
   return std::nullopt;
+}
+
+void RendezvousListener::update_watches(const std::string& context) {
+  const bool full = handshakes_.size() >= static_cast<std::size_t>(std::max(options_.backlog, 1));
+  if (full == socket_watched_) {
+    watch(events_.get(), socket_.get(), /*add=*/!full, context);
+    socket_watched_ = !full;
+  }
+  std::uint64_t expirations;
+  static_cast<void>(::read(timer_.get(), &expirations, sizeof expirations));
+  itimerspec next{};  // zero: disarmed
+  if (!handshakes_.empty()) {
+    std::chrono::nanoseconds nearest = std::chrono::nanoseconds::max();
+    for (const auto& handshake : handshakes_) {
+      nearest = std::min(nearest, handshake->deadline.remaining());
+    }
+    nearest = std::max(nearest, std::chrono::nanoseconds(1));  // zero would disarm it
+    next.it_value.tv_sec = static_cast<time_t>(nearest.count() / 1'000'000'000);
+    next.it_value.tv_nsec = static_cast<long>(nearest.count() % 1'000'000'000);
+  }
+  if (::timerfd_settime(timer_.get(), 0, &next, nullptr) != 0) {
+    throw_system_error(context, "timerfd_settime");
+  }
 }
 
 void RendezvousListener::wait_for_news(Deadline deadline) {

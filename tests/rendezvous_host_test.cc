@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
+#include <time.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -168,4 +169,23 @@ TEST_CASE("a socket file swapped for a symlink while a listener starts never len
   REQUIRE(::stat(target.c_str(), &info) == 0);
   INFO(started << " listeners started");
   CHECK((info.st_mode & 0777) == 0600);
+}
+
+TEST_CASE("a listener whose handshake slots are all taken sleeps instead of spinning on the "
+          "clients still waiting") {
+  TempDir dir;
+  RendezvousOptions options;
+  options.backlog = 1;  // one handshake slot
+  options.hello.timeout = 5s;
+  RendezvousListener listener(dir.socket(), options);
+  const UniqueFd silent[] = {socket_at(dir.socket(), false), socket_at(dir.socket(), false)};
+  timespec cpu_before{}, cpu_after{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu_before);
+  Error error = error_from([&] { listener.accept(Deadline::after(1s)); });
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu_after);
+  CHECK(error.code() == ErrorCode::Timeout);
+  const double cpu_seconds = static_cast<double>(cpu_after.tv_sec - cpu_before.tv_sec) +
+                             static_cast<double>(cpu_after.tv_nsec - cpu_before.tv_nsec) * 1e-9;
+  INFO(cpu_seconds << " s of CPU in a 1 s accept");
+  CHECK(cpu_seconds < 0.3);  // it spun the whole second before
 }

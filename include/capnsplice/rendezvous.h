@@ -115,12 +115,18 @@ class RendezvousListener {
   /// Sleeps until a client connects, a hello comes, or `deadline` or a handshake's
   /// deadline passes.
   void wait_for_news(Deadline deadline);
+  /// Watches the socket only while a handshake slot is free (a full set would otherwise
+  /// report the waiting clients for ever), and arms the timer for the nearest handshake
+  /// deadline, so that fd() also wakes when one expires.
+  void update_watches(const std::string& context);
 
   std::string name_;
   RendezvousOptions options_;
   std::unique_ptr<detail::SocketFile> socket_file_;  // removed on destruction
   UniqueFd socket_;
-  UniqueFd events_;  // epoll: the socket and every waiting handshake's receive end
+  UniqueFd events_;  // epoll: the socket, the timer and every waiting handshake's receive end
+  UniqueFd timer_;   // timerfd: the nearest handshake deadline
+  bool socket_watched_ = true;
   std::vector<std::unique_ptr<Handshake>> handshakes_;
 };
 
