@@ -62,7 +62,7 @@ ControlLink::ControlLink(UniqueFd socket, std::string context)
 
 bool ControlLink::send_record_locked(std::uint32_t kind, std::uint32_t arena,
                                      std::uint64_t value, int fd) {
-  if (peer_gone_) return true;  // nobody to tell
+  if (peer_gone_ || send_broken_) return true;  // nobody to tell
   Record record{kind, arena, value, 0};
   iovec iov{&record, sizeof record};
   msghdr message{};
@@ -88,7 +88,9 @@ bool ControlLink::send_record_locked(std::uint32_t kind, std::uint32_t arena,
       case EPIPE:
       case ECONNRESET:
       case ENOTCONN:
-        peer_gone_ = true;
+        // Nobody reads what this end says any more, but what the peer said before it
+        // went is still to be read: only a pump that finds the end marks it gone.
+        send_broken_ = true;
         return true;
       default:
         throw_system_error(context_, "sendmsg (control link)");
@@ -99,13 +101,31 @@ bool ControlLink::send_record_locked(std::uint32_t kind, std::uint32_t arena,
 void ControlLink::announce_accepts_shared() {
   std::lock_guard lock(mutex_);
   announcement_unsent_ = true;
-  retry_announcement_locked();
+  retry_pending_records_locked();
 }
 
-void ControlLink::retry_announcement_locked() {
+void ControlLink::retry_pending_records_locked() {
   if (announcement_unsent_ && send_record_locked(kAcceptsShared, 0, 0, -1)) {
     announcement_unsent_ = false;
   }
+  if (loss_unsent_ && send_record_locked(kArenaLost, lost_arena_, 0, -1)) loss_unsent_ = false;
+}
+
+void ControlLink::lose_arena(std::uint32_t arena_id, int error, std::string why) {
+  std::lock_guard lock(mutex_);
+  lose_arena_locked(arena_id, error, std::move(why));
+}
+
+void ControlLink::lose_arena_locked(std::uint32_t arena_id, int error, std::string why) {
+  lost_arena_ = arena_id;
+  lost_arena_error_ = error;
+  lost_arena_why_ = std::move(why);
+  if (arena_id > latest_arena_.load(std::memory_order_relaxed)) {
+    latest_arena_.store(arena_id, std::memory_order_release);
+    unclaimed_arena_ = ReceivedArena{};
+  }
+  loss_unsent_ = true;  // kept until the link takes it: the peer must move on
+  retry_pending_records_locked();
 }
 
 void ControlLink::send_arena(std::uint32_t arena_id, std::uint64_t capacity, int memfd) {
@@ -127,7 +147,7 @@ void ControlLink::send_release(std::uint32_t arena_id, std::uint64_t message_id)
     unsent_releases_.emplace_back(arena_id, message_id);
   }
   try {
-    retry_announcement_locked();
+    retry_pending_records_locked();
     while (!unsent_releases_.empty()) {
       const auto [arena, id] = unsent_releases_.front();
       if (!send_record_locked(kRelease, arena, id, -1)) return;  // kept for the next call
@@ -187,11 +207,10 @@ std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_i
   }
   if (arena_id == lost_arena_) {
     throw Error(ErrorCode::SystemError, context_,
-                "the peer's shared-memory arena " + std::to_string(arena_id) +
-                    " arrived while this process could take no more descriptors "
-                    "(RLIMIT_NOFILE): its messages cannot be read; the peer was asked for a "
+                "the peer's shared-memory arena " + std::to_string(arena_id) + " " +
+                    lost_arena_why_ + ": its messages cannot be read; the peer was asked for a "
                     "new arena",
-                EMFILE);
+                lost_arena_error_);
   }
   std::string why;
   if (arena_id < latest) {
@@ -215,7 +234,7 @@ void ControlLink::file_arena_locked(std::uint32_t arena_id, std::uint64_t capaci
 }
 
 void ControlLink::pump_locked(Deadline deadline) {
-  retry_announcement_locked();
+  retry_pending_records_locked();
   // An immediate pump takes what is pending; one that may wait also stops once its
   // deadline passed, however fast records come.
   const bool may_wait = !deadline.expired();
@@ -268,10 +287,9 @@ void ControlLink::pump_locked(Deadline deadline) {
           if (!received && (message.msg_flags & MSG_CTRUNC) != 0 &&
               record.arena > latest_arena_.load(std::memory_order_relaxed)) {
             // The kernel dropped the descriptor: this process had none left.
-            lost_arena_ = record.arena;
-            latest_arena_.store(record.arena, std::memory_order_release);
-            unclaimed_arena_ = ReceivedArena{};
-            static_cast<void>(send_record_locked(kArenaLost, record.arena, 0, -1));
+            lose_arena_locked(record.arena, EMFILE,
+                              "arrived while this process could take no more descriptors "
+                              "(RLIMIT_NOFILE)");
             break;
           }
           file_arena_locked(record.arena, record.value, std::move(received));

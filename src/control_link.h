@@ -133,6 +133,10 @@ class ControlLink {
   /// descriptors: MSG_CTRUNC) is remembered, and the peer is told (ArenaLost), so that it
   /// moves to a new arena; take_arena() of the lost one throws SystemError (EMFILE).
 
+  /// The same for an arena this end took but could not map (`why`, with `error`): every
+  /// later message naming it fails with SystemError, and the peer moves on.
+  void lose_arena(std::uint32_t arena_id, int error, std::string why);
+
   /// True once a pump saw the peer close its end of the link (it exited or closed the
   /// channel).
   bool peer_gone();
@@ -147,8 +151,9 @@ class ControlLink {
   /// Files an Arena record: keeps `memfd` when `arena_id` is newer than any before,
   /// closing the descriptor of an older arena not taken yet.
   void file_arena_locked(std::uint32_t arena_id, std::uint64_t capacity, UniqueFd memfd);
-  /// Sends a pending AcceptsShared announcement if the link takes it now.
-  void retry_announcement_locked();
+  /// Sends what could not be sent before (AcceptsShared, ArenaLost) if the link takes it.
+  void retry_pending_records_locked();
+  void lose_arena_locked(std::uint32_t arena_id, int error, std::string why);
   /// Sends one record (and a descriptor); false when the socket buffer is full.
   bool send_record_locked(std::uint32_t kind, std::uint32_t arena, std::uint64_t value,
                           int fd);
@@ -158,8 +163,12 @@ class ControlLink {
   std::mutex mutex_;
   bool peer_accepts_shared_ = false;
   bool announcement_unsent_ = false;  // announce_accepts_shared() found the link full
-  std::uint32_t lost_arena_ = 0;      // an arena whose descriptor never arrived (0: none)
-  bool peer_gone_ = false;
+  std::uint32_t lost_arena_ = 0;      // an arena that cannot be read here (0: none)
+  int lost_arena_error_ = 0;
+  std::string lost_arena_why_;
+  bool loss_unsent_ = false;  // the ArenaLost record found the link full
+  bool peer_gone_ = false;     // a pump found the end of what the peer sent
+  bool send_broken_ = false;   // the peer no longer reads: records are not sent
   std::atomic<std::uint32_t> latest_arena_{0};  // written under `mutex_`
   std::atomic<std::uint32_t> retired_arena_{0};  // written under `mutex_`
   std::atomic<bool> releases_overflowed_{false};  // written under `mutex_`

@@ -8,6 +8,16 @@
 
 namespace capnsplice {
 
+namespace {
+/// What a queued message costs besides its frame (its state, reader and queue entry, about
+/// 450 bytes here): a flood of tiny messages is bounded too.
+constexpr std::size_t kQueuedMessageOverhead = 512;
+
+std::size_t queued_cost(const ReceivedMessage& message) noexcept {
+  return message.frame_bytes() + kQueuedMessageOverhead;
+}
+}  // namespace
+
 RequestTracker::RequestTracker(Channel& channel, ResponseId response_id,
                                std::size_t max_queued_bytes)
     : channel_(channel), response_id_(std::move(response_id)), max_queued_bytes_(max_queued_bytes) {}
@@ -19,7 +29,7 @@ std::optional<ReceivedMessage> RequestTracker::take_queued(std::optional<std::ui
   if (found == queue_.end()) return std::nullopt;
   ReceivedMessage message = std::move(found->message);
   queue_.erase(found);
-  queued_bytes_ -= message.frame_bytes();
+  queued_bytes_ -= queued_cost(message);
   return message;
 }
 
@@ -55,7 +65,7 @@ ReceivedMessage RequestTracker::await(std::uint64_t id, Deadline deadline,
     if (on_other && !answers) {
       on_other(std::move(message));
     } else {
-      queued_bytes_ += message.frame_bytes();
+      queued_bytes_ += queued_cost(message);
       queue_.push_back({answers, std::move(message)});
     }
   }

@@ -213,6 +213,11 @@ void SendArena::mark_lost_by_peer() noexcept {
   lost_by_peer_ = true;
 }
 
+bool SendArena::lost_by_peer() const {
+  std::lock_guard lock(mutex_);
+  return lost_by_peer_;
+}
+
 bool SendArena::idle_past_keep(std::size_t keep_bytes, std::chrono::nanoseconds now,
                                std::chrono::nanoseconds idle_for) const {
   std::lock_guard lock(mutex_);

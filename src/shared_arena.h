@@ -155,8 +155,10 @@ class SendArena {
   /// arena's descriptor (mark_lost_by_peer): no message in it can reach the peer.
   bool should_retire(std::size_t keep_bytes) const;
 
-  /// The peer could not take this arena's descriptor (it was out of descriptors).
+  /// The peer could not take this arena's descriptor (it was out of descriptors) or
+  /// could not map it.
   void mark_lost_by_peer() noexcept;
+  bool lost_by_peer() const;
 
   /// True when the arena is idle, has been since `idle_for` before `now` (coarse_now())
   /// and keeps more pages resident than `keep_bytes`: nothing is coming to reuse them.

@@ -71,7 +71,8 @@ SendArena* SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>&
       // memfd_create refused (a sandbox) or the mapping refused (RLIMIT_AS): from now on
       // this sender keeps to the pipe, as in a process that cannot make arenas at all.
       available_.store(false, std::memory_order_relaxed);
-      return arena_.get();  // the old arena, if any, goes on serving
+      // The old arena, if any, goes on serving, unless the peer cannot read it.
+      return arena_ && !arena_->lost_by_peer() ? arena_.get() : nullptr;
     }
     // Announced before anything can name it. Releases go to it alone from now on, and
     // only now: if the announcement fails, the old arena goes on serving.
@@ -265,8 +266,16 @@ std::shared_ptr<ReceiveArena> SharedReceiver::arena(std::uint32_t id) {
   constexpr std::size_t kMaxRetiredArenas = 2;
   if (retired_.size() >= kMaxRetiredArenas) retired_.erase(retired_.begin());
   if (arena_) retired_.push_back(std::move(arena_));
-  arena_ = std::make_shared<ReceiveArena>(id, std::move(memfd),
-                                          static_cast<std::size_t>(capacity), context_);
+  try {
+    arena_ = std::make_shared<ReceiveArena>(id, std::move(memfd),
+                                            static_cast<std::size_t>(capacity), context_);
+  } catch (const Error& error) {
+    // Not mapped (no address space, say): like an arena whose descriptor never came.
+    if (error.code() == ErrorCode::SystemError) {
+      link_->lose_arena(id, error.sys_errno(), "could not be mapped (" + error.detail() + ")");
+    }
+    throw;
+  }
   return arena_;
 }
 

@@ -154,8 +154,8 @@ TEST_CASE("a peer flooding other messages while a call waits makes the await fai
     for (std::uint64_t i = 0; i < kEvents; ++i) send_kind(far, kEvent, i);
     send_kind(far, kResponse, id_of(asked));
   });
-  // An event is a 48-byte frame: 10 of them pass 400 bytes.
-  RequestTracker tracker(near, response_id, /*max_queued_bytes=*/400);
+  // An event is a 48-byte frame and costs 560 bytes queued: 10 of them pass 5,000.
+  RequestTracker tracker(near, response_id, /*max_queued_bytes=*/5000);
   const std::uint64_t id = tracker.next_id();
   Error overloaded =
       error_from([&] { tracker.call(id, request(near, id), Deadline::after(10s)); });

@@ -72,6 +72,44 @@ int large_message_took_the_pipe(Channel& near, Channel& far, std::uint64_t seq,
   return kCarried;
 }
 
+/// Bytes of address space this process maps now (VmSize).
+rlim_t mapped_bytes() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmSize:", 0) == 0) return rlim_t{std::stoul(line.substr(7))} * 1024;
+  }
+  return 0;
+}
+
+/// Sends a large message while `resource` is held to `tight` on the receiving side, so
+/// that its arena cannot be taken: the receive must fail with SystemError `error`, and
+/// once the limit is lifted the next large message must come through a new arena.
+int arena_lost_then_recovered(int resource, rlim_t tight, int error_expected) {
+  auto [near, far] = Channel::pair(shared_options());
+  Random random(3);
+  send_blob(near, 0, 100, random);  // the receive ring exists before the limit
+  if (far.receive_as<test::Blob>()->getSeq() != 0) return kSmallMessagesBroken;
+  near.send(blob_in_place(near, 1, 512 * KiB, random));  // announces arena 1
+  if (near.sender().stats().shared_messages != 1) return kLargeMessageBroken;
+  rlimit limit{};
+  ::getrlimit(resource, &limit);
+  const rlimit held{tight, limit.rlim_max};
+  if (::setrlimit(resource, &held) != 0) return kNoSandbox;
+  int code = -1;
+  try {
+    far.receive(Deadline::after(std::chrono::seconds(10)));
+  } catch (const Error& error) {
+    if (error.code() == ErrorCode::SystemError && error.sys_errno() == error_expected) code = 0;
+  }
+  ::setrlimit(resource, &limit);
+  if (code != 0) return kLostArenaNotNamed;
+  near.send(blob_in_place(near, 2, 512 * KiB, random));  // in arena 2
+  auto large = far.receive_as<test::Blob>(Deadline::after(std::chrono::seconds(10)));
+  if (large->getSeq() != 2 || !blob_intact(large.root())) return kLargeMessageBroken;
+  if (far.receiver().stats().shared_messages != 1) return kUsedSharedMemory;
+  return near.sender().stats().arenas_created == 2 ? kCarried : kNoNewArena;
+}
+
 /// Runs `body` in a forked child (its limits and filters stay there) and checks that it
 /// returns kCarried. `sanitizer_conflict`: why the body cannot run under a sanitizer,
 /// whose runtime needs the very resources it takes away; then it is skipped there.
@@ -133,33 +171,19 @@ TEST_CASE("a sender that cannot map an arena under its address-space limit sends
 TEST_CASE("an arena that arrives while the receiver is out of descriptors is named as the "
           "cause, and the next large message comes through a new arena") {
   check_in_child([] {
-    auto [near, far] = Channel::pair(shared_options());
-    Random random(3);
-    send_blob(near, 0, 100, random);  // the receive ring exists before the limit
-    if (far.receive_as<test::Blob>()->getSeq() != 0) return int{kSmallMessagesBroken};
-    near.send(blob_in_place(near, 1, 512 * KiB, random));  // announces arena 1
-    if (near.sender().stats().shared_messages != 1) return int{kLargeMessageBroken};
     // No descriptor left: the lowest free number is the limit.
     const int lowest_free = ::dup(0);
     ::close(lowest_free);
-    rlimit limit{};
-    ::getrlimit(RLIMIT_NOFILE, &limit);
-    const rlimit none{static_cast<rlim_t>(lowest_free), limit.rlim_max};
-    if (::setrlimit(RLIMIT_NOFILE, &none) != 0) return int{kNoSandbox};
-    int code = -1;
-    try {
-      far.receive(Deadline::after(std::chrono::seconds(10)));
-    } catch (const Error& error) {
-      if (error.code() == ErrorCode::SystemError && error.sys_errno() == EMFILE) code = 0;
-    }
-    ::setrlimit(RLIMIT_NOFILE, &limit);
-    if (code != 0) return int{kLostArenaNotNamed};
-    near.send(blob_in_place(near, 2, 512 * KiB, random));  // in arena 2
-    auto large = far.receive_as<test::Blob>(Deadline::after(std::chrono::seconds(10)));
-    if (large->getSeq() != 2 || !blob_intact(large.root())) return int{kLargeMessageBroken};
-    if (far.receiver().stats().shared_messages != 1) return int{kUsedSharedMemory};
-    return near.sender().stats().arenas_created == 2 ? int{kCarried} : int{kNoNewArena};
+    return arena_lost_then_recovered(RLIMIT_NOFILE, static_cast<rlim_t>(lowest_free), EMFILE);
   }, "its runtime needs descriptors of its own to report");
+}
+
+TEST_CASE("an arena the receiver cannot map is named as the cause, and the next large "
+          "message comes through a new arena") {
+  check_in_child([] {
+    // Room for what is mapped now and a little more, not for an arena's reservation.
+    return arena_lost_then_recovered(RLIMIT_AS, mapped_bytes() + (rlim_t{64} << 20), ENOMEM);
+  }, "its runtime reserves far more address space than the limit");
 }
 
 TEST_CASE("a frame the limits allow but memory does not is SystemError ENOMEM, every time, "
@@ -177,14 +201,9 @@ TEST_CASE("a frame the limits allow but memory does not is SystemError ENOMEM, e
       return int{kNoSandbox};
     }
     // Room for 16 MiB more than this process maps now: not for the frame.
-    std::ifstream status("/proc/self/status");
-    std::size_t mapped_kib = 0;
-    for (std::string line; std::getline(status, line);) {
-      if (line.rfind("VmSize:", 0) == 0) mapped_kib = std::stoul(line.substr(7));
-    }
-    const rlim_t room = (mapped_kib + 16 * 1024) * 1024;
+    const rlim_t room = mapped_bytes() + (rlim_t{16} << 20);
     const rlimit limit{room, room};
-    if (mapped_kib == 0 || ::setrlimit(RLIMIT_AS, &limit) != 0) return int{kNoSandbox};
+    if (::setrlimit(RLIMIT_AS, &limit) != 0) return int{kNoSandbox};
     for (int attempt = 0; attempt < 3; ++attempt) {
       try {
         static_cast<void>(receiver.try_receive());

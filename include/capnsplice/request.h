@@ -57,7 +57,8 @@ class RequestTracker {
   static constexpr std::size_t kDefaultMaxQueuedBytes = std::size_t{64} << 20;
 
   /// Matches responses on `channel` (which must outlive the tracker) by `response_id`.
-  /// Queued messages may add up to `max_queued_bytes` (frame bytes); one more may pass it.
+  /// Queued messages may add up to `max_queued_bytes` (frame bytes, and 512 bytes each for
+  /// what holds them); one more may pass it.
   RequestTracker(Channel& channel, ResponseId response_id,
                  std::size_t max_queued_bytes = kDefaultMaxQueuedBytes);
 
