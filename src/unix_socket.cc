@@ -82,19 +82,24 @@ namespace {
 /// socket's first name inside; both are removed when it goes.
 class PrivateDirectory {
  public:
-  static constexpr const char* kEntry = "socket";
+  static constexpr const char* kEntry = "s";
 
   PrivateDirectory(const std::string& beside, std::string_view context) {
     const std::size_t slash = beside.rfind('/');
     path_ = slash == std::string::npos ? std::string(".")
                                        : beside.substr(0, slash == 0 ? 1 : slash);
-    path_ += "/.capnsplice-bind-XXXXXX";
+    path_ += "/.csb-XXXXXX";
     if (::mkdtemp(path_.data()) == nullptr) throw_system_error(context, "mkdtemp");
     fd_.reset(::open(path_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd_) {
+      const int err = errno;
+      ::rmdir(path_.c_str());  // out of descriptors, say: leave nothing behind
+      throw_system_error(context, "open (private directory)", err);
+    }
     struct stat info {};
-    if (!fd_ || ::fstat(fd_.get(), &info) != 0 || info.st_uid != ::geteuid() ||
+    if (::fstat(fd_.get(), &info) != 0 || info.st_uid != ::geteuid() ||
         (info.st_mode & 077) != 0) {
-      const int err = fd_ ? EPERM : errno;
+      const int err = EPERM;
       throw Error(ErrorCode::SystemError, context,
                   "the private directory made to bind in (" + path_ +
                       ") was replaced before it could be opened",
@@ -109,9 +114,15 @@ class PrivateDirectory {
   }
 
   int fd() const noexcept { return fd_.get(); }
-  /// The entry's path, for bind(). Everything after bind goes through fd(): if someone
-  /// swapped the directory in between, those calls find no socket and fail.
-  std::string entry_path() const { return path_ + "/" + kEntry; }
+  /// The entry's path, for bind(): through the descriptor (/proc) when the directory's
+  /// own path would be too long for a socket address. Everything after bind goes
+  /// through fd(): if someone swapped the directory in between, those calls find no
+  /// socket and fail.
+  std::string entry_path() const {
+    std::string direct = path_ + "/" + kEntry;
+    if (direct.size() < sizeof(sockaddr_un{}.sun_path)) return direct;
+    return "/proc/self/fd/" + std::to_string(fd_.get()) + "/" + kEntry;
+  }
 
  private:
   std::string path_;

@@ -24,7 +24,7 @@ struct UnixAddress {
   bool abstract = false;
   std::string path;  ///< the filesystem path (empty when abstract)
 
-  /// Throws SystemError (EINVAL, ENAMETOOLONG) for an empty or too long name.
+  /// Throws InvalidArgument for an empty name or one too long for a socket address.
   static UnixAddress parse(std::string_view name, std::string_view context);
   const sockaddr* get() const noexcept { return reinterpret_cast<const sockaddr*>(&address); }
 };

@@ -189,3 +189,23 @@ TEST_CASE("a listener whose handshake slots are all taken sleeps instead of spin
   INFO(cpu_seconds << " s of CPU in a 1 s accept");
   CHECK(cpu_seconds < 0.3);  // it spun the whole second before
 }
+
+TEST_CASE("a socket path of 107 bytes, the most an address holds, still serves") {
+  TempDir dir;
+  std::string deep = dir.path;
+  while (deep.size() < 90) {
+    deep += "/d";
+    REQUIRE(::mkdir(deep.c_str(), 0755) == 0);
+  }
+  const std::string path = deep + "/" + std::string(107 - deep.size() - 1, 's');
+  REQUIRE(path.size() == 107);
+  RendezvousListener listener(path);
+  std::optional<Connection> served;
+  std::thread host([&] { served.emplace(listener.accept(Deadline::after(10s))); });
+  Connection client = connect_rendezvous(path);
+  host.join();
+  REQUIRE(served.has_value());
+  Random random(2);
+  send_blob(client.channel, 3, 10, random);
+  CHECK(served->channel.receive_as<test::Blob>(Deadline::after(10s))->getSeq() == 3);
+}

@@ -80,8 +80,10 @@ struct Connection {
 /// the socket file.
 class RendezvousListener {
  public:
-  /// Starts listening on `name`. Throws SystemError: EADDRINUSE when another host is
-  /// listening there, EACCES, ENAMETOOLONG (paths are limited to 107 bytes).
+  /// Starts listening on `name`. Throws SystemError (EADDRINUSE when another host is
+  /// listening there, or something that is no socket sits at the path; EACCES: the
+  /// directory must let this process make a private directory and a link in it), or
+  /// InvalidArgument for an empty name or one over 107 bytes.
   explicit RendezvousListener(std::string name, RendezvousOptions options = {});
   RendezvousListener(RendezvousListener&&) noexcept;
   RendezvousListener& operator=(RendezvousListener&&) noexcept;
