@@ -9,9 +9,10 @@
 //   Release         id     message id     -            "done with this message": free it
 //   Retire          id     -              -            "no descriptor names this arena
 //                                                       again": unmap it once idle
-//   ArenaLost       id     -              -            "its descriptor did not reach me
-//                                                       (I was out of descriptors)": make
-//                                                       a new one once this one is idle
+//   ArenaLost       id     -              -            "I cannot read this arena (its
+//                                                       descriptor did not reach me, or I
+//                                                       could not map it)": make a new
+//                                                       one once this one is idle
 //
 // A sender uses the shared-memory path only after its peer said AcceptsShared, so a
 // peer that ignores this socket (plain Cap'n Proto on the pipes) never sees a
@@ -115,7 +116,7 @@ class ControlLink {
   /// Only the latest arena the peer announced is handed out, once: an honest sender
   /// names no other (SharedSender replaces only idle arenas). Throws ProtocolViolation
   /// when `arena_id` is an older arena, the latest one already taken, or one the peer
-  /// has not sent.
+  /// has not sent, and SystemError (EMFILE, ENOMEM) for one this end lost (lose_arena).
   std::pair<UniqueFd, std::uint64_t> take_arena(std::uint32_t arena_id);
 
   /// The highest arena id the peer announced so far (0: none), as of the last pump.
@@ -129,12 +130,11 @@ class ControlLink {
     return retired_arena_.load(std::memory_order_acquire);
   }
 
-  /// An Arena record whose descriptor the kernel could not hand to this process (out of
-  /// descriptors: MSG_CTRUNC) is remembered, and the peer is told (ArenaLost), so that it
-  /// moves to a new arena; take_arena() of the lost one throws SystemError (EMFILE).
-
-  /// The same for an arena this end took but could not map (`why`, with `error`): every
-  /// later message naming it fails with SystemError, and the peer moves on.
+  /// Marks the peer's arena `arena_id` as one this end cannot read (`why`, with `error`):
+  /// one it took but could not map; pumps do the same for an Arena record whose
+  /// descriptor the kernel could not hand over (out of descriptors: MSG_CTRUNC). Every
+  /// message naming it then fails with SystemError, and the peer is told (ArenaLost, kept
+  /// until the link takes it) so that it moves to a new arena.
   void lose_arena(std::uint32_t arena_id, int error, std::string why);
 
   /// True once a pump saw the peer close its end of the link (it exited or closed the

@@ -42,7 +42,6 @@ PeerHello read_hello(ReceivedMessage& message, const std::string& context) {
   }
 }
 
-
 /// Empty when the peer suits this end, else what does not match.
 std::string mismatch(const PeerHello& peer, const HelloOptions& options) {
   if (peer.protocol_version != kProtocolVersion) {

@@ -5,11 +5,11 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <atomic>
+#include <cerrno>
 #include <cstring>
-#include <string>
 #include <new>
+#include <string>
 #include <thread>
 
 #include "capnsplice/error.h"

@@ -207,13 +207,8 @@ void RendezvousListener::update_watches(const std::string& context) {
 }
 
 void RendezvousListener::wait_for_news(Deadline deadline) {
-  // The nearest of the caller's deadline and the handshakes' deadlines.
-  std::chrono::nanoseconds wait = deadline.is_never() ? std::chrono::nanoseconds::max()
-                                                      : deadline.remaining();
-  for (const auto& handshake : handshakes_) wait = std::min(wait, handshake->deadline.remaining());
-  detail::wait_for(events_.get(), POLLIN,
-                   wait == std::chrono::nanoseconds::max() ? Deadline::never()
-                                                           : Deadline::after(wait));
+  // The timer in the set (update_watches) wakes it at the nearest handshake deadline.
+  detail::wait_for(events_.get(), POLLIN, deadline);
 }
 
 Connection connect_rendezvous(std::string_view name, const RendezvousOptions& options) {

@@ -254,7 +254,9 @@ void SenderCore::flush_locked(Deadline deadline) {
       // passed then is no Timeout: the channel is not intact.
       close_locked(code == ErrorCode::PeerClosed ? ClosedBy::peer : ClosedBy::cut);
       detail += "; the stream is cut mid-message, so this end stopped sending";
-      if (code == ErrorCode::Timeout) code = ErrorCode::StreamCut;
+      // A deadline or a failed system call: either way the channel is not intact, and
+      // every later send says so too (the errno stays in the error).
+      if (code != ErrorCode::PeerClosed) code = ErrorCode::StreamCut;
     }
     throw Error(code, context_, detail, error.sys_errno());
   }

@@ -85,7 +85,7 @@ std::uint64_t fork_generation() noexcept {
 bool room_for_a_peers_arena() noexcept {
   rlimit limit{};
   if (::getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur == RLIM_INFINITY) return true;
-  const std::size_t reservation = SenderOptions{}.arena_bytes + 2 * kArenaGuardBytes;
+  const std::size_t reservation = arena_reservation_bytes(SenderOptions{}.arena_bytes);
   void* probe =
       ::mmap(nullptr, reservation, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (probe == MAP_FAILED) return false;
@@ -252,7 +252,7 @@ ReceiveArena::ReceiveArena(std::uint32_t id, UniqueFd file, std::size_t capacity
                     missing_seals(seals < 0 ? 0 : seals, kRequiredSeals) +
                     ", which a capnsplice arena is sealed with");
   }
-  reservation_ = MappedMemory::readable_reservation(capacity + 2 * kArenaGuardBytes, context);
+  reservation_ = MappedMemory::readable_reservation(arena_reservation_bytes(capacity), context);
   std::byte* at = reservation_.data() + kArenaGuardBytes;
   try {
     region_ = boost::interprocess::mapped_region(

@@ -224,4 +224,10 @@ class ReceiveArena {
 /// the zeros there read as null pointers, which end any traversal.
 inline constexpr std::size_t kArenaGuardBytes = std::size_t{8} << 30;
 
+/// The address space a receiver reserves for a peer's arena of `capacity` bytes: the
+/// arena between its two guard zones.
+constexpr std::size_t arena_reservation_bytes(std::size_t capacity) noexcept {
+  return capacity + 2 * kArenaGuardBytes;
+}
+
 }  // namespace capnsplice::detail

@@ -71,7 +71,8 @@ SendArena* SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>&
       // memfd_create refused (a sandbox) or the mapping refused (RLIMIT_AS): from now on
       // this sender keeps to the pipe, as in a process that cannot make arenas at all.
       available_.store(false, std::memory_order_relaxed);
-      // The old arena, if any, goes on serving, unless the peer cannot read it.
+      // The old arena, if any, serves this request (wants() says no from now on),
+      // unless the peer cannot read it.
       return arena_ && !arena_->lost_by_peer() ? arena_.get() : nullptr;
     }
     // Announced before anything can name it. Releases go to it alone from now on, and
@@ -83,6 +84,9 @@ SendArena* SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>&
     arena_generation_.store(fork_generation(), std::memory_order_relaxed);
     has_arena_.store(true, std::memory_order_relaxed);
   }
+  // A lost arena still in use (the reader holds messages of it) is replaced once idle;
+  // until then what would go there takes the pipe rather than be lost too.
+  if (arena_->lost_by_peer()) return nullptr;
   return arena_.get();
 }
 

@@ -115,7 +115,7 @@ class RendezvousListener {
   /// one that failed (dropping it).
   std::optional<Connection> finish_a_handshake();
   /// Sleeps until a client connects, a hello comes, or `deadline` or a handshake's
-  /// deadline passes.
+  /// deadline passes (update_watches() must have armed the timer).
   void wait_for_news(Deadline deadline);
   /// Watches the socket only while a handshake slot is free (a full set would otherwise
   /// report the waiting clients for ever), and arms the timer for the nearest handshake

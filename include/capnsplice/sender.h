@@ -89,7 +89,7 @@ class Sender {
   /// options' send_timeout. Throws Timeout when the deadline passed before any of the
   /// message was written (the channel is intact), StreamCut when it passed after part
   /// was (the stream is cut mid-message: this sender closes itself, later sends throw
-  /// InvalidArgument, and the reader sees TruncatedMessage), PeerClosed when the reader
+  /// StreamCut too, and the reader sees TruncatedMessage), PeerClosed when the reader
   /// is gone (keep receiving: what it sent before is still there), MessageTooLarge when
   /// it does not fit the shared-memory arena (nothing written), InvalidArgument for a
   /// sent or moved-from message or after close(), or SystemError. Messages not written
