@@ -78,6 +78,14 @@ void send_hello(Channel& channel, const HelloOptions& options, Deadline deadline
   channel.send(std::move(message), deadline);
 }
 
+void throw_no_hello(const std::string& context, std::chrono::nanoseconds timeout) {
+  throw Error(ErrorCode::Timeout, context,
+              "the peer sent no hello within " +
+                  std::to_string(
+                      std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count()) +
+                  " ms");
+}
+
 PeerHello check_hello(ReceivedMessage& reply, const HelloOptions& options,
                       const std::string& context) {
   PeerHello peer = read_hello(reply, context);
@@ -99,12 +107,7 @@ PeerHello exchange_hello(Channel& channel, const HelloOptions& options) {
     reply = channel.receive(deadline);
   } catch (const Error& error) {
     if (error.code() != ErrorCode::Timeout) throw;
-    throw Error(
-        ErrorCode::Timeout, context,
-        "the peer sent no hello within " +
-            std::to_string(
-                std::chrono::duration_cast<std::chrono::milliseconds>(options.timeout).count()) +
-            " ms");
+    detail::throw_no_hello(context, options.timeout);
   }
   return detail::check_hello(reply, options, context);
 }

@@ -170,12 +170,7 @@ std::optional<Connection> RendezvousListener::finish_a_handshake() {
       if (done->connection.channel.at_end()) {
         throw Error(ErrorCode::PeerClosed, done->context, "the client left during the hello");
       }
-      throw Error(ErrorCode::Timeout, done->context,
-                  "the client sent no hello within " +
-                      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                         options_.hello.timeout)
-                                         .count()) +
-                      " ms");
+      detail::throw_no_hello(done->context, options_.hello.timeout);
     }
     done->connection.hello = detail::check_hello(*reply, hello_options(options_), done->context);
     return std::move(done->connection);

@@ -121,10 +121,9 @@ TEST_CASE("wait-forever durations saturate to no deadline instead of expiring at
 
 TEST_CASE("close_sending that times out before writing leaves the end open, so it can be "
           "called again") {
-  auto [near, far] = Channel::pair(
-      ChannelOptions().with_send_path(SendPath::copy).with_send_timeout(50ms));
   Random random(4);
-  const auto [sent, full] = fill_pipe(near, random);
+  auto [near, far, filled] = full_copy_pipe(50ms, random);
+  const auto [sent, full] = filled;
   REQUIRE(full.code() == ErrorCode::Timeout);
   auto waiting = near.new_message();  // waits in the queue: the pipe is full
   fill_blob(waiting.init_root<test::Blob>(), sent, 1000, random);

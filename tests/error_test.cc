@@ -103,10 +103,9 @@ TEST_CASE("receiving with a timeout on a silent channel fails with Timeout, and 
 
 TEST_CASE("a send whose deadline passes before any of it was written fails with Timeout, and "
           "the channel is intact") {
-  auto [near, far] = Channel::pair(
-      ChannelOptions().with_send_path(SendPath::copy).with_send_timeout(100ms));
   Random random(5);
-  const auto [sent, error] = fill_pipe(near, random);
+  auto [near, far, filled] = full_copy_pipe(100ms, random);
+  const auto [sent, error] = filled;
   CHECK(error.code() == ErrorCode::Timeout);
   CHECK(near.sender().fd() >= 0);
   for (std::uint64_t seq = 0; seq < sent; ++seq) {

@@ -3,6 +3,8 @@
 
 #include <capnp/message.h>
 
+#include <chrono>
+
 #include "capnsplice/channel.h"
 #include "test.capnp.h"
 #include "test_support.h"
@@ -75,6 +77,20 @@ inline FilledPipe fill_pipe(Channel& channel, Random& random) {
       return {sent, error};
     }
   }
+}
+
+/// A pair on the copy path with `send_timeout`, whose first end has filled the pipe
+/// (fill_pipe()): the tests of what a send timeout leaves intact.
+struct FullPipe {
+  Channel near;
+  Channel far;
+  FilledPipe filled;
+};
+inline FullPipe full_copy_pipe(std::chrono::milliseconds send_timeout, Random& random) {
+  auto [near, far] = Channel::pair(
+      ChannelOptions().with_send_path(SendPath::copy).with_send_timeout(send_timeout));
+  FilledPipe filled = fill_pipe(near, random);
+  return {std::move(near), std::move(far), filled};
 }
 
 /// Payload bytes of a blob.
