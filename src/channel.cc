@@ -1,6 +1,7 @@
 #include "capnsplice/channel.h"
 
 #include <fcntl.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -75,6 +76,40 @@ std::pair<Channel, RemoteEnd> Channel::pair_with_remote_end(const ChannelOptions
   Channel local = from_fds(std::move(from_remote.read_end), std::move(to_remote.write_end),
                            options, false, std::move(local_control));
   return {std::move(local), std::move(remote)};
+}
+
+Channel& Channel::operator=(Channel&& other) noexcept {
+  if (this != &other) {
+    sender_.watch_with(-1);  // before the epoll descriptor it is registered in closes
+    watch_.reset();
+    sender_ = std::move(other.sender_);
+    receiver_ = std::move(other.receiver_);
+    name_ = std::move(other.name_);
+    watch_ = std::move(other.watch_);
+  }
+  return *this;
+}
+
+Channel::~Channel() {
+  if (watch_) sender_.watch_with(-1);
+}
+
+int Channel::watch_fd() {
+  if (watch_) return watch_.get();
+  UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll) throw_system_error(context_of(name_, "watch"), "epoll_create1");
+  epoll_event event{};
+  event.events = EPOLLIN;  // EPOLLHUP and EPOLLERR come anyway: end of stream, peer death
+  event.data.fd = receiver_.fd();
+  if (receiver_.fd() >= 0 &&
+      ::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, receiver_.fd(), &event) != 0) {
+    throw_system_error(context_of(name_, "watch"), "epoll_ctl");
+  }
+  // The sender adds its descriptor (EPOLLOUT) only while it holds unsent bytes: a pipe
+  // with room would otherwise keep the watcher awake for nothing.
+  sender_.watch_with(epoll.get());
+  watch_ = std::move(epoll);
+  return watch_.get();
 }
 
 }  // namespace capnsplice

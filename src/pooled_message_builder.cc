@@ -18,11 +18,13 @@ constexpr std::size_t kArenaSegmentFloor = std::size_t{64} * 1024;
 PooledMessageBuilder::PooledMessageBuilder(
     std::shared_ptr<SegmentPool> segment_pool, std::shared_ptr<SegmentPool> data_pool,
     std::shared_ptr<SharedSender> shared,
-    std::optional<std::chrono::nanoseconds> allocation_timeout)
+    std::optional<std::chrono::nanoseconds> allocation_timeout,
+    std::optional<Deadline> allocation_deadline)
     : segment_pool_(std::move(segment_pool)),
       data_pool_(std::move(data_pool)),
       shared_(std::move(shared)),
-      allocation_timeout_(allocation_timeout) {}
+      allocation_timeout_(allocation_timeout),
+      allocation_deadline_(allocation_deadline) {}
 
 PooledMessageBuilder::~PooledMessageBuilder() noexcept(false) {
   for (const ArenaBlock& block : arena_blocks_) shared_->free(block);  // never sent
@@ -37,13 +39,13 @@ PooledMessageBuilder::~PooledMessageBuilder() noexcept(false) {
 }
 
 Chunk PooledMessageBuilder::allocate_from(SegmentPool& pool, std::size_t bytes, bool greedy) {
-  return pool.allocate(bytes, greedy, Deadline::after(allocation_timeout_));
+  return pool.allocate(bytes, greedy, allocation_deadline());
 }
 
 std::optional<ArenaBlock> PooledMessageBuilder::allocate_shared(std::size_t bytes, bool zeroed) {
   if (!shared_ || !shared_->wants(bytes)) return std::nullopt;
   std::optional<ArenaBlock> block =
-      shared_->allocate(bytes, zeroed, Deadline::after(allocation_timeout_));
+      shared_->allocate(bytes, zeroed, allocation_deadline());
   if (block) arena_blocks_.push_back(*block);
   return block;
 }

@@ -34,10 +34,13 @@ class PooledMessageBuilder final : public capnp::MessageBuilder {
   static constexpr std::size_t kTableRoomBytes = 128;
 
   /// `shared` (may be null) takes requests large enough for the shared-memory path.
+  /// A request for memory waits for room until `allocation_deadline`, or when that is
+  /// empty for `allocation_timeout` (empty: as long as it takes).
   PooledMessageBuilder(std::shared_ptr<SegmentPool> segment_pool,
                        std::shared_ptr<SegmentPool> data_pool,
                        std::shared_ptr<SharedSender> shared,
-                       std::optional<std::chrono::nanoseconds> allocation_timeout);
+                       std::optional<std::chrono::nanoseconds> allocation_timeout,
+                       std::optional<Deadline> allocation_deadline = std::nullopt);
   ~PooledMessageBuilder() noexcept(false) override;
 
   kj::ArrayPtr<capnp::word> allocateSegment(unsigned minimumSize) override;
@@ -92,7 +95,12 @@ class PooledMessageBuilder final : public capnp::MessageBuilder {
   std::shared_ptr<SegmentPool> segment_pool_;
   std::shared_ptr<SegmentPool> data_pool_;
   std::shared_ptr<SharedSender> shared_;
+  Deadline allocation_deadline() const noexcept {
+    return allocation_deadline_ ? *allocation_deadline_ : Deadline::after(allocation_timeout_);
+  }
+
   std::optional<std::chrono::nanoseconds> allocation_timeout_;
+  std::optional<Deadline> allocation_deadline_;
   std::vector<OwnedChunk> chunks_;
   std::vector<ArenaBlock> arena_blocks_;
   bool finished_ = false;

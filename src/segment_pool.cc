@@ -93,6 +93,9 @@ Chunk SegmentPool::allocate(std::size_t min_bytes, bool greedy, Deadline deadlin
     if (auto source = source_.lock()) query_and_reclaim(*source);
   }
   const std::size_t wanted = greedy ? std::max(min_bytes, greedy_floor()) : min_bytes;
+  // A caller that may not wait at all (an event loop) gets fresh memory where the ring is
+  // full: what it holds is bounded by the sender's outgoing queue limit instead.
+  const bool never_wait = deadline.expired();
   bool flushed = false;
   Chunk chunk;
   for (;;) {
@@ -112,7 +115,7 @@ Chunk SegmentPool::allocate(std::size_t min_bytes, bool greedy, Deadline deadlin
     // cached figure until it actually needs space.
     query_and_reclaim(*source);
     if (try_ring(wanted, greedy, chunk)) return chunk;
-    if (!oldest_chunk_in_flight()) break;
+    if (!oldest_chunk_in_flight() || never_wait) break;
     if (deadline.expired()) {
       throw Error(ErrorCode::Timeout, context_,
                   "the send pool (" + std::to_string(capacity_) +

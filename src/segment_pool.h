@@ -49,7 +49,8 @@ class ConsumptionSource {
   /// than the truth (it may be less).
   virtual std::uint64_t consumed_bytes() = 0;
   /// Writes messages that were queued but not yet written, whose chunks the pool cannot
-  /// reclaim until they are. Returns false when there were none.
+  /// reclaim until they are, until `deadline` (what the pipe does not take stays queued).
+  /// Returns whether any bytes were written.
   virtual bool flush_queued(Deadline deadline) = 0;
   /// Blocks until the reader has probably consumed more, or briefly; throws PeerClosed
   /// when the reader is gone. Returns at the deadline at the latest.

@@ -1,9 +1,11 @@
 #include "sender_core.h"
 
 #include <poll.h>
+#include <sys/epoll.h>
 
 #include <array>
 #include <cerrno>
+#include <cstring>
 #include <ctime>
 
 #include "capnsplice/error.h"
@@ -37,6 +39,13 @@ std::size_t append_frame(std::vector<iovec>& gather, std::byte* table, std::size
   return frame_bytes;
 }
 
+/// Bytes of the frame of `segments`: its segment table, then the segments.
+std::size_t frame_bytes(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
+  std::size_t bytes = segment_table_bytes(segments.size());
+  for (const auto& segment : segments) bytes += segment.size() * sizeof(capnp::word);
+  return bytes;
+}
+
 }  // namespace
 
 SenderCore::SenderCore(UniqueFd fd, SenderOptions options, std::string context,
@@ -66,17 +75,17 @@ SenderCore::~SenderCore() {
   if (fd_ && !queued_.empty()) {
     // Write what the pipe takes right now; a destructor must not wait for the reader.
     try {
-      flush_locked(Deadline::immediate());
+      write_queue_locked(Deadline::immediate());
     } catch (const Error&) {
     }
   }
-  abandon_queue(0, 0);
+  abandon_queue(0);
   close_locked(ClosedBy::caller);
 }
 
-OutgoingMessage SenderCore::new_message() {
-  return OutgoingMessage(
-      std::make_unique<PooledMessageBuilder>(pool_, data_pool_, shared_, options_.send_timeout));
+OutgoingMessage SenderCore::new_message(std::optional<Deadline> deadline) {
+  return OutgoingMessage(std::make_unique<PooledMessageBuilder>(
+      pool_, data_pool_, shared_, options_.send_timeout, deadline));
 }
 
 WriteMethod SenderCore::choose_method(std::size_t frame_bytes) const noexcept {
@@ -130,29 +139,45 @@ SenderStats SenderCore::stats() const {
 
 // --- Queueing ------------------------------------------------------------------------
 
-void SenderCore::queue(OutgoingMessage&& message, Deadline deadline) {
-  // Take ownership first: whatever happens next, the caller's message is consumed.
-  std::unique_ptr<capnp::MessageBuilder> owned = std::move(message.builder_);
-  if (!owned) {
+bool SenderCore::queue(OutgoingMessage& message, Deadline room_deadline) {
+  if (!message.builder_) {
     throw Error(ErrorCode::InvalidArgument, context_,
                 "an empty OutgoingMessage (already sent or moved from)");
   }
-  std::unique_ptr<PooledMessageBuilder> builder(
-      static_cast<PooledMessageBuilder*>(owned.release()));
-  if (builder->pool() != pool_) {
+  auto* built = static_cast<PooledMessageBuilder*>(message.builder_.get());
+  if (built->pool() != pool_) {
     // Built in another sender's pool, which cannot see this pipe's progress: the bytes
-    // must be copied rather than spliced. The builder goes back to its pool after.
-    send_copy(builder->segments_for_output(), deadline);
-    return;
+    // must be copied rather than spliced (write_copy_now keeps a copy of what the pipe
+    // does not take). The builder goes back to its pool after.
+    auto segments = built->segments_for_output();
+    std::lock_guard lock(mutex_);
+    if (!make_room_locked(frame_bytes(segments), room_deadline)) return false;
   }
-  if (builder->in_shared_memory()) {
-    send_shared(std::move(builder), deadline);
-    return;
+  if (built->pool() != pool_) {
+    const std::unique_ptr<capnp::MessageBuilder> owned = std::move(message.builder_);
+    write_copy_now(built->segments_for_output(), nullptr, std::nullopt, Deadline::immediate());
+    return true;
+  }
+  if (built->in_shared_memory()) {
+    {
+      std::lock_guard lock(mutex_);
+      if (!make_room_locked(0, room_deadline)) return false;
+    }
+    std::unique_ptr<PooledMessageBuilder> builder(
+        static_cast<PooledMessageBuilder*>(message.builder_.release()));
+    send_shared(std::move(builder), Deadline::immediate());
+    return true;
   }
   if (shared_) shared_->retire_idle_arena();
+  auto segments = built->segments_for_output();
+  {
+    std::lock_guard lock(mutex_);
+    if (!make_room_locked(frame_bytes(segments), room_deadline)) return false;
+  }
+  std::unique_ptr<PooledMessageBuilder> builder(
+      static_cast<PooledMessageBuilder*>(message.builder_.release()));
   // Finish the frame before taking the lock: it may allocate from the pool, and a full
   // pool calls flush_queued(), which takes the lock.
-  auto segments = builder->segments_for_output();
   const std::size_t table_bytes = segment_table_bytes(segments.size());
   const bool table_adjacent = table_bytes <= PooledMessageBuilder::kTableRoomBytes;
   std::byte* table = table_adjacent ? builder->first_segment_start() - table_bytes
@@ -162,14 +187,29 @@ void SenderCore::queue(OutgoingMessage&& message, Deadline deadline) {
 
   std::lock_guard lock(mutex_);
   ensure_open();
-  const std::size_t bytes = append_frame(gather_, table, table_bytes, table_adjacent, segments);
-  queued_.push_back({std::move(builder), bytes, gather_.size(), choose_method(bytes), std::nullopt});
-  queued_bytes_ += bytes;
-  queued_frames_.store(queued_.size(), std::memory_order_relaxed);
-  if (queued_bytes_ >= kBatchBytes || queued_.size() >= kBatchFrames) flush_locked(deadline);
+  const std::size_t bytes = frame_bytes(segments);
+  append_locked({std::move(builder), 0, 0, choose_method(bytes), std::nullopt}, table,
+                table_bytes, table_adjacent, segments);
+  // A large batch is written as far as the pipe takes it now; queue() never waits.
+  if (queued_bytes_ >= kBatchBytes || queued_.size() >= kBatchFrames) {
+    write_queue_locked(Deadline::immediate());
+  }
+  update_watch_locked();
+  return true;
 }
 
-void SenderCore::send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+bool SenderCore::make_room_locked(std::size_t bytes, Deadline deadline) {
+  ensure_open();
+  const std::size_t limit = options_.max_unsent_bytes;
+  while (!queued_.empty() && unsent_.load(std::memory_order_relaxed) + bytes > limit) {
+    if (write_queue_locked(deadline)) return true;
+    if (unsent_.load(std::memory_order_relaxed) + bytes <= limit) return true;
+    if (deadline.expired()) return false;
+  }
+  return true;
+}
+
+bool SenderCore::send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
                            Deadline deadline) {
   // An empty segment 0 marks capnsplice's own control frames (frame.h): refused here, so
   // no message a caller sends can be taken for one (it would have no root pointer anyway).
@@ -179,20 +219,30 @@ void SenderCore::send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> s
                     ? "a message without segments cannot be framed"
                     : "segment 0 is empty: a message needs at least its root pointer");
   }
-  write_copy_now(segments, nullptr, std::nullopt, deadline);
+  {
+    std::lock_guard lock(mutex_);
+    if (!make_room_locked(frame_bytes(segments), deadline)) {
+      throw Error(ErrorCode::Overloaded, context_,
+                  "the outgoing queue holds " + std::to_string(unsent_bytes()) +
+                      " bytes, its limit is " + std::to_string(options_.max_unsent_bytes) +
+                      ", and the reader made no room before the deadline: the message was "
+                      "not taken");
+    }
+  }
+  return write_copy_now(segments, nullptr, std::nullopt, deadline);
 }
 
-void SenderCore::send_shared(std::unique_ptr<PooledMessageBuilder> message, Deadline deadline) {
+bool SenderCore::send_shared(std::unique_ptr<PooledMessageBuilder> message, Deadline deadline) {
   // Everything here is on the message's latency path, and after building a large message
   // every cache and TLB entry it touches is cold: the descriptor is built on the stack
   // (not in a pool chunk), and `message` gives its pool chunks back only after the write.
   DescriptorBuilder descriptor(message->segments_for_output().size());
   const std::uint64_t id =
       shared_->describe(*message, message->take_arena_blocks(), descriptor.message(), deadline);
-  write_copy_now(descriptor.marked_frame(), std::move(message), id, deadline);
+  return write_copy_now(descriptor.marked_frame(), std::move(message), id, deadline);
 }
 
-void SenderCore::write_copy_now(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+bool SenderCore::write_copy_now(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
                                 std::unique_ptr<PooledMessageBuilder> owner,
                                 std::optional<std::uint64_t> shared_id, Deadline deadline) {
   // 512 segments (Cap'n Proto's reader limit) need a 2 KiB table; larger goes to the heap.
@@ -210,88 +260,136 @@ void SenderCore::write_copy_now(kj::ArrayPtr<const kj::ArrayPtr<const capnp::wor
   if (!fd_ && shared_id) shared_->abandon(*shared_id);  // nothing will name its blocks
   ensure_open();
   // `segments` may be the caller's to reuse, or on its stack, once this returns: queue
-  // behind the batch, write everything now, and by copy.
-  const std::size_t bytes = append_frame(gather_, table, table_bytes, false, segments);
-  queued_.push_back({std::move(owner), bytes, gather_.size(), WriteMethod::copy, shared_id});
-  queued_bytes_ += bytes;
-  queued_frames_.store(queued_.size(), std::memory_order_relaxed);
-  flush_locked(deadline);
+  // behind the batch, write by copy, and keep a copy of what the pipe did not take.
+  append_locked({std::move(owner), 0, 0, WriteMethod::copy, shared_id}, table, table_bytes,
+                false, segments);
+  const bool written = write_queue_locked(deadline);
+  if (!written) own_last_frame();
+  update_watch_locked();
+  return written;
+}
+
+void SenderCore::append_locked(QueuedFrame frame, std::byte* table, std::size_t table_bytes,
+                               bool table_adjacent,
+                               kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
+  frame.bytes = append_frame(gather_, table, table_bytes, table_adjacent, segments);
+  frame.iov_end = gather_.size();
+  queued_bytes_ += frame.bytes;
+  queued_.push_back(std::move(frame));
+  update_counts_locked();
+}
+
+void SenderCore::own_last_frame() {
+  QueuedFrame& frame = queued_.back();
+  const std::size_t first = queued_.size() == 1 ? 0 : queued_[queued_.size() - 2].iov_end;
+  std::size_t unwritten = 0;
+  for (std::size_t i = first; i < frame.iov_end; ++i) unwritten += gather_[i].iov_len;
+  frame.own_bytes.resize(unwritten);
+  std::byte* out = frame.own_bytes.data();
+  for (std::size_t i = first; i < frame.iov_end; ++i) {
+    if (gather_[i].iov_len != 0) std::memcpy(out, gather_[i].iov_base, gather_[i].iov_len);
+    out += gather_[i].iov_len;
+  }
+  gather_.resize(first);
+  gather_.push_back({frame.own_bytes.data(), unwritten});
+  frame.iov_end = gather_.size();
 }
 
 // --- Writing -------------------------------------------------------------------------
 
-void SenderCore::flush(Deadline deadline) {
+bool SenderCore::flush(Deadline deadline) {
   std::lock_guard lock(mutex_);
-  flush_locked(deadline);
+  const bool written = write_queue_locked(deadline);
+  update_watch_locked();
+  return written;
 }
 
 bool SenderCore::flush_queued(Deadline deadline) {
   if (queued_frames_.load(std::memory_order_relaxed) == 0) return false;
   std::lock_guard lock(mutex_);
   if (queued_.empty()) return false;
-  flush_locked(deadline);
-  return true;
+  const std::uint64_t before = written_.load(std::memory_order_relaxed);
+  write_queue_locked(deadline);
+  update_watch_locked();
+  return written_.load(std::memory_order_relaxed) != before;
 }
 
-void SenderCore::flush_locked(Deadline deadline) {
-  if (queued_.empty()) return;
+bool SenderCore::write_queue_locked(Deadline deadline) {
+  if (queued_.empty()) return true;
   ensure_open();
   SigpipeGuard guard;  // one pair of mask changes for the whole batch
-  std::size_t written_frames = 0;
-  std::size_t partial_bytes = 0;  // bytes of queued_[written_frames] already written
+  std::size_t done = 0;
+  IovCursor cursor{gather_.data(), gather_.size()};
+  bool complete = true;
   try {
-    while (written_frames < queued_.size()) {
-      write_run(written_frames, deadline, guard, partial_bytes);
+    while (done < queued_.size()) {
+      if (!write_run(done, deadline, guard, cursor)) {
+        complete = false;
+        break;
+      }
     }
   } catch (const Error& error) {
     const std::size_t total = queued_.size();
-    abandon_queue(written_frames, partial_bytes);
-    std::string detail = error.detail() + "; " + std::to_string(written_frames) + " of " +
+    const bool cut = partial_bytes_ != 0;
+    abandon_queue(done);
+    std::string detail = error.detail() + "; " + std::to_string(done) + " of " +
                          std::to_string(total) + " queued messages were written";
     ErrorCode code = error.code();
-    if (partial_bytes != 0) {
-      // A frame cut in the middle can be neither finished nor retracted. A deadline that
-      // passed then is no Timeout: the channel is not intact.
+    if (cut) {
+      // A frame cut in the middle by a failed system call can be neither finished nor
+      // retracted: the channel is not intact, and every later send says so too.
       close_locked(code == ErrorCode::PeerClosed ? ClosedBy::peer : ClosedBy::cut);
       detail += "; the stream is cut mid-message, so this end stopped sending";
-      // A deadline or a failed system call: either way the channel is not intact, and
-      // every later send says so too (the errno stays in the error).
       if (code != ErrorCode::PeerClosed) code = ErrorCode::StreamCut;
     }
     throw Error(code, context_, detail, error.sys_errno());
   }
-  clear_queue();
+  if (complete) {
+    clear_queue();
+  } else {
+    drop_written(done, cursor.iov);
+  }
+  return complete;
 }
 
-void SenderCore::write_run(std::size_t& done, Deadline deadline, SigpipeGuard& guard,
-                           std::size_t& partial_bytes) {
-  const std::size_t first = done;
-  const WriteMethod method = queued_[first].method;
-  std::size_t end = first;
+bool SenderCore::write_run(std::size_t& done, Deadline deadline, SigpipeGuard& guard,
+                           IovCursor& cursor) {
+  const WriteMethod method = queued_[done].method;
+  std::size_t end = done;
   while (end < queued_.size() && queued_[end].method == method) ++end;
-  const std::size_t iov_begin = first == 0 ? 0 : queued_[first - 1].iov_end;
-  IovCursor cursor{gather_.data() + iov_begin, queued_[end - 1].iov_end - iov_begin};
-  partial_bytes = 0;
-  while (!cursor.empty()) {
-    const std::size_t written = write_some(fd_.get(), method, cursor, context_, guard);
+  const iovec* run_end = gather_.data() + queued_[end - 1].iov_end;
+  IovCursor run{cursor.iov, static_cast<std::size_t>(run_end - cursor.iov)};
+  while (!run.empty()) {
+    const std::size_t written = write_some(fd_.get(), method, run, context_, guard);
     if (written == 0) {
       if (spin_then_wait(fd_.get(), POLLOUT, options_.spin_before_block, deadline) ==
           WaitResult::timed_out) {
-        throw Error(ErrorCode::Timeout, context_,
-                    "the reader did not make room in the pipe before the deadline");
+        cursor = run;
+        return false;
       }
       continue;
     }
     const std::uint64_t stream_end =
         written_.fetch_add(written, std::memory_order_release) + written;
-    cursor.advance(written);
-    partial_bytes += written;
-    while (done < end && partial_bytes >= queued_[done].bytes) {
-      partial_bytes -= queued_[done].bytes;
-      retire(queued_[done], stream_end - partial_bytes);
+    run.advance(written);
+    partial_bytes_ += written;
+    while (done < end && partial_bytes_ >= queued_[done].bytes) {
+      partial_bytes_ -= queued_[done].bytes;
+      retire(queued_[done], stream_end - partial_bytes_);
       ++done;
     }
   }
+  cursor = run;
+  return true;
+}
+
+void SenderCore::drop_written(std::size_t done, const iovec* resume) {
+  const auto entries = static_cast<std::size_t>(resume - gather_.data());
+  gather_.erase(gather_.begin(), gather_.begin() + static_cast<std::ptrdiff_t>(entries));
+  for (std::size_t i = 0; i < done; ++i) queued_bytes_ -= queued_[i].bytes;
+  queued_.erase(queued_.begin(), queued_.begin() + static_cast<std::ptrdiff_t>(done));
+  for (QueuedFrame& frame : queued_) frame.iov_end -= entries;
+  update_counts_locked();
 }
 
 void SenderCore::retire(QueuedFrame& frame, std::uint64_t stream_end) {
@@ -310,15 +408,16 @@ void SenderCore::retire(QueuedFrame& frame, std::uint64_t stream_end) {
     frame.builder->release_chunks_after(stream_end);
   }
   frame.builder.reset();
+  written_messages_.fetch_add(1, std::memory_order_release);
 }
 
-void SenderCore::abandon_queue(std::size_t first_unwritten, std::size_t partial_bytes) {
+void SenderCore::abandon_queue(std::size_t first_unwritten) {
   for (std::size_t i = first_unwritten; i < queued_.size(); ++i) {
     QueuedFrame& frame = queued_[i];
     if (frame.shared_id) shared_->abandon(*frame.shared_id);
     if (!frame.builder) continue;
     const bool referenced_by_pipe =
-        i == first_unwritten && partial_bytes != 0 && frame.method == WriteMethod::vmsplice;
+        i == first_unwritten && partial_bytes_ != 0 && frame.method == WriteMethod::vmsplice;
     if (referenced_by_pipe) {
       frame.builder->release_chunks_after(written_.load(std::memory_order_relaxed));
     } else {
@@ -332,25 +431,60 @@ void SenderCore::clear_queue() noexcept {
   queued_.clear();
   gather_.clear();
   queued_bytes_ = 0;
-  queued_frames_.store(0, std::memory_order_relaxed);
+  partial_bytes_ = 0;
+  update_counts_locked();
 }
 
-void SenderCore::close() {
+void SenderCore::update_counts_locked() noexcept {
+  queued_frames_.store(queued_.size(), std::memory_order_relaxed);
+  unsent_.store(queued_bytes_ - partial_bytes_, std::memory_order_relaxed);
+}
+
+void SenderCore::watch_with(int epoll_fd) {
   std::lock_guard lock(mutex_);
-  if (!fd_) return;
+  if (watching_) {
+    ::epoll_ctl(watch_epoll_, EPOLL_CTL_DEL, fd_.get(), nullptr);
+    watching_ = false;
+  }
+  watch_epoll_ = epoll_fd;
+  update_watch_locked();
+}
+
+void SenderCore::update_watch_locked() noexcept {
+  const bool wanted = watch_epoll_ >= 0 && fd_ && !queued_.empty();
+  if (wanted == watching_) return;
+  epoll_event event{};
+  event.events = EPOLLOUT;
+  event.data.fd = fd_.get();
+  // Failure leaves the watcher without write events; try_flush() still works.
+  if (::epoll_ctl(watch_epoll_, wanted ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, fd_.get(), &event) == 0) {
+    watching_ = wanted;
+  }
+}
+
+bool SenderCore::close(Deadline deadline) {
+  std::lock_guard lock(mutex_);
+  if (!fd_) return true;
   try {
-    flush_locked(Deadline::after(options_.send_timeout));
-  } catch (const Error& error) {
-    // Timeout wrote nothing of the message it stopped at (the queue behind it is
-    // dropped, as for a send): the end stays open, so close() can be called again.
-    if (fd_ && error.code() != ErrorCode::Timeout) close_locked(ClosedBy::caller);
+    if (!write_queue_locked(deadline)) {
+      update_watch_locked();
+      return false;  // the end stays open with its queue: close() can be called again
+    }
+  } catch (const Error&) {
+    if (fd_) close_locked(ClosedBy::caller);
     throw;
   }
   close_locked(ClosedBy::caller);
+  return true;
 }
 
 void SenderCore::close_locked(ClosedBy why) {
   closed_by_ = why;
+  if (watching_) {
+    // Out of the watcher's set before the descriptor closes, so its number can be reused.
+    ::epoll_ctl(watch_epoll_, EPOLL_CTL_DEL, fd_.get(), nullptr);
+    watching_ = false;
+  }
   // attach() waits for a FIONREAD in progress, so the descriptor is unused after.
   pool_->attach({});
   data_pool_->attach({});

@@ -9,6 +9,12 @@
 //
 // After a frame is written its chunks go back to the pool: at once for copies, once
 // the reader has consumed the frame for splices.
+//
+// A deadline never cuts a frame: what the pipe did not take stays queued, the entries
+// of a frame written in part advanced past what went out (partial_bytes_), and the next
+// write goes on from there. Bytes a caller may reuse once a call returns (a copy of
+// foreign segments, a descriptor built on the stack) are copied into the frame's own
+// buffer before they are left queued.
 #pragma once
 
 #include <sys/uio.h>
@@ -45,22 +51,37 @@ class SenderCore final : public ConsumptionSource {
     if (shared_) shared_->attach(self);
   }
 
-  OutgoingMessage new_message();
+  /// `deadline`: how long building may wait for pool or arena room; empty: send_timeout
+  /// per request.
+  OutgoingMessage new_message(std::optional<Deadline> deadline);
 
-  /// Adds the message to the batch; writes the batch once it is large.
-  void queue(OutgoingMessage&& message, Deadline deadline);
+  /// Takes `message` into the queue, and writes the batch as far as the pipe takes it
+  /// without waiting once it is large. Returns false, leaving `message` with the caller,
+  /// when the queue holds max_unsent_bytes and the reader made no room by `room_deadline`.
+  bool queue(OutgoingMessage& message, Deadline room_deadline);
 
-  /// Writes every queued message.
-  void flush(Deadline deadline);
+  /// Writes queued messages until none is left (true) or `deadline` passes (false: the
+  /// rest stays queued whole).
+  bool flush(Deadline deadline);
 
-  /// Writes a copy of `segments` right away (after the queued messages).
-  void send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments, Deadline deadline);
+  /// Queues a copy of `segments` and writes the queue until `deadline`. False: the copy
+  /// stays queued (it owns its bytes). Refuses (Overloaded) when the queue is full.
+  bool send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments, Deadline deadline);
 
-  void close();
+  /// Writes the queue (false at `deadline`: nothing closed, the queue kept), then closes.
+  bool close(Deadline deadline);
+
+  /// See Sender::watch_with.
+  void watch_with(int epoll_fd);
 
   int fd() const noexcept { return fd_.get(); }
   bool has_queued() const noexcept { return queued_frames_.load(std::memory_order_relaxed) != 0; }
+  std::size_t unsent_bytes() const noexcept { return unsent_.load(std::memory_order_relaxed); }
+  std::uint64_t written_messages() const noexcept {
+    return written_messages_.load(std::memory_order_acquire);
+  }
   const SenderOptions& options() const noexcept { return options_; }
+  const std::string& context() const noexcept { return context_; }
   SenderStats stats() const;
 
   // ConsumptionSource
@@ -78,30 +99,45 @@ class SenderCore final : public ConsumptionSource {
     std::size_t iov_end;  // one past the frame's last entry in gather_
     WriteMethod method;
     std::optional<std::uint64_t> shared_id;  // a descriptor: its arena message
+    /// The unwritten bytes of a frame whose memory was the caller's (see own_last_frame).
+    std::vector<std::byte> own_bytes{};
   };
 
   WriteMethod choose_method(std::size_t frame_bytes) const noexcept;
   void ensure_open() const;
+  /// Whether a frame of `bytes` may join the queue; writes what the pipe takes (until
+  /// `deadline`) to make room. One frame is always let into an empty queue.
+  bool make_room_locked(std::size_t bytes, Deadline deadline);
   /// Sends `message`, built partly in the shared-memory arena, as a descriptor.
-  void send_shared(std::unique_ptr<PooledMessageBuilder> message, Deadline deadline);
+  bool send_shared(std::unique_ptr<PooledMessageBuilder> message, Deadline deadline);
   /// Queues a copy of `segments` (with `owner` and `shared_id` for its QueuedFrame) and
-  /// writes the whole queue now, by copy: `segments` need not outlive the call.
-  void write_copy_now(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+  /// writes the queue until `deadline`: `segments` need not outlive the call.
+  bool write_copy_now(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
                       std::unique_ptr<PooledMessageBuilder> owner,
                       std::optional<std::uint64_t> shared_id, Deadline deadline);
-  /// Writes the queue (the lock is held).
-  void flush_locked(Deadline deadline);
-  /// Writes queued_[done..) while they share a method. Moves `done` past every frame
-  /// written whole and keeps `partial_bytes` (bytes of queued_[done] already in the pipe)
-  /// up to date as it goes, so that both are right when it throws: the frames after
-  /// `done` are untouched, the one at `done` may be referenced by the pipe.
-  void write_run(std::size_t& done, Deadline deadline, SigpipeGuard& guard,
-                 std::size_t& partial_bytes);
+  /// Appends one frame's entries and bookkeeping to the queue (the lock is held).
+  void append_locked(QueuedFrame frame_without_entries, std::byte* table, std::size_t table_bytes,
+                     bool table_adjacent,
+                     kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments);
+  /// Copies the unwritten bytes of the last queued frame into its own buffer.
+  void own_last_frame();
+  /// Writes the queue until it is empty (true) or `deadline` passes (false, the rest kept
+  /// whole). On any other failure drops the queue, closes if a frame was cut, and throws.
+  bool write_queue_locked(Deadline deadline);
+  /// Writes queued_[done..) while they share a method, until the run is written (true) or
+  /// the deadline passes (false). Moves `done` past every frame written whole and keeps
+  /// partial_bytes_ up to date, so that both are right when it returns or throws.
+  bool write_run(std::size_t& done, Deadline deadline, SigpipeGuard& guard, IovCursor& cursor);
+  /// Drops the first `done` frames (written) and the gather entries before `resume`.
+  void drop_written(std::size_t done, const iovec* resume);
   /// Gives a written frame's chunks back; `stream_end` is the stream offset after it.
   void retire(QueuedFrame& frame, std::uint64_t stream_end);
-  /// After a failed flush: returns every chunk safely and empties the queue.
-  void abandon_queue(std::size_t first_unwritten, std::size_t partial_bytes);
+  /// After a failed write: returns every chunk safely and empties the queue.
+  void abandon_queue(std::size_t first_unwritten);
   void clear_queue() noexcept;
+  void update_counts_locked() noexcept;
+  /// Keeps the watcher's EPOLLOUT registration in step with the queue.
+  void update_watch_locked() noexcept;
   /// Why the descriptor was closed: what a later send is told.
   enum class ClosedBy { caller, peer, cut };
   void close_locked(ClosedBy why);
@@ -123,7 +159,12 @@ class SenderCore final : public ConsumptionSource {
   std::vector<iovec> gather_;
   std::vector<QueuedFrame> queued_;
   std::size_t queued_bytes_ = 0;
+  std::size_t partial_bytes_ = 0;  // bytes of queued_[0] already in the pipe
   std::atomic<std::size_t> queued_frames_{0};
+  std::atomic<std::size_t> unsent_{0};               // queued_bytes_ - partial_bytes_
+  std::atomic<std::uint64_t> written_messages_{0};  // frames written whole
+  int watch_epoll_ = -1;   // Sender::watch_with
+  bool watching_ = false;  // fd_ is registered in watch_epoll_
   SenderStats stats_;
   ClosedBy closed_by_ = ClosedBy::caller;
 };

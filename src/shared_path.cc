@@ -97,6 +97,9 @@ std::shared_ptr<SendArena> SharedSender::current_arena() const {
 
 std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
                                                 Deadline deadline) {
+  // A caller that may not wait at all builds in the pool instead (the message then takes
+  // the pipe): see SegmentPool::allocate.
+  const bool never_wait = deadline.expired();
   for (;;) {
     link_->pump(Deadline::immediate());  // take in what the reader released
     std::size_t held, held_bytes, in_use, capacity;
@@ -131,6 +134,7 @@ std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
     }
     // Queued messages hold blocks too, and are released only once written and read.
     if (auto sender = sender_.lock(); sender && sender->flush_queued(deadline)) continue;
+    if (never_wait) return std::nullopt;
     if (deadline.expired()) {
       throw Error(ErrorCode::Timeout, context_,
                   "the reader still holds " + std::to_string(held) + " shared-memory messages (" +

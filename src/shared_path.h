@@ -106,7 +106,9 @@ class SharedSender {
   /// cannot tell which message the unsent blocks belong to, so messages built on other
   /// threads at the same time that fill the arena also make it fail rather than wait.
   /// Empty when no arena could be made here after all (memfd_create refused, RLIMIT_AS):
-  /// available() is false from then on and the caller takes the pipe pool instead.
+  /// available() is false from then on and the caller takes the pipe pool instead. Empty
+  /// too, without waiting, when the arena has no room and `deadline` had already passed
+  /// on entry (a caller that may not wait: the message takes the pipe).
   std::optional<ArenaBlock> allocate(std::size_t bytes, bool zeroed, Deadline deadline);
 
   /// Unzeroed arena memory for part of a message that already holds arena blocks (so

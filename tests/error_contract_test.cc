@@ -119,22 +119,24 @@ TEST_CASE("wait-forever durations saturate to no deadline instead of expiring at
   CHECK(error.code() == ErrorCode::Interrupted);
 }
 
-TEST_CASE("close_sending that times out before writing leaves the end open, so it can be "
-          "called again") {
+TEST_CASE("close_sending that times out leaves the end open with its queue, so it can be "
+          "called again and nothing is lost") {
   Random random(4);
   auto [near, far, filled] = full_copy_pipe(50ms, random);
   const auto [sent, full] = filled;
-  REQUIRE(full.code() == ErrorCode::Timeout);
-  auto waiting = near.new_message();  // waits in the queue: the pipe is full
-  fill_blob(waiting.init_root<test::Blob>(), sent, 1000, random);
+  REQUIRE(full.code() == ErrorCode::Timeout);  // blob `sent` is kept queued
+  auto waiting = near.new_message();           // waits in the queue behind it
+  fill_blob(waiting.init_root<test::Blob>(), sent + 1, 1000, random);
   near.queue(std::move(waiting));
   CHECK(error_from([&near = near] { near.close_sending(); }).code() == ErrorCode::Timeout);
   CHECK(near.sender().fd() >= 0);
   for (std::uint64_t seq = 0; seq < sent; ++seq) {
     REQUIRE(far.receive_as<test::Blob>(Deadline::after(10s))->getSeq() == seq);
   }
-  near.close_sending();  // the reader made room: this time it closes
+  near.close_sending();  // the reader made room: this time it writes the queue and closes
   CHECK(near.sender().fd() < 0);
+  CHECK(far.receive_as<test::Blob>(Deadline::after(10s))->getSeq() == sent);
+  CHECK(far.receive_as<test::Blob>(Deadline::after(10s))->getSeq() == sent + 1);
   CHECK(error_from([&far = far] { far.receive(Deadline::after(10s)); }).code() ==
         ErrorCode::PeerClosed);
 }

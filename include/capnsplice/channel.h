@@ -59,23 +59,39 @@ class Channel {
                           bool keep_blocking = false, UniqueFd control_fd = {});
 
   Channel(Channel&&) noexcept = default;
-  Channel& operator=(Channel&&) noexcept = default;
+  Channel& operator=(Channel&&) noexcept;
+  ~Channel();
 
   // --- Sending -------------------------------------------------------------------
 
-  /// A message to build in this end's pool and pass to send().
+  /// A message to build in this end's pool and pass to send(). With a deadline, building
+  /// waits for pool room until then; Deadline::immediate() never waits (Sender).
   OutgoingMessage new_message() { return sender_.new_message(); }
+  OutgoingMessage new_message(Deadline deadline) { return sender_.new_message(deadline); }
 
-  /// Sends and consumes the message; waits for room at most options.sender.send_timeout.
+  /// Sends the message and returns once it is written whole; waits for room at most
+  /// options.sender.send_timeout (default 10 s) or until `deadline`. Timeout keeps the
+  /// message queued whole, Overloaded leaves it with the caller (Sender::send).
   void send(OutgoingMessage&& message) { sender_.send(std::move(message)); }
   void send(OutgoingMessage&& message, Deadline deadline) {
     sender_.send(std::move(message), deadline);
+  }
+
+  /// Never blocks: sent, queued (written later by try_flush()), or refused with the
+  /// message left with the caller (Sender::try_send).
+  [[nodiscard]] SendStatus try_send(OutgoingMessage&& message) {
+    return sender_.try_send(std::move(message));
   }
 
   /// Adds the message to the outgoing batch; flush() or the next send() writes the batch
   /// in one system call. Flush before waiting for a reply to a queued request.
   void queue(OutgoingMessage&& message) { sender_.queue(std::move(message)); }
   void flush() { sender_.flush(); }
+  void flush(Deadline deadline) { sender_.flush(deadline); }
+  /// Writes what the pipe takes now; returns the bytes still unsent.
+  std::size_t try_flush() { return sender_.try_flush(); }
+  /// Bytes taken for sending and not yet in the pipe.
+  std::size_t unsent_bytes() const noexcept { return sender_.unsent_bytes(); }
 
   /// Sends a message built with any builder, by copy.
   void send_copy(capnp::MessageBuilder& message) { sender_.send_copy(message); }
@@ -91,8 +107,10 @@ class Channel {
   }
 
   /// Stops sending: the peer receives what was sent, then end of stream (PeerClosed).
-  /// This end can still receive.
+  /// This end can still receive. Waits for the reader until send_timeout or `deadline`;
+  /// on Timeout the end stays open with its queue, and close_sending() can be retried.
   void close_sending() { sender_.close(); }
+  void close_sending(Deadline deadline) { sender_.close(deadline); }
 
   // --- Receiving -----------------------------------------------------------------
 
@@ -127,6 +145,17 @@ class Channel {
   int receive_fd() const noexcept { return receiver_.fd(); }
   bool has_buffered_message() { return receiver_.has_buffered_message(); }
 
+  /// The descriptor for an event loop: an epoll descriptor, made on first call and open
+  /// until this Channel is destroyed — never closed under a watcher, whatever happens to
+  /// the pipes (close_sending(), peer death). Watch it for readability (level- or
+  /// edge-triggered); it is readable when the channel has something to do:
+  ///   * bytes or end of stream arrived: try_receive() until it returns empty;
+  ///   * the pipe has room while unsent_bytes() > 0: try_flush().
+  /// As with receive_fd(), a complete message already buffered does not make it
+  /// readable, so drain try_receive() after every wake-up (has_buffered_message()).
+  /// Costs one descriptor. Throws SystemError when epoll cannot be created.
+  int watch_fd();
+
   /// Makes the receive() blocked in another thread, or else the next one that would
   /// block, throw Interrupted, once (Receiver::interrupt).
   void interrupt_receive() { receiver_.interrupt(); }
@@ -144,6 +173,7 @@ class Channel {
   Sender sender_;
   Receiver receiver_;
   std::string name_;
+  UniqueFd watch_;  // epoll: receive pipe (EPOLLIN), send pipe (EPOLLOUT while unsent)
 };
 
 }  // namespace capnsplice

@@ -98,9 +98,15 @@ struct SenderOptions {
   /// reader frees some: a large message then streams without a sleep and wake-up for
   /// every pipeful. Zero: sleep at once.
   std::chrono::nanoseconds spin_before_block = std::chrono::microseconds(100);
-  /// How long send() (and building a message in a full pool) may wait for the
-  /// reader. Empty: wait as long as it takes (until the peer reads or closes).
-  std::optional<std::chrono::nanoseconds> send_timeout;
+  /// How long send(), flush(), close() and building a message in a full pool may wait
+  /// for the reader when the caller gives no deadline. The default lets a hung peer hold
+  /// a blocking caller 10 s at most (then Timeout; nothing is lost or cut). Empty: wait as
+  /// long as it takes, until the peer reads or closes — only when the caller asked for it.
+  std::optional<std::chrono::nanoseconds> send_timeout = std::chrono::seconds(10);
+  /// Bound of the outgoing queue: bytes taken by send/try_send/queue and not yet in the
+  /// pipe. A message that would start above it is refused (SendStatus::queue_full,
+  /// Overloaded) and stays the caller's; one message larger than the bound alone is taken.
+  std::size_t max_unsent_bytes = 16 * MiB;
 };
 
 /// Options of the receiving side of a channel.
@@ -155,6 +161,15 @@ struct ChannelOptions {
   }
   ChannelOptions& with_send_timeout(std::chrono::nanoseconds value) {
     sender.send_timeout = value;
+    return *this;
+  }
+  /// Sends, flushes and closes wait for the reader as long as it takes.
+  ChannelOptions& without_send_timeout() {
+    sender.send_timeout.reset();
+    return *this;
+  }
+  ChannelOptions& with_max_unsent_bytes(std::size_t value) {
+    sender.max_unsent_bytes = value;
     return *this;
   }
   ChannelOptions& with_max_message_bytes(std::size_t value) {

@@ -13,6 +13,17 @@
 // system call — several times faster for small messages (see README "Batching");
 // send() and flush() write whatever was queued before, in order.
 //
+// Nothing here cuts the stream because a deadline passed. A message is written whole or
+// kept whole in the sender's outgoing queue, and a frame the pipe took only part of is
+// finished by the next call that writes (send, try_send, flush, try_flush, close):
+//
+//   outgoing queue:  [ rest of frame 7 | frame 8 | frame 9 ]  -> pipe, as it makes room
+//                      ^ unsent_bytes() counts from here
+//
+// An event loop never blocks: try_send() writes what the pipe takes and keeps the rest
+// (SendStatus says which), try_flush() writes more when the pipe has room again. The
+// queue is bounded by SenderOptions::max_unsent_bytes: above it a message is refused
+// (SendStatus::queue_full / Overloaded) and stays the caller's.
 // The reader must take the bytes out of the pipe (read, or vmsplice in the read
 // direction) to count as having consumed them. A reader that splice(2)s them on to
 // another pipe or socket moves the page references with them, so a vmspliced message
@@ -42,6 +53,20 @@ namespace detail {
 class SenderCore;
 class ControlLink;
 }
+
+/// What try_send() did with a message.
+enum class SendStatus {
+  /// Written whole into the pipe (a large one: into the arena, its descriptor into the
+  /// pipe). The message was taken.
+  sent,
+  /// Taken and kept whole in the outgoing queue, because the pipe is full (part of it
+  /// may be in the pipe already). It goes out, before anything sent later, as the
+  /// reader makes room: call try_flush() when the pipe is writable again.
+  queued,
+  /// Not taken: the outgoing queue already holds max_unsent_bytes. The message is still
+  /// the caller's, unchanged; try again once try_flush() made room.
+  queue_full,
+};
 
 /// Counters of one sender, for tests, tuning and the benchmark.
 struct SenderStats {
@@ -82,30 +107,59 @@ class Sender {
   Sender& operator=(Sender&&) noexcept;
   ~Sender();
 
-  /// A new message built in this sender's pool.
+  /// A new message built in this sender's pool. Building waits for room in a full pool or
+  /// arena until the options' send_timeout (per request for memory), then throws
+  /// Timeout from the Cap'n Proto call that asked for memory.
   OutgoingMessage new_message();
+  /// Building waits until `deadline` at the latest. With Deadline::immediate() building
+  /// never waits: where the pool or the arena is full it takes fresh memory instead (the
+  /// message then travels through the pipe). That is the form for event loops: memory
+  /// stays bounded because try_send() refuses messages beyond max_unsent_bytes.
+  OutgoingMessage new_message(Deadline deadline);
 
-  /// Sends and consumes `message` (after any queued ones); waits for room until the
-  /// options' send_timeout. Throws Timeout when the deadline passed before any of the
-  /// message was written (the channel is intact), StreamCut when it passed after part
-  /// was (the stream is cut mid-message: this sender closes itself, later sends throw
-  /// StreamCut too, and the reader sees TruncatedMessage), PeerClosed when the reader
-  /// is gone (keep receiving: what it sent before is still there), MessageTooLarge when
-  /// it does not fit the shared-memory arena (nothing written), InvalidArgument for a
-  /// sent or moved-from message or after close(), or SystemError. Messages not written
-  /// when an error is thrown are dropped (the error says how many).
+  /// Sends the message after any queued ones and returns once it is written whole;
+  /// waits for room until the options' send_timeout or `deadline`. Nothing is cut and
+  /// nothing lost when the deadline passes:
+  ///   * Timeout: the message was taken and is kept whole in the outgoing queue (part
+  ///     of it may be in the pipe); the next send, flush, try_flush or close writes it
+  ///     first. Do not send it again.
+  ///   * Overloaded: the queue already held max_unsent_bytes and the reader made no room
+  ///     in time: the message was not taken and `message` still holds it.
+  /// Also PeerClosed when the reader is gone (keep receiving: what it sent before is
+  /// still there; the queue is dropped), MessageTooLarge when it does not fit the
+  /// shared-memory arena (not taken), InvalidArgument for a sent or moved-from message
+  /// or after close(), StreamCut when a system call failed after part of a frame was
+  /// written (this end stops sending), or SystemError.
   void send(OutgoingMessage&& message);
   void send(OutgoingMessage&& message, Deadline deadline);
 
-  /// Consumes `message` into the outgoing batch without writing it yet. The batch is
-  /// written by flush(), by the next send(), when the pool needs the memory back, or
-  /// when it reaches 256 KiB or 256 messages. Flush before waiting for a reply.
+  /// Never blocks: writes the queue and the message as far as the pipe takes them now
+  /// and keeps the rest whole (see SendStatus). Throws what send() throws except Timeout
+  /// and Overloaded.
+  [[nodiscard]] SendStatus try_send(OutgoingMessage&& message);
+
+  /// Takes `message` into the outgoing batch. The batch is written by flush(), by the
+  /// next send(), when the pool needs the memory back, or — as far as the pipe takes it
+  /// without waiting — when it reaches 256 KiB or 256 messages. Never blocks. Throws
+  /// Overloaded (message not taken) when the queue holds max_unsent_bytes. Flush before
+  /// waiting for a reply.
   void queue(OutgoingMessage&& message);
 
-  /// Writes every queued message, in one system call per run of messages that share a
-  /// write method.
+  /// Writes every queued message, waiting for room until send_timeout or `deadline`.
+  /// Timeout: what is left stays queued whole (unsent_bytes() says how much).
   void flush();
   void flush(Deadline deadline);
+
+  /// Writes what the pipe takes now, never blocks; returns unsent_bytes() after.
+  std::size_t try_flush();
+
+  /// Bytes taken and not yet written into the pipe (queued messages, the rest of a
+  /// frame the pipe took part of). Thread-safe.
+  std::size_t unsent_bytes() const noexcept;
+
+  /// Messages written whole into the pipe since the start (a message's send completes
+  /// when this passes the count of messages taken before it, itself included).
+  std::uint64_t written_messages() const noexcept;
 
   /// True when queued messages wait for flush().
   bool has_queued() const noexcept;
@@ -120,13 +174,22 @@ class Sender {
                  Deadline deadline);
 
   /// Writes queued messages, then closes the write end: the reader gets every message
-  /// sent, then end of stream. Further sends throw InvalidArgument. A Timeout (the reader
-  /// made no room in time; the unwritten messages are dropped) leaves the end open, so
-  /// close() can be called again. (Destroying a sender
-  /// with queued messages writes only what the pipe takes without waiting.)
+  /// sent, then end of stream. Further sends throw InvalidArgument. Waits until
+  /// send_timeout or `deadline`; on Timeout the end stays open with the queue kept, so
+  /// close() can be called again. (Destroying a sender writes only what the pipe takes
+  /// without waiting: a frame it cannot finish is cut, and the reader sees
+  /// TruncatedMessage.)
   void close();
+  void close(Deadline deadline);
 
-  /// The descriptor written to (-1 after close()).
+  /// Registers this sender's descriptor in `epoll_fd` for EPOLLOUT while it holds unsent
+  /// bytes (and takes it out when the queue empties or the descriptor closes), so that
+  /// epoll descriptor becomes readable when the pipe has room for them. -1: stop.
+  /// Used by Channel::watch_fd().
+  void watch_with(int epoll_fd);
+
+  /// The descriptor written to (-1 after close()). close() closes it: an event loop
+  /// watches Channel::watch_fd() instead, which stays open.
   int fd() const noexcept;
 
   SenderStats stats() const;

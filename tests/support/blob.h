@@ -60,7 +60,8 @@ inline void send_blob(Channel& channel, std::uint64_t seq, std::size_t size, Ran
   channel.send(std::move(message));
 }
 
-/// What fill_pipe() saw: blobs 0 to sent-1 went whole, then a send failed.
+/// What fill_pipe() saw: blobs 0 to sent-1 went whole, then a send failed (on Timeout,
+/// blob `sent` is kept queued whole).
 struct FilledPipe {
   std::uint64_t sent;
   Error error;
