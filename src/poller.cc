@@ -58,20 +58,52 @@ void Poller::add(Channel& channel, std::uint64_t key) {
 void Poller::add(int fd, std::uint64_t key) { watch(fd, {nullptr, key}); }
 
 void Poller::remove(int fd) {
-  if (entries_.erase(fd) == 0) return;
+  auto found = entries_.find(fd);
+  if (found == entries_.end()) return;
+  if (found->second.write_watch >= 0) {
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, found->second.write_watch, nullptr);
+    write_watches_.erase(found->second.write_watch);
+  }
+  entries_.erase(found);
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+}
+
+void Poller::update_write_interest() {
+  for (auto& [fd, entry] : entries_) {
+    if (entry.channel == nullptr) continue;
+    const bool wanted = entry.channel->unsent_bytes() != 0;
+    if (wanted == (entry.write_watch >= 0)) continue;
+    if (wanted) {
+      const int watch = entry.channel->watch_fd();
+      epoll_event event{};
+      event.events = EPOLLIN;  // the watch descriptor is readable when the pipe has room
+      event.data.fd = watch;
+      if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, watch, &event) != 0) {
+        throw_system_error(std::string(kContext) + ": watch channel '" + entry.channel->name() +
+                               "' for room",
+                           "epoll_ctl");
+      }
+      entry.write_watch = watch;
+      write_watches_[watch] = fd;
+    } else {
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, entry.write_watch, nullptr);
+      write_watches_.erase(entry.write_watch);
+      entry.write_watch = -1;
+    }
+  }
 }
 
 PollEvent& Poller::event_for(int fd, const Entry& entry) {
   auto found = std::find_if(events_.begin(), events_.end(),
                             [fd](const PollEvent& event) { return event.fd == fd; });
   if (found != events_.end()) return *found;
-  events_.push_back(PollEvent{entry.key, entry.channel, fd, false, false});
+  events_.push_back(PollEvent{entry.key, entry.channel, fd, false, false, false});
   return events_.back();
 }
 
 std::span<const PollEvent> Poller::wait(Deadline deadline) {
   events_.clear();
+  update_write_interest();
   // Complete messages already buffered do not make a descriptor readable.
   for (auto& [fd, entry] : entries_) {
     if (entry.channel != nullptr && entry.channel->has_buffered_message()) {
@@ -91,6 +123,13 @@ std::span<const PollEvent> Poller::wait(Deadline deadline) {
     if (fd == wake_.get()) {
       std::uint64_t wakes;
       static_cast<void>(::read(wake_.get(), &wakes, sizeof wakes));
+      continue;
+    }
+    if (auto watch = write_watches_.find(fd); watch != write_watches_.end()) {
+      auto entry = entries_.find(watch->second);
+      if (entry == entries_.end()) continue;
+      PollEvent& event = event_for(entry->first, entry->second);
+      event.writable = entry->second.channel->unsent_bytes() != 0;
       continue;
     }
     auto entry = entries_.find(fd);

@@ -20,6 +20,10 @@
 // the descriptor readable. wait() checks every channel's buffer (has_buffered_message())
 // before it sleeps, so a message left there is reported again rather than forgotten.
 //
+// Write interest comes by itself: while a channel holds unsent bytes (a try_send() that
+// returned SendStatus::queued), wait() also watches for room in its pipe and reports
+// `writable`; call try_flush() then. A channel with nothing unsent costs no write watch.
+//
 // Threads: one thread calls add/remove/wait; wake() may be called from any thread.
 #pragma once
 
@@ -46,6 +50,9 @@ struct PollEvent {
   /// died mid-message). Remove the channel then; until it is removed every wait()
   /// reports it again.
   bool hung_up = false;
+  /// The channel holds unsent bytes and its pipe may have room: call try_flush() (it
+  /// never blocks, and returns what is still unsent).
+  bool writable = false;
 };
 
 class Poller {
@@ -59,6 +66,7 @@ class Poller {
   /// (not be moved or destroyed) until remove(). Adding a channel twice throws SystemError
   /// (EEXIST).
   void add(Channel& channel, std::uint64_t key);
+  // (The channel's watch_fd() is made and watched as well while it holds unsent bytes.)
 
   /// Watches any descriptor for POLLIN under `key`: a RendezvousListener's fd(), a
   /// ChildProcess's exit_fd(). The descriptor must stay open until remove() — an
@@ -90,13 +98,17 @@ class Poller {
   struct Entry {
     Channel* channel;
     std::uint64_t key;
+    int write_watch = -1;  // the channel's watch_fd() while watched for unsent bytes
   };
   void watch(int fd, Entry entry);
+  /// Watches or unwatches each channel's watch_fd() as it holds unsent bytes or not.
+  void update_write_interest();
   PollEvent& event_for(int fd, const Entry& entry);
 
   UniqueFd epoll_;
   UniqueFd wake_;  // eventfd
   std::unordered_map<int, Entry> entries_;
+  std::unordered_map<int, int> write_watches_;  // watch_fd() -> the channel's receive_fd()
   std::vector<PollEvent> events_;
 };
 
