@@ -128,9 +128,11 @@ void ControlLink::lose_arena_locked(std::uint32_t arena_id, int error, std::stri
   retry_pending_records_locked();
 }
 
-void ControlLink::send_arena(std::uint32_t arena_id, std::uint64_t capacity, int memfd) {
+void ControlLink::send_arena(std::uint32_t arena_id, std::uint64_t capacity, int memfd,
+                             Deadline deadline) {
   std::lock_guard lock(mutex_);
-  const Deadline deadline = Deadline::after(std::chrono::seconds(5));
+  constexpr std::chrono::seconds kLongest{5};
+  if (deadline.is_never() || deadline.remaining() > kLongest) deadline = Deadline::after(kLongest);
   while (!send_record_locked(kArena, arena_id, capacity, memfd)) {
     if (wait_for(socket_.get(), POLLOUT, deadline) == WaitResult::timed_out) {
       throw Error(ErrorCode::Timeout, context_,

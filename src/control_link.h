@@ -74,8 +74,9 @@ class ControlLink {
   /// later pump or release instead; until then the peer sends everything by pipe.
   void announce_accepts_shared();
 
-  /// Sends a sending arena (its memfd) to the peer.
-  void send_arena(std::uint32_t arena_id, std::uint64_t capacity, int memfd);
+  /// Sends a sending arena (its memfd) to the peer, waiting for room on the link until
+  /// `deadline` and 5 s at most (a peer that stopped reading its link); then Timeout.
+  void send_arena(std::uint32_t arena_id, std::uint64_t capacity, int memfd, Deadline deadline);
 
   /// Tells the peer it may free `message_id` in its arena. Never blocks or throws: if
   /// the peer is gone the record is dropped, as nothing is held for a dead peer; past

@@ -57,7 +57,8 @@ bool SharedSender::wants(std::size_t bytes) {
          arena_is_ours() && link_->peer_accepts_shared();
 }
 
-SendArena* SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced) {
+SendArena* SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced,
+                                                     Deadline deadline) {
   if (arena_ && link_->peer_gone()) arena_->release_all();  // nobody will read what is held
   // Only an idle arena is replaced: nothing held or being built refers to it, and no
   // descriptor naming it is still to be read (each held message is released only after
@@ -76,8 +77,15 @@ SendArena* SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>&
       return arena_ && !arena_->lost_by_peer() ? arena_.get() : nullptr;
     }
     // Announced before anything can name it. Releases go to it alone from now on, and
-    // only now: if the announcement fails, the old arena goes on serving.
-    link_->send_arena(arena->id(), arena->capacity(), arena->fd());
+    // only now: if the announcement fails, the old arena goes on serving. A peer that
+    // does not read its link in time gets this request by pipe (a caller's deadline is
+    // never spent waiting for the announcement; the next large request tries again).
+    try {
+      link_->send_arena(arena->id(), arena->capacity(), arena->fd(), deadline);
+    } catch (const Error& error) {
+      if (error.code() != ErrorCode::Timeout) throw;
+      return nullptr;
+    }
     link_->attach_send_arena(arena);
     ++next_arena_id_;
     replaced = std::exchange(arena_, std::move(arena));
@@ -106,7 +114,7 @@ std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
     std::shared_ptr<SendArena> replaced;  // unmapped after the lock: that takes a while
     {
       std::lock_guard lock(mutex_);
-      SendArena* made = arena_for_allocation_locked(replaced);
+      SendArena* made = arena_for_allocation_locked(replaced, deadline);
       if (made == nullptr) return std::nullopt;
       SendArena& arena = *made;
       held = arena.held_messages();

@@ -146,7 +146,7 @@ class SharedSender {
   /// replaced arena is handed to `replaced`, for the caller to let go of after
   /// unlocking (unmapping it takes ~70 ms per GiB).
   /// Null when there is no arena and none can be made.
-  SendArena* arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced);
+  SendArena* arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced, Deadline deadline);
   /// The current arena, which every live block is in (none before the first allocation).
   std::shared_ptr<SendArena> current_arena() const;
   /// False in a fork() child whose inherited arena is its parent's.
