@@ -60,7 +60,11 @@ SendStatus Sender::try_send(OutgoingMessage&& message) {
 }
 
 void Sender::queue(OutgoingMessage&& message) {
-  if (!core_->queue(message, Deadline::immediate())) throw_not_taken(*core_);
+  queue(std::move(message), Deadline::after(core_->options().send_timeout));
+}
+
+void Sender::queue(OutgoingMessage&& message, Deadline deadline) {
+  if (!core_->queue(message, deadline)) throw_not_taken(*core_);
 }
 
 void Sender::flush() { flush(Deadline::after(core_->options().send_timeout)); }

@@ -167,18 +167,27 @@ TEST_CASE("a hung peer never holds queue(), building, flush or close past their 
   auto [near, far] = Channel::pair(ChannelOptions()
                                        .with_pipe_bytes(64 * KiB)
                                        .with_pool_bytes(256 * KiB)
-                                       .with_max_unsent_bytes(1 * MiB));
+                                       .with_max_unsent_bytes(1 * MiB)
+                                       .with_send_timeout(100ms));
   Random random(4);
-  // queue() never waits: it takes messages until the bound, then refuses (Overloaded).
+  // queue() with Deadline::immediate() never waits: it takes messages until the bound,
+  // then refuses (Overloaded).
   Error overloaded = error_from([&near = near, &random] {
     for (std::uint64_t seq = 0; seq < 10'000; ++seq) {
       OutgoingMessage message = blob_message(near, seq, 30 * KiB, random);
-      const auto took = timed([&] { near.queue(std::move(message)); });
+      const auto took = timed([&] { near.queue(std::move(message), Deadline::immediate()); });
       REQUIRE(took < 2s);
     }
   });
   CHECK(overloaded.code() == ErrorCode::Overloaded);
   CHECK_THAT(overloaded.what(), Catch::Contains("not taken"));
+  // Without a deadline of its own, queue() waits for room until the send timeout.
+  const auto queue_timeout = timed([&near = near, &random] {
+    CHECK(error_from([&] { near.queue(blob_message(near, 0, 30 * KiB, random)); }).code() ==
+          ErrorCode::Overloaded);
+  });
+  CHECK(queue_timeout >= 100ms);
+  CHECK(queue_timeout < 5s);
   // Building never waits with Deadline::immediate(), even with the pool full of queued
   // and unread frames: it takes fresh memory.
   const auto building = timed([&near = near, &random] {

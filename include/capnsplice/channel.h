@@ -85,7 +85,11 @@ class Channel {
 
   /// Adds the message to the outgoing batch; flush() or the next send() writes the batch
   /// in one system call. Flush before waiting for a reply to a queued request.
+  /// Waits only while the queue holds max_unsent_bytes (until send_timeout / `deadline`).
   void queue(OutgoingMessage&& message) { sender_.queue(std::move(message)); }
+  void queue(OutgoingMessage&& message, Deadline deadline) {
+    sender_.queue(std::move(message), deadline);
+  }
   void flush() { sender_.flush(); }
   void flush(Deadline deadline) { sender_.flush(deadline); }
   /// Writes what the pipe takes now; returns the bytes still unsent.

@@ -140,10 +140,12 @@ class Sender {
 
   /// Takes `message` into the outgoing batch. The batch is written by flush(), by the
   /// next send(), when the pool needs the memory back, or — as far as the pipe takes it
-  /// without waiting — when it reaches 256 KiB or 256 messages. Never blocks. Throws
-  /// Overloaded (message not taken) when the queue holds max_unsent_bytes. Flush before
-  /// waiting for a reply.
+  /// without waiting — when it reaches 256 KiB or 256 messages. Waits only while the
+  /// queue holds max_unsent_bytes, until send_timeout or `deadline` (Deadline::immediate()
+  /// never waits); then Overloaded, the message not taken. Flush before waiting for a
+  /// reply.
   void queue(OutgoingMessage&& message);
+  void queue(OutgoingMessage&& message, Deadline deadline);
 
   /// Writes every queued message, waiting for room until send_timeout or `deadline`.
   /// Timeout: what is left stays queued whole (unsent_bytes() says how much).
