@@ -65,6 +65,7 @@ void Sender::queue(OutgoingMessage&& message) {
 
 void Sender::queue(OutgoingMessage&& message, Deadline deadline) {
   if (!core_->queue(message, deadline)) throw_not_taken(*core_);
+  core_->sync_watch();  // a watcher learns that queued bytes wait for room
 }
 
 void Sender::flush() { flush(Deadline::after(core_->options().send_timeout)); }

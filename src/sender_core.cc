@@ -194,8 +194,14 @@ bool SenderCore::queue(OutgoingMessage& message, Deadline room_deadline) {
   if (queued_bytes_ >= kBatchBytes || queued_.size() >= kBatchFrames) {
     write_queue_locked(Deadline::immediate());
   }
-  update_watch_locked();
+  // The watcher is told by flush() or sync_watch(): try_send() flushes right after, and
+  // registering EPOLLOUT in between would cost two epoll_ctl per message.
   return true;
+}
+
+void SenderCore::sync_watch() {
+  std::lock_guard lock(mutex_);
+  update_watch_locked();
 }
 
 bool SenderCore::make_room_locked(std::size_t bytes, Deadline deadline) {

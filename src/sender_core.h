@@ -73,6 +73,8 @@ class SenderCore final : public ConsumptionSource {
 
   /// See Sender::watch_with.
   void watch_with(int epoll_fd);
+  /// Brings the watcher's EPOLLOUT registration in step with the queue (after queue()).
+  void sync_watch();
 
   int fd() const noexcept { return fd_.get(); }
   bool has_queued() const noexcept { return queued_frames_.load(std::memory_order_relaxed) != 0; }
