@@ -18,7 +18,7 @@ bool is_transport(const std::string& name) {
 }
 
 void select_workloads(const std::string& list, CommandLine& line) {
-  line.throughput = line.round_trip = line.rss = line.large_messages = false;
+  line.throughput = line.round_trip = line.rss = line.large_messages = line.host = false;
   for (const std::string& name : split(list, ',')) {
     if (name == "throughput") {
       line.throughput = true;
@@ -28,8 +28,11 @@ void select_workloads(const std::string& list, CommandLine& line) {
       line.rss = true;
     } else if (name == "latency") {
       line.large_messages = true;
+    } else if (name == "host") {
+      line.host = true;
     } else {
-      throw UsageError("unknown workload '" + name + "' (known: throughput, rtt, rss, latency)");
+      throw UsageError("unknown workload '" + name +
+                       "' (known: throughput, rtt, rss, latency, host)");
     }
   }
 }
@@ -84,6 +87,14 @@ CommandLine parse_command_line(int argc, char** argv) {
         }
         line.sizes.push_back(*size);
       }
+    } else if (option == "--plugins") {
+      for (const std::string& text : split(value(), ',')) {
+        const auto count = parse_size(text);
+        if (!count || *count < 1 || *count > 4096) {
+          throw UsageError("plugin count '" + text + "' is not a number from 1 to 4096");
+        }
+        line.plugins.push_back(*count);
+      }
     } else if (option == "--workloads") {
       select_workloads(value(), line);
     } else {
@@ -120,13 +131,22 @@ Workloads:
               The full run measures them again with the sender writing 1 GiB
               elsewhere before each clock starts, so every size starts from the
               cache state of a 1 GiB build (one_way_latency_evicted_us, _p99_us)
+  host        one host thread serves N plugin processes (N = 1, 16, 256; --quick
+              1, 16, 64), each kept 8 requests in flight (512 B and 64 KiB payloads,
+              one size per row) and answering each with a 64 B reply: capnsplice on
+              the Boost.Asio adapter against socketpairs, plain capnp and an epoll
+              loop. Replies/s, loop stall (how late a 1 ms timer on the loop runs,
+              p99 and max; the longest single step of the loop), the host's peak
+              RSS, descriptors and CPU. CSV metrics host_<figure>_n<N>; --sizes
+              applies, --transports does not
 
 Options:
   --quick             short runs (under a minute); the demo uses it
   --transports LIST   comma-separated, e.g. capnsplice,capnp-socketpair
   --sizes LIST        payload sizes for every workload, e.g. 64,4K,1MiB
-  --workloads LIST    any of throughput,rtt,rss,latency (rss alone still runs
-                      throughput)
+  --workloads LIST    any of throughput,rtt,rss,latency,host (rss alone still
+                      runs throughput)
+  --plugins LIST      plugin counts of the host workload, e.g. 1,16,256
   --csv FILE          rows transport,message_bytes,metric,value
   --plot FILE.png     throughput against payload size, one line per transport
                       (gnuplot; python3-matplotlib when gnuplot is missing)

@@ -18,10 +18,12 @@ struct CommandLine {
   std::optional<std::string> plot_path;
   std::vector<std::string> transports;  ///< empty: every transport
   std::vector<std::size_t> sizes;       ///< empty: each workload's default sizes
+  std::vector<std::size_t> plugins;     ///< host workload; empty: the default counts
   bool throughput = true;
   bool round_trip = true;
   bool rss = true;
   bool large_messages = true;
+  bool host = true;
 };
 
 /// A command line that cannot be followed; what() says why.

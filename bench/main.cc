@@ -2,12 +2,15 @@
 //
 // main() turns the command line into a list of jobs (transport x workload x size x
 // wait mode), runs them (runner.h: each one in fresh processes, measurement.h) and
-// prints the tables (report.h). `--help` explains the options; see also issue 4.
+// prints the tables (report.h). The host workload (one thread serving N plugin processes)
+// runs after them, on its own (host_workload.h). `--help` explains the options; see also
+// issues 4 and 12.
 #include <algorithm>
 #include <csignal>
 #include <iostream>
 
 #include "cli.h"
+#include "host_workload.h"
 #include "machine.h"
 #include "measurement.h"
 #include "report.h"
@@ -24,6 +27,9 @@ const std::vector<std::size_t> kThroughputSizes = {64,        1024,        4096,
 const std::vector<std::size_t> kRoundTripSizes = {64, 4096};
 const std::vector<std::size_t> kLargeMessageSizes = {std::size_t{1} << 20, std::size_t{16} << 20,
                                                      std::size_t{256} << 20, std::size_t{1} << 30};
+const std::vector<std::size_t> kHostRequestSizes = {512, 64 * 1024};
+const std::vector<std::size_t> kHostPlugins = {1, 16, 256};
+const std::vector<std::size_t> kQuickHostPlugins = {1, 16, 64};
 /// --quick leaves out the 1 GiB message (its building alone takes most of a second).
 const std::vector<std::size_t> kQuickLargeMessageSizes = {
     std::size_t{1} << 20, std::size_t{16} << 20, std::size_t{256} << 20};
@@ -84,7 +90,8 @@ std::vector<Job> plan_jobs(const std::vector<const Transport*>& transports,
   return jobs;
 }
 
-ReportLayout plan_layout(const CommandLine& line, const std::vector<const Transport*>& transports) {
+ReportLayout plan_layout(const CommandLine& line, const std::vector<const Transport*>& transports,
+                         const RunSettings& settings) {
   ReportLayout layout;
   layout.large_messages = line.large_messages;
   layout.large_message_sizes = !line.sizes.empty() ? line.sizes
@@ -105,6 +112,13 @@ ReportLayout plan_layout(const CommandLine& line, const std::vector<const Transp
   layout.throughput = line.throughput;
   layout.round_trip = line.round_trip;
   layout.rss = line.rss;
+  layout.host = line.host;
+  layout.host_plugins = !line.plugins.empty() ? line.plugins
+                        : line.quick          ? kQuickHostPlugins
+                                              : kHostPlugins;
+  layout.host_sizes = line.sizes.empty() ? kHostRequestSizes : line.sizes;
+  layout.host_plan.warmup = settings.host_warmup;
+  layout.host_plan.measure = settings.host_time;
   for (const Transport* transport : transports) layout.transports.push_back(transport->name);
   for (WaitMode wait : {WaitMode::block, WaitMode::spin}) {
     for (const Transport* transport : transports) {
@@ -132,10 +146,14 @@ int run(const CommandLine& line) {
             << " ms, round trips one run of ~" << settings.round_trip_time.count() << " ms.\n";
 
   const std::vector<const Transport*> transports = selected_transports(line);
-  ReportLayout layout = plan_layout(line, transports);
+  ReportLayout layout = plan_layout(line, transports, settings);
   layout.idle_child_rss_mib = idle_child_rss_mib();
   Results results;
   run_jobs(plan_jobs(transports, layout), settings, results);
+  if (layout.host) {
+    run_host_workload(layout.host_plugins, layout.host_sizes, layout.host_plan, settings.timeout,
+                      results);
+  }
 
   print_markdown(std::cout, results, layout);
   if (line.csv_path) write_csv(*line.csv_path, results);

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "host_workload.h"
 #include "results.h"
 
 namespace bench {
@@ -26,10 +27,14 @@ struct ReportLayout {
   /// (WorkloadPlan::evict_bytes); 0: not measured (--quick, --sizes).
   std::size_t large_message_evict_bytes = 0;
   double idle_child_rss_mib = 0;                      ///< where every side's RSS starts
+  bool host = true;
+  std::vector<std::size_t> host_plugins;  ///< plugin counts of the host workload
+  std::vector<std::size_t> host_sizes;    ///< its request payloads
+  HostPlan host_plan;                     ///< its window, reply size and times
 };
 
 /// Throughput, messages/s, round-trip and RSS tables with ratios against
-/// capnp-socketpair, then the failures.
+/// capnp-socketpair, the host workload's against its socketpair host, then the failures.
 void print_markdown(std::ostream& out, const Results& results, const ReportLayout& layout);
 
 /// Rows "transport,message_bytes,metric,value" with a header line. Throws on I/O errors.

@@ -187,6 +187,82 @@ void print_large_messages(std::ostream& out, const Results& results, const Repor
                             metric::kOneWayLatencyEvictedP99);
 }
 
+/// The host workload: rows "N plugins · size", one column per host, `cell` for each.
+void print_host_table(std::ostream& out, const ReportLayout& layout,
+                      const std::function<std::string(const std::string& host, std::size_t plugins,
+                                                      std::size_t size)>& cell) {
+  std::vector<std::string> columns, rows;
+  for (const HostImplementation& host : host_implementations()) columns.push_back(host.name);
+  std::vector<std::vector<std::string>> cells;
+  for (std::size_t plugins : layout.host_plugins) {
+    for (std::size_t size : layout.host_sizes) {
+      rows.push_back(std::to_string(plugins) + " · " + size_label(size));
+      std::vector<std::string>& row = cells.emplace_back();
+      for (const std::string& host : columns) row.push_back(cell(host, plugins, size));
+    }
+  }
+  print_table(out, "plugins · request", columns, rows, cells);
+}
+
+void print_host(std::ostream& out, const Results& results, const ReportLayout& layout) {
+  const std::string baseline = host_implementations().back().name;
+  const HostPlan& plan = layout.host_plan;
+  out << "\n## Host: one thread serves N plugin processes (ratio to " << baseline
+      << ")\n\nEach plugin is kept " << plan.window << " requests in flight and answers each "
+      << "with a " << size_label(plan.reply_bytes) << " reply; each row is one run of ~"
+      << plan.measure.count() << " ms after " << plan.warmup.count()
+      << " ms of warm-up, the host in a fresh process, the plugins its children, all on this "
+         "machine's cores. Replies per second, with the request payload rate:\n\n";
+  // One CellMaker per figure: the figure's metric name carries the plugin count.
+  const auto cells = [&](const char* figure, Formatter format) {
+    return [&results, &baseline, figure, format](const std::string& host, std::size_t plugins,
+                                                 std::size_t size) {
+      return CellMaker(results, host_metric(figure, plugins), format)(host, size, baseline);
+    };
+  };
+  const auto find = [&](const std::string& host, std::size_t size, const char* figure,
+                        std::size_t plugins) {
+    return results.find(host, size, host_metric(figure, plugins));
+  };
+  const auto replies = cells(host_figure::kRepliesPerSecond, format_rate);
+  print_host_table(out, layout, [&](const std::string& host, std::size_t plugins, std::size_t size) {
+    const auto gbps = find(host, size, host_figure::kRequestGbps, plugins);
+    const std::string cell = replies(host, plugins, size);
+    return gbps ? cell + " · " + format_significant(*gbps) + " GB/s" : cell;
+  });
+  out << "\nLoop stall: how late the host loop's 1 ms timer ran, ms p99 / max (ratio of p99; "
+         "lower is better); then the longest single step of the loop, ms, and how many steps "
+         "took over 1 ms:\n\n";
+  const auto stall = cells(host_figure::kStallP99, format_significant);
+  print_host_table(out, layout, [&](const std::string& host, std::size_t plugins, std::size_t size) {
+    const auto max = find(host, size, host_figure::kStallMax, plugins);
+    const auto step = find(host, size, host_figure::kLongestStep, plugins);
+    const auto long_steps = find(host, size, host_figure::kStepsOver1ms, plugins);
+    std::string cell = stall(host, plugins, size);
+    if (max) cell += " / " + format_significant(*max);
+    if (step && long_steps) {
+      cell += " · step " + format_significant(*step) + " (" +
+              std::to_string(static_cast<long>(*long_steps)) + " > 1 ms)";
+    }
+    return cell;
+  });
+  out << "\nThe host process: peak RSS MiB (ratio), descriptors open (the benchmark's pidfds "
+         "of the plugins not counted), CPU while measured (share of one core, and per reply); "
+         "a forked process that does nothing peaks at "
+      << format_significant(layout.idle_child_rss_mib) << " MiB:\n\n";
+  const auto rss = cells(host_figure::kPeakRss, format_significant);
+  print_host_table(out, layout, [&](const std::string& host, std::size_t plugins, std::size_t size) {
+    const auto fds = find(host, size, host_figure::kOpenFds, plugins);
+    const auto cpu = find(host, size, host_figure::kHostCpu, plugins);
+    const auto per_reply = find(host, size, host_figure::kHostCpuPerReply, plugins);
+    std::string cell = rss(host, plugins, size);
+    if (fds) cell += " · " + std::to_string(static_cast<long>(*fds)) + " fds";
+    if (cpu) cell += " · CPU " + format_significant(*cpu * 100) + "%";
+    if (per_reply) cell += ", " + format_significant(*per_reply) + " µs/reply";
+    return cell;
+  });
+}
+
 void print_failures(std::ostream& out, const Results& results) {
   if (results.failures().empty()) return;
   out << "\n## Failures\n\n";
@@ -223,6 +299,7 @@ void print_markdown(std::ostream& out, const Results& results, const ReportLayou
   if (layout.large_messages && !layout.large_message_transports.empty()) {
     print_large_messages(out, results, layout);
   }
+  if (layout.host && !layout.host_plugins.empty()) print_host(out, results, layout);
   print_failures(out, results);
 }
 

@@ -29,6 +29,9 @@ struct RunSettings {
   // Large-message latency: one run, every message a sample.
   std::chrono::milliseconds large_message_time;
   std::size_t large_message_min_messages;
+  // Host workload: each (host, plugins, size) once, after a warm-up.
+  std::chrono::milliseconds host_warmup;
+  std::chrono::milliseconds host_time;
   /// A measurement still running after this is killed and reported as failed.
   std::chrono::seconds timeout;
 
@@ -67,6 +70,8 @@ inline constexpr RunSettings kFullRun{.name = "full",
                                       .round_trip_warmup_messages = 500,
                                       .large_message_time = std::chrono::milliseconds(1500),
                                       .large_message_min_messages = 5,
+                                      .host_warmup = std::chrono::milliseconds(500),
+                                      .host_time = std::chrono::milliseconds(2000),
                                       .timeout = std::chrono::seconds(30)};
 
 /// --quick: one short run each, for the demo.
@@ -81,6 +86,8 @@ inline constexpr RunSettings kQuickRun{.name = "quick",
                                        .round_trip_warmup_messages = 100,
                                        .large_message_time = std::chrono::milliseconds(300),
                                        .large_message_min_messages = 3,
+                                       .host_warmup = std::chrono::milliseconds(200),
+                                       .host_time = std::chrono::milliseconds(500),
                                        .timeout = std::chrono::seconds(20)};
 
 }  // namespace bench

@@ -25,34 +25,6 @@ const char* workload_name(Workload workload) {
   return "";
 }
 
-/// One line on stderr per step; on a terminal the line is rewritten in place.
-class ProgressLine {
- public:
-  explicit ProgressLine(std::size_t steps) : steps_(steps), terminal_(::isatty(2) != 0) {}
-  ~ProgressLine() {
-    if (terminal_) std::fprintf(stderr, "\r\033[K");
-  }
-
-  void show(const std::string& what) {
-    ++step_;
-    std::fprintf(stderr, "%s[%zu/%zu] %s ...%s", terminal_ ? "\r\033[K" : "", step_, steps_,
-                 what.c_str(), terminal_ ? "" : "\n");
-    std::fflush(stderr);
-  }
-
-  /// Reports a failure on a line of its own and counts the steps it made unnecessary.
-  void fail(const std::string& what, const std::string& reason, std::size_t skipped_steps) {
-    std::fprintf(stderr, "%s%s failed: %s\n", terminal_ ? "\r\033[K" : "", what.c_str(),
-                 reason.c_str());
-    step_ += skipped_steps;
-  }
-
- private:
-  std::size_t steps_;
-  std::size_t step_ = 0;
-  bool terminal_;
-};
-
 double median_of(std::vector<MeasurementResult>& runs,
                  const std::function<double(const MeasurementResult&)>& field) {
   std::vector<double> values;
@@ -96,6 +68,26 @@ void record(const Job& job, std::vector<MeasurementResult>& runs, Results& resul
 }
 
 }  // namespace
+
+ProgressLine::ProgressLine(std::size_t steps) : steps_(steps), terminal_(::isatty(2) != 0) {}
+
+ProgressLine::~ProgressLine() {
+  if (terminal_) std::fprintf(stderr, "\r\033[K");
+}
+
+void ProgressLine::show(const std::string& what) {
+  ++step_;
+  std::fprintf(stderr, "%s[%zu/%zu] %s ...%s", terminal_ ? "\r\033[K" : "", step_, steps_,
+               what.c_str(), terminal_ ? "" : "\n");
+  std::fflush(stderr);
+}
+
+void ProgressLine::fail(const std::string& what, const std::string& reason,
+                        std::size_t skipped_steps) {
+  std::fprintf(stderr, "%s%s failed: %s\n", terminal_ ? "\r\033[K" : "", what.c_str(),
+               reason.c_str());
+  step_ += skipped_steps;
+}
 
 std::string Job::row_name() const {
   // Only round trips have a blocking and a busy-poll row; large messages always spin.

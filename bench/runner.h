@@ -24,6 +24,25 @@ struct Job {
   std::string row_name() const;
 };
 
+/// One line on stderr per step; on a terminal the line is rewritten in place.
+class ProgressLine {
+ public:
+  explicit ProgressLine(std::size_t steps);
+  ~ProgressLine();
+  ProgressLine(const ProgressLine&) = delete;
+  ProgressLine& operator=(const ProgressLine&) = delete;
+
+  /// "[k/n] what ...".
+  void show(const std::string& what);
+  /// Reports a failure on a line of its own and counts the steps it made unnecessary.
+  void fail(const std::string& what, const std::string& reason, std::size_t skipped_steps);
+
+ private:
+  std::size_t steps_;
+  std::size_t step_ = 0;
+  bool terminal_;
+};
+
 /// Runs every job (throughput jobs settings.throughput_repetitions times, keeping the
 /// median), prints "[k/n] transport size workload" to stderr as it goes, and adds the
 /// figures — or the failure — to `results`.

@@ -1,0 +1,223 @@
+#include "host_workload.h"
+
+#include <kj/exception.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+#include "results.h"
+#include "runner.h"
+#include "units.h"
+
+namespace bench {
+
+namespace {
+
+double process_cpu_seconds() {
+  timespec now{};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) + static_cast<double>(now.tv_nsec) / 1e9;
+}
+
+/// "VmHWM:   12345 kB" from /proc/self/status, in MiB.
+double peak_rss_mib() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.starts_with("VmHWM:")) return std::stod(line.substr(6)) / 1024.0;
+  }
+  return 0;
+}
+
+int open_fds() {
+  int count = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    ++count;
+  }
+  return count - 1;  // the directory's own descriptor
+}
+
+/// What a host process hands back, in memory shared with the benchmark's process.
+struct HostReport {
+  HostOutcome outcome;
+  char error[480];
+};
+
+class SharedHostReport {
+ public:
+  SharedHostReport() {
+    void* memory = ::mmap(nullptr, sizeof(HostReport), PROT_READ | PROT_WRITE,
+                          MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED) throw std::runtime_error("mmap of the host report failed");
+    report_ = new (memory) HostReport{};
+  }
+  ~SharedHostReport() { ::munmap(report_, sizeof(HostReport)); }
+  SharedHostReport(const SharedHostReport&) = delete;
+  SharedHostReport& operator=(const SharedHostReport&) = delete;
+
+  HostReport& get() { return *report_; }
+
+ private:
+  HostReport* report_;
+};
+
+/// The body of the host process.
+int serve(const HostImplementation& host, const HostPlan& plan, HostReport& report) {
+  const auto fail = [&](const char* what) {
+    std::snprintf(report.error, sizeof report.error, "%s", what);
+    return 1;
+  };
+  // 256 plugins take over 1500 descriptors in the capnsplice host: more than the usual
+  // soft limit of 1024.
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &files);
+  }
+  try {
+    report.outcome = host.run(plan);
+    return 0;
+  } catch (const std::exception& error) {
+    return fail(error.what());
+  } catch (const kj::Exception& error) {
+    return fail(error.getDescription().cStr());
+  }
+}
+
+/// Runs one host in a fresh process; the outcome, or throws with the reason.
+HostOutcome measure(const HostImplementation& host, const HostPlan& plan,
+                    std::chrono::seconds timeout) {
+  SharedHostReport shared;
+  HostReport& report = shared.get();
+  ChildProcess child = ChildProcess::spawn([&] { return serve(host, plan, report); });
+  const Clock::time_point deadline = Clock::now() + timeout;
+  if (wait_for_event(std::span(&child, 1), -1, deadline) == ChildEvent::timed_out) {
+    child.kill_and_reap();
+    throw std::runtime_error("timed out after " + std::to_string(timeout.count()) + " s");
+  }
+  if (!child.succeeded()) {
+    throw std::runtime_error(report.error[0] != '\0' ? report.error : child.describe_exit());
+  }
+  if (report.outcome.replies == 0) throw std::runtime_error("no reply was counted");
+  return report.outcome;
+}
+
+void record(const std::string& host, const HostPlan& plan, const HostOutcome& outcome,
+            Results& results) {
+  const auto add = [&](const char* figure, double value) {
+    results.add(host, plan.request_bytes, host_metric(figure, plan.plugins), value);
+  };
+  const double replies_per_s = static_cast<double>(outcome.replies) / outcome.seconds;
+  add(host_figure::kRepliesPerSecond, replies_per_s);
+  add(host_figure::kRequestGbps, replies_per_s * static_cast<double>(plan.request_bytes) / 1e9);
+  add(host_figure::kHostCpu, outcome.host_cpu_seconds / outcome.seconds);
+  add(host_figure::kHostCpuPerReply,
+      outcome.host_cpu_seconds * 1e6 / static_cast<double>(outcome.replies));
+  add(host_figure::kStallP99, outcome.stall_p99_ms);
+  add(host_figure::kStallMax, outcome.stall_max_ms);
+  add(host_figure::kLongestStep, outcome.longest_step_ms);
+  add(host_figure::kStepsOver1ms, static_cast<double>(outcome.steps_over_1ms));
+  add(host_figure::kPeakRss, outcome.peak_rss_mib);
+  add(host_figure::kOpenFds, outcome.open_fds);
+}
+
+}  // namespace
+
+HostSession::HostSession(const HostPlan& plan)
+    : warmup_end_(Clock::now() + plan.warmup),
+      next_tick_(Clock::now() + kTickPeriod),
+      measure_(plan.measure),
+      plugins_(plan.plugins) {
+  lateness_ms_.reserve(static_cast<std::size_t>(plan.measure / kTickPeriod) + 16);
+}
+
+bool HostSession::tick() {
+  const Clock::time_point now = Clock::now();
+  if (measuring_) {
+    lateness_ms_.push_back(std::chrono::duration<double, std::milli>(now - next_tick_).count());
+    if (now >= started_ + measure_) {
+      ended_ = now;
+      cpu_at_end_ = process_cpu_seconds();
+      measuring_ = false;
+      return false;
+    }
+  } else if (now >= warmup_end_) {
+    measuring_ = true;
+    started_ = now;
+    cpu_at_start_ = process_cpu_seconds();
+  }
+  next_tick_ = now + kTickPeriod;
+  return true;
+}
+
+HostOutcome HostSession::outcome() const {
+  HostOutcome outcome;
+  outcome.replies = replies_;
+  outcome.seconds = std::chrono::duration<double>(ended_ - started_).count();
+  outcome.host_cpu_seconds = cpu_at_end_ - cpu_at_start_;
+  std::vector<double> sorted = lateness_ms_;
+  std::sort(sorted.begin(), sorted.end());
+  if (!sorted.empty()) {
+    const auto p99 = static_cast<std::size_t>(std::ceil(0.99 * static_cast<double>(sorted.size())));
+    outcome.stall_p99_ms = sorted[std::max<std::size_t>(p99, 1) - 1];
+    outcome.stall_max_ms = sorted.back();
+  }
+  outcome.longest_step_ms = std::chrono::duration<double, std::milli>(longest_step_).count();
+  outcome.steps_over_1ms = steps_over_1ms_;
+  outcome.peak_rss_mib = peak_rss_mib();
+  outcome.open_fds = open_fds() - static_cast<int>(plugins_);  // not the harness's pidfds
+  return outcome;
+}
+
+const std::vector<HostImplementation>& host_implementations() {
+  static const std::vector<HostImplementation> hosts = {
+      {"capnsplice-asio",
+       "capnsplice channels (library defaults) on the Boost.Asio adapter: async_send of "
+       "each request, one async_receive at a time per plugin, callbacks",
+       run_capnsplice_asio_host},
+      {"capnp-socketpair-epoll",
+       "one AF_UNIX socketpair per plugin, plain capnp (writeMessage into a per-plugin "
+       "output buffer, FlatArrayMessageReader over a per-plugin input buffer), an "
+       "edge-triggered epoll loop with non-blocking reads and writes",
+       run_socketpair_epoll_host},
+  };
+  return hosts;
+}
+
+std::string host_metric(const char* figure, std::size_t plugins) {
+  return "host_" + std::string(figure) + "_n" + std::to_string(plugins);
+}
+
+void run_host_workload(const std::vector<std::size_t>& plugin_counts,
+                       const std::vector<std::size_t>& request_sizes, const HostPlan& base,
+                       std::chrono::seconds timeout, Results& results) {
+  const std::vector<HostImplementation>& hosts = host_implementations();
+  ProgressLine progress(plugin_counts.size() * request_sizes.size() * hosts.size());
+  for (std::size_t plugins : plugin_counts) {
+    for (std::size_t size : request_sizes) {
+      for (const HostImplementation& host : hosts) {
+        HostPlan plan = base;
+        plan.plugins = plugins;
+        plan.request_bytes = size;
+        const std::string what = std::string(host.name) + " host, " + std::to_string(plugins) +
+                                 " plugins, " + size_label(size) + " requests";
+        progress.show(what);
+        try {
+          record(host.name, plan, measure(host, plan, timeout), results);
+        } catch (const std::exception& error) {
+          progress.fail(what, error.what(), 0);
+          results.add_failure({host.name, size,
+                               "host (" + std::to_string(plugins) + " plugins)", error.what()});
+        }
+      }
+    }
+  }
+}
+
+}  // namespace bench

@@ -1,0 +1,434 @@
+// capnsplice/asio/detail.h — the machinery behind AsioChannel (capnsplice/asio.h): the
+// pending operations, the state they share, and the service that outlives an io_context's
+// destruction. Not an API: include capnsplice/asio.h.
+#pragma once
+
+#include <fcntl.h>
+
+#include <atomic>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/asio/execution_context.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/version.hpp>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "capnsplice/channel.h"
+#include "capnsplice/error.h"
+#include "capnsplice/unique_fd.h"
+
+// Per-operation cancellation (cancellation slots) came with Asio 1.19 (Boost 1.77).
+#if BOOST_ASIO_VERSION >= 101900
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#define CAPNSPLICE_ASIO_HAS_CANCELLATION_SLOTS 1
+#else
+#define CAPNSPLICE_ASIO_HAS_CANCELLATION_SLOTS 0
+#endif
+
+namespace capnsplice {
+namespace asio_detail {
+
+/// The error an aborted operation completes with (see make_operation_aborted()).
+inline std::exception_ptr aborted_error() {
+  return std::make_exception_ptr(std::system_error(boost::asio::error::operation_aborted,
+                                                   std::generic_category(),
+                                                   "capnsplice::AsioChannel: operation aborted"));
+}
+
+using Executor = boost::asio::any_io_executor;
+
+/// One waiting operation: a completion handler, with work counted on its executor.
+template <typename... Args>
+class Pending {
+ public:
+  explicit Pending(std::uint64_t op_id) : id(op_id) {}
+  virtual ~Pending() = default;
+  /// Posts the handler with `args` to its associated executor. Called at most once.
+  virtual void complete(Args... args) = 0;
+  const std::uint64_t id;
+};
+
+template <typename Handler, typename... Args>
+class PendingHandler final : public Pending<Args...> {
+ public:
+  PendingHandler(std::uint64_t id, Handler handler, const Executor& io_executor)
+      : Pending<Args...>(id),
+        work_(boost::asio::get_associated_executor(handler, io_executor)),
+        handler_(std::move(handler)) {}
+  ~PendingHandler() override { detach_cancellation(); }
+
+  void complete(Args... args) override {
+    detach_cancellation();
+    boost::asio::post(work_.get_executor(),
+                      [handler = std::move(handler_), ... args = std::move(args)]() mutable {
+                        std::move(handler)(std::move(args)...);
+                      });
+    work_.reset();
+  }
+
+#if CAPNSPLICE_ASIO_HAS_CANCELLATION_SLOTS
+  /// Installs `cancel` in the handler's cancellation slot, if it has one.
+  template <typename CancelHandler>
+  void attach_cancellation(CancelHandler cancel) {
+    slot_ = boost::asio::get_associated_cancellation_slot(handler_);
+    if (slot_.is_connected()) slot_.template emplace<CancelHandler>(std::move(cancel));
+  }
+#endif
+
+ private:
+  void detach_cancellation() {
+#if CAPNSPLICE_ASIO_HAS_CANCELLATION_SLOTS
+    if (slot_.is_connected()) slot_.clear();
+#endif
+  }
+
+  boost::asio::executor_work_guard<boost::asio::associated_executor_t<Handler, Executor>> work_;
+  Handler handler_;
+#if CAPNSPLICE_ASIO_HAS_CANCELLATION_SLOTS
+  boost::asio::associated_cancellation_slot_t<Handler> slot_;
+#endif
+};
+
+using ReceiveOp = Pending<std::exception_ptr, ReceivedMessage>;
+using SendOp = Pending<std::exception_ptr>;
+
+class State;
+
+/// Knows every adapter of an execution context, so that destroying the context first
+/// closes their Asio objects while the context's services still exist.
+class Registry final : public boost::asio::execution_context::service {
+ public:
+  inline static boost::asio::execution_context::id id;
+  explicit Registry(boost::asio::execution_context& context) : service(context) {}
+  void add(std::weak_ptr<State> state) {
+    std::lock_guard lock(mutex_);
+    std::erase_if(states_, [](const std::weak_ptr<State>& s) { return s.expired(); });
+    states_.push_back(std::move(state));
+  }
+
+ private:
+  void shutdown() override;
+  std::mutex mutex_;
+  std::vector<std::weak_ptr<State>> states_;
+};
+
+/// What an AsioChannel shares with its pending handlers. Everything but `mutex_`/`gone_`
+/// is used on the adapter's executor only.
+class State : public std::enable_shared_from_this<State> {
+ public:
+  State(Executor executor, Channel channel)
+      : executor_(std::move(executor)), channel_(std::move(channel)) {
+    UniqueFd watched(::fcntl(channel_->watch_fd(), F_DUPFD_CLOEXEC, 0));
+    if (!watched) throw_system_error(context("watch"), "fcntl(F_DUPFD_CLOEXEC)");
+    watcher_.emplace(executor_, watched.get());
+    watched.release();  // the stream_descriptor owns and closes it now
+    timer_.emplace(executor_);
+    taken_ = channel_->sender().written_messages();
+  }
+
+  /// Made only through create(): the registry must know it.
+  static std::shared_ptr<State> create(Executor executor, Channel channel) {
+    auto state = std::make_shared<State>(executor, std::move(channel));
+    // After the descriptor and timer services exist, so that ours shuts down first.
+    boost::asio::use_service<Registry>(boost::asio::query(
+        executor, boost::asio::execution::context_as_t<boost::asio::execution_context&>()))
+        .add(state);
+    return state;
+  }
+
+  const Executor& executor() const noexcept { return executor_; }
+  Channel& channel() { return *channel_; }
+  std::uint64_t next_id() noexcept { return next_id_.fetch_add(1, std::memory_order_relaxed); }
+
+  void start_receive(std::unique_ptr<ReceiveOp> op) {
+    if (!channel_) return op->complete(aborted_error(), ReceivedMessage());
+    receives_.push_back(std::move(op));
+    pump(false);
+  }
+
+  void start_send(std::unique_ptr<SendOp> op, OutgoingMessage message) {
+    if (!channel_) return op->complete(aborted_error());
+    sends_.push_back(Send{std::move(op), std::move(message), false, 0, nullptr});
+    pump(false);
+  }
+
+  /// Completes every pending operation with operation_aborted.
+  void cancel_all() {
+    auto receives = std::exchange(receives_, {});
+    auto sends = std::exchange(sends_, {});
+    for (auto& op : receives) op->complete(aborted_error(), ReceivedMessage());
+    for (auto& send : sends) send.op->complete(aborted_error());
+  }
+
+  /// Completes operation `id` with operation_aborted, if it still waits. A send whose
+  /// message was taken is cancelled only when `taken_too` (its message still goes out).
+  void cancel_one(std::uint64_t id, bool taken_too) {
+    for (auto it = receives_.begin(); it != receives_.end(); ++it) {
+      if ((*it)->id != id) continue;
+      auto op = std::move(*it);
+      receives_.erase(it);
+      return op->complete(aborted_error(), ReceivedMessage());
+    }
+    for (auto it = sends_.begin(); it != sends_.end(); ++it) {
+      if (it->op->id != id || (it->taken && !taken_too)) continue;
+      auto op = std::move(it->op);
+      sends_.erase(it);  // an untaken message goes with it
+      return op->complete(aborted_error());
+    }
+  }
+
+  /// The AsioChannel is being destroyed: abort what waits, close everything.
+  void shutdown() {
+    if (!channel_) return;
+    watcher_.reset();  // closes our dup; a pending wait completes with operation_aborted
+    timer_.reset();
+    cancel_all();
+    channel_.reset();
+  }
+
+  /// Called by ~AsioChannel from any thread.
+  static void close(std::shared_ptr<State> state) {
+    {
+      std::lock_guard lock(state->mutex_);
+      if (state->gone_) {  // no loop left: close here
+        state->channel_.reset();
+        return;
+      }
+    }
+    const Executor executor = state->executor_;
+    boost::asio::dispatch(executor, [state = std::move(state)] { state->shutdown(); });
+  }
+
+  /// The execution context is being destroyed (Registry::shutdown): Asio objects go now,
+  /// pending handlers are destroyed without being called. The Channel stays.
+  void context_gone() {
+    {
+      std::lock_guard lock(mutex_);
+      gone_ = true;
+    }
+    watcher_.reset();
+    timer_.reset();
+    // Destroyed outside the lock: a handler may own (and so destroy) the AsioChannel.
+    auto receives = std::exchange(receives_, {});
+    auto sends = std::exchange(sends_, {});
+  }
+
+ private:
+  /// A send waiting to be taken by the channel, or, once taken, to be written whole:
+  /// then it completes when written_messages() reaches `ticket`.
+  struct Send {
+    std::unique_ptr<SendOp> op;
+    OutgoingMessage message;
+    bool taken = false;
+    std::uint64_t ticket = 0;
+    std::exception_ptr error;  // failed; completes in its turn
+  };
+
+  // Quiet wake-ups (nothing received, written or read) in a row before the adapter polls
+  // on a timer instead: the descriptor can stay readable with nothing for us to do, e.g.
+  // bytes or end of stream waiting for a receive while only a send waits.
+  static constexpr int kQuietWakeupsBeforeBackoff = 2;
+  static constexpr std::chrono::milliseconds kMaxBackoff{16};
+
+  std::string context(const char* operation) const {
+    return "channel '" + channel_->name() + "': " + operation;
+  }
+
+  /// Does all the channel allows now, then waits if something still waits.
+  void pump(bool woken) {
+    const std::uint64_t reads = channel_->receiver().stats().reads;
+    bool progress = pump_sends();
+    progress |= pump_receives();
+    progress |= channel_->receiver().stats().reads != reads;  // part of a message came
+    if (progress) {
+      quiet_wakeups_ = 0;
+      backoff_ = std::chrono::milliseconds(1);
+    } else if (woken) {
+      ++quiet_wakeups_;
+    }
+    wait();
+  }
+
+  bool pump_receives() {
+    bool progress = false;
+    while (!receives_.empty()) {
+      std::optional<ReceivedMessage> message;
+      std::exception_ptr error;  // the channel throws the same again for later receives
+      try {
+        message = channel_->try_receive();
+        if (!message && channel_->at_end()) {
+          error = std::make_exception_ptr(
+              Error(ErrorCode::PeerClosed, context("receive"), "peer closed its end"));
+        }
+      } catch (...) {
+        error = std::current_exception();
+      }
+      if (!message && !error) break;  // nothing now: wait
+      auto op = std::move(receives_.front());
+      receives_.pop_front();
+      op->complete(error, message ? std::move(*message) : ReceivedMessage());
+      progress = true;
+    }
+    return progress;
+  }
+
+  bool pump_sends() {
+    Sender& sender = channel_->sender();
+    const std::size_t unsent_before = sender.unsent_bytes();
+    bool progress = false;
+    try {
+      if (unsent_before > 0) sender.try_flush();
+    } catch (...) {
+      send_error_ = std::current_exception();
+    }
+    for (Send& send : sends_) {
+      if (send.taken || send.error) continue;
+      // With nothing unsent, every message taken so far is written: resynchronise.
+      if (sender.unsent_bytes() == 0) taken_ = sender.written_messages();
+      try {
+        const SendStatus status = sender.try_send(std::move(send.message));
+        if (status == SendStatus::queue_full) break;  // still ours; retry when writable
+        taken_ = status == SendStatus::sent ? sender.written_messages() : taken_ + 1;
+        send.taken = true;
+        send.ticket = taken_;
+      } catch (...) {
+        send.error = send_error_ = std::current_exception();
+      }
+      progress = true;
+    }
+    // Complete in order: written, failed, or taken but dropped by the channel (nothing is
+    // unsent, yet it was not written: the reader went away).
+    const std::uint64_t written = sender.written_messages();
+    const bool nothing_unsent = sender.unsent_bytes() == 0;
+    while (!sends_.empty()) {
+      Send& front = sends_.front();
+      std::exception_ptr result = front.error;
+      if (!result && !(front.taken && (written >= front.ticket || nothing_unsent))) break;
+      if (!result && written < front.ticket) {
+        result = send_error_ ? send_error_
+                             : std::make_exception_ptr(Error(
+                                   ErrorCode::StreamCut, context("send"),
+                                   "the channel dropped the message before it was written"));
+      }
+      auto op = std::move(front.op);
+      sends_.pop_front();
+      op->complete(result);
+      progress = true;
+    }
+    return progress || sender.unsent_bytes() != unsent_before;
+  }
+
+  /// Waits for the descriptor (or, after quiet wake-ups, a short timer) when a receive
+  /// or a send waits or bytes are unsent; a cancelled send's taken message still goes out.
+  void wait() {
+    if (waiting_ || !channel_) return;
+    if (receives_.empty() && sends_.empty() && channel_->unsent_bytes() == 0) return;
+    waiting_ = true;
+    auto self = shared_from_this();
+    if (quiet_wakeups_ < kQuietWakeupsBeforeBackoff) {
+      watcher_->async_wait(boost::asio::posix::stream_descriptor::wait_read,
+                           [self](boost::system::error_code ec) { self->woken(ec, true); });
+      return;
+    }
+    timer_->expires_after(backoff_);
+    backoff_ = std::min(backoff_ * 2, kMaxBackoff);
+    quiet_wakeups_ = kQuietWakeupsBeforeBackoff - 1;  // the descriptor again next time
+    timer_->async_wait([self](boost::system::error_code ec) { self->woken(ec, false); });
+  }
+
+  void woken(boost::system::error_code ec, bool by_descriptor) {
+    waiting_ = false;
+    if (!channel_ || ec == boost::asio::error::operation_aborted) return;  // shut down
+    if (ec) {  // the reactor failed on our descriptor: nothing more can be waited for
+      const auto error = std::make_exception_ptr(std::system_error(ec.value(), std::generic_category(), context("wait")));
+      for (auto& op : std::exchange(receives_, {})) op->complete(error, ReceivedMessage());
+      for (auto& send : std::exchange(sends_, {})) send.op->complete(error);
+      return;
+    }
+    pump(by_descriptor);
+  }
+
+  const Executor executor_;
+  std::optional<Channel> channel_;
+  std::optional<boost::asio::posix::stream_descriptor> watcher_;  // dup of watch_fd()
+  std::optional<boost::asio::steady_timer> timer_;                // backoff
+  std::deque<std::unique_ptr<ReceiveOp>> receives_;
+  std::deque<Send> sends_;
+  std::uint64_t taken_ = 0;  // messages the sender took, as far as this adapter knows
+  std::exception_ptr send_error_;
+  bool waiting_ = false;
+  int quiet_wakeups_ = 0;
+  std::chrono::milliseconds backoff_{1};
+  std::atomic<std::uint64_t> next_id_{1};
+  std::mutex mutex_;   // guards gone_
+  bool gone_ = false;  // the execution context was destroyed
+};
+
+inline void Registry::shutdown() {
+  std::vector<std::shared_ptr<State>> alive;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& weak : states_) {
+      if (auto state = weak.lock()) alive.push_back(std::move(state));
+    }
+    states_.clear();
+  }
+  for (auto& state : alive) state->context_gone();
+}
+
+#if CAPNSPLICE_ASIO_HAS_CANCELLATION_SLOTS
+/// Installed in a handler's cancellation slot: cancels that operation on the adapter's
+/// executor. Terminal and partial cancellation cancel a send whose message was taken (it
+/// still goes out); total cancellation only one whose message was not taken.
+struct CancelOne {
+  std::weak_ptr<State> state;
+  std::uint64_t id;
+  void operator()(boost::asio::cancellation_type_t type) const {
+    auto locked = state.lock();
+    if (!locked) return;
+    const bool taken_too = (type & (boost::asio::cancellation_type::terminal |
+                                    boost::asio::cancellation_type::partial)) !=
+                           boost::asio::cancellation_type::none;
+    boost::asio::post(locked->executor(), [locked, id = id, taken_too] {
+      locked->cancel_one(id, taken_too);
+    });
+  }
+};
+#endif
+
+/// Wraps the handler with its work and cancellation, then starts the operation on the
+/// adapter's executor with `start(state, op)`.
+template <typename... Args, typename Handler, typename Start>
+void initiate(const std::shared_ptr<State>& state, Handler&& handler, Start start) {
+  using Op = PendingHandler<std::decay_t<Handler>, Args...>;
+  auto op = std::make_unique<Op>(state->next_id(), std::forward<Handler>(handler),
+                                 state->executor());
+#if CAPNSPLICE_ASIO_HAS_CANCELLATION_SLOTS
+  op->attach_cancellation(CancelOne{state, op->id});
+#endif
+  boost::asio::dispatch(state->executor(),
+                        [state, op = std::move(op), start = std::move(start)]() mutable {
+                          start(*state, std::move(op));
+                        });
+}
+
+}  // namespace asio_detail
+}  // namespace capnsplice
