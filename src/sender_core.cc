@@ -165,7 +165,7 @@ bool SenderCore::queue(OutgoingMessage& message, Deadline room_deadline) {
     }
     std::unique_ptr<PooledMessageBuilder> builder(
         static_cast<PooledMessageBuilder*>(message.builder_.release()));
-    send_shared(std::move(builder), Deadline::immediate());
+    send_shared(std::move(builder), room_deadline);  // may wait for arena room, as building does
     return true;
   }
   if (shared_) shared_->retire_idle_arena();

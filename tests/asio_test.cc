@@ -444,6 +444,13 @@ TEST_CASE(
 
   CHECK(run_until(io, [&] { return completed.size() == kMessages; }, 60s));
   ticking = false;
+  for (const auto& error : errors) {
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      UNSCOPED_INFO(e.what());
+    }
+  }
   CHECK(errors.empty());
   CHECK(completed == iota(kMessages));
   // 800 ms of stall at one tick per 5 ms: about 160 ticks; a loop blocked in a send gets none.

@@ -24,7 +24,17 @@
 // edge-triggered, and a message already buffered in the receiver does not make the
 // descriptor readable, so nothing is left for a wake-up that would never come: every
 // operation first tries at once, and every wake-up takes all it can. The loop never
-// blocks: nothing here waits in a system call.
+// blocks: nothing here waits in a system call. The adapter reads only for a waiting
+// receive, so a peer that sends faster than the application receives is held back by
+// the pipe as usual. When the descriptor keeps reporting something the adapter has no
+// use for (bytes or end of stream while only sends wait), it polls on a timer instead
+// (1 ms, doubling up to 16 ms) until something changes.
+//
+// Cancellation: cancel() aborts every pending operation. With Asio 1.19 (Boost 1.77) or
+// later, an operation also obeys its handler's cancellation slot (bind_cancellation_slot,
+// awaitable operators): terminal or partial cancellation aborts any operation; total
+// cancellation only one with no side effect yet (a receive, or a send whose message the
+// channel has not taken). Boost 1.74 (Debian 12) has no cancellation slots: cancel() only.
 //
 // Threads: the Channel and the adapter's state are used only on the adapter's executor
 // (initiations and cancel() are dispatched to it), so async_receive, async_send and
@@ -36,7 +46,8 @@
 // and closes the Channel (what the pipe does not take at once is cut, as for a destroyed
 // Channel). Destroying the io_context first is fine too: per Asio's rules the pending
 // handlers are then destroyed without being called, and the AsioChannel may be
-// destroyed afterwards (its channel() still works, without a loop).
+// destroyed afterwards; until then its channel() still works, without a loop (start no
+// more asynchronous operations on it).
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
@@ -103,12 +114,15 @@ class AsioChannel {
     if (state_) asio_detail::State::close(std::move(state_));
   }
 
+  /// The adapter's executor: where the channel is used, and where handlers without an
+  /// executor of their own run.
   executor_type get_executor() const noexcept { return state_->executor(); }
 
   /// The channel, for what the adapter does not wrap (at_end(), unsent_bytes(),
   /// close_sending(Deadline::immediate()), stats). Use it on the adapter's executor only,
-  /// or while no thread runs the loop. Do not send through it while async_sends wait:
-  /// their order and completion count on the adapter being the only sender.
+  /// or while no thread runs the loop. Do not send through it while async_sends wait, or
+  /// while it holds unsent bytes when an async_send starts: an async_send counts the
+  /// messages ahead of it to know when it is written, and would complete early.
   Channel& channel() { return state_->channel(); }
 
   /// A message to build and pass to async_send(): building never waits (where the pool
