@@ -145,34 +145,29 @@ bool SenderCore::queue(OutgoingMessage& message, Deadline room_deadline) {
                 "an empty OutgoingMessage (already sent or moved from)");
   }
   auto* built = static_cast<PooledMessageBuilder*>(message.builder_.get());
-  if (built->pool() != pool_) {
-    // Built in another sender's pool, which cannot see this pipe's progress: the bytes
-    // must be copied rather than spliced (write_copy_now keeps a copy of what the pipe
-    // does not take). The builder goes back to its pool after.
-    auto segments = built->segments_for_output();
+  // Built in another sender's pool, which cannot see this pipe's progress: the bytes must
+  // be copied rather than spliced.
+  const bool foreign = built->pool() != pool_;
+  const bool shared = !foreign && built->in_shared_memory();
+  if (!foreign && !shared && shared_) shared_->retire_idle_arena();
+  auto segments = built->segments_for_output();
+  {
     std::lock_guard lock(mutex_);
-    if (!make_room_locked(frame_bytes(segments), room_deadline)) return false;
+    // A shared message puts only a small descriptor in the queue.
+    if (!make_room_locked(shared ? 0 : frame_bytes(segments), room_deadline)) return false;
   }
-  if (built->pool() != pool_) {
+  if (foreign) {
+    // write_copy_now keeps a copy of what the pipe does not take; the builder goes back
+    // to its pool after.
     const std::unique_ptr<capnp::MessageBuilder> owned = std::move(message.builder_);
-    write_copy_now(built->segments_for_output(), nullptr, std::nullopt, Deadline::immediate());
+    write_copy_now(segments, nullptr, std::nullopt, Deadline::immediate());
     return true;
   }
-  if (built->in_shared_memory()) {
-    {
-      std::lock_guard lock(mutex_);
-      if (!make_room_locked(0, room_deadline)) return false;
-    }
+  if (shared) {
     std::unique_ptr<PooledMessageBuilder> builder(
         static_cast<PooledMessageBuilder*>(message.builder_.release()));
     send_shared(std::move(builder), room_deadline);  // may wait for arena room, as building does
     return true;
-  }
-  if (shared_) shared_->retire_idle_arena();
-  auto segments = built->segments_for_output();
-  {
-    std::lock_guard lock(mutex_);
-    if (!make_room_locked(frame_bytes(segments), room_deadline)) return false;
   }
   std::unique_ptr<PooledMessageBuilder> builder(
       static_cast<PooledMessageBuilder*>(message.builder_.release()));
