@@ -254,14 +254,12 @@ ReceiveArena::ReceiveArena(std::uint32_t id, UniqueFd file, std::size_t capacity
   }
   reservation_ = MappedMemory::readable_reservation(arena_reservation_bytes(capacity), context);
   std::byte* at = reservation_.data() + kArenaGuardBytes;
-  try {
-    region_ = boost::interprocess::mapped_region(
-        DescriptorMapping{file.get()}, boost::interprocess::read_only, 0, capacity, at,
-        MAP_FIXED);
-  } catch (const boost::interprocess::interprocess_exception& error) {
-    throw Error(ErrorCode::SystemError, context,
-                std::string("mapping the peer's arena failed: ") + error.what(),
-                error.get_native_error());
+  // Mapped over the middle of the reservation, which alone unmaps it all at once. A
+  // mapping of its own (a mapped_region) unmapped itself first and left an arena-sized
+  // hole that another thread's new mapping (an arena being made) could land in, before
+  // the reservation's unmap took that mapping away too (a SIGSEGV in the soak test).
+  if (::mmap(at, capacity, PROT_READ, MAP_SHARED | MAP_FIXED, file.get(), 0) == MAP_FAILED) {
+    throw_system_error(context, "mmap (the peer's arena)");
   }
   data_ = at;
   // The mapping keeps the memory; the descriptor is not needed any more.

@@ -213,8 +213,9 @@ class ReceiveArena {
  private:
   const std::uint32_t id_;
   const std::size_t capacity_;
-  MappedMemory reservation_;  // guard, arena, guard: all readable, never writable
-  boost::interprocess::mapped_region region_;
+  /// Guard, arena, guard: all readable, never writable. The arena is mapped over its
+  /// middle, so unmapping the reservation releases everything in one call.
+  MappedMemory reservation_;
   const std::byte* data_ = nullptr;
 };
 
