@@ -88,7 +88,8 @@ WaitResult wait_for(int fd, short events, Deadline deadline, int interrupt_fd) {
 
 WaitResult spin_then_wait(int fd, short events, std::chrono::nanoseconds spin,
                           Deadline deadline, int interrupt_fd) {
-  if (spin.count() > 0) {
+  // A deadline already passed (a non-blocking call) looks once: no spin, no yield.
+  if (spin.count() > 0 && !deadline.expired()) {
     const auto stop = std::chrono::steady_clock::now() + spin;
     do {
       const WaitResult result = wait_for(fd, events, Deadline::immediate(), interrupt_fd);

@@ -11,6 +11,7 @@
 #include <new>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "capnsplice/error.h"
 #include "capnsplice/frame.h"
@@ -65,11 +66,15 @@ class ReceiverCore {
     for (;;) {
       if (auto message = take_buffered()) return std::move(*message);
       if (end_of_stream_) throw_end_of_stream();
-      if (read_more() != ReadOutcome::would_block) continue;
+      // After a read found the pipe empty (a try_receive() that returned nothing), wait
+      // first: poll() answers at once if bytes came since, and saves the empty read that
+      // a receive() after a drained try_receive() would otherwise make again.
+      if (!drained_ && read_more() != ReadOutcome::would_block) continue;
       if (shared_) shared_->release_retired();  // nothing to read: a good time to free
       switch (spin_then_wait(fd_.get(), POLLIN, options_.spin_before_block, deadline,
                              wake_fd_.get())) {
         case WaitResult::ready:
+          drained_ = false;  // read again
           break;
         case WaitResult::timed_out:
           throw Error(ErrorCode::Timeout, context_, "no message arrived before the deadline");
@@ -77,6 +82,11 @@ class ReceiverCore {
           if (closing_.load()) {  // the count stays: every waiter must wake
             throw Error(ErrorCode::InvalidArgument, context_,
                         "the receiver was destroyed while this receive waited");
+          }
+          // The read skipped above: bytes already there come first, and the interrupt
+          // stays for the next receive that blocks.
+          if (std::exchange(drained_, false) && read_more() != ReadOutcome::would_block) {
+            continue;
           }
           std::uint64_t count;
           static_cast<void>(::read(wake_fd_.get(), &count, sizeof count));
@@ -183,6 +193,7 @@ class ReceiverCore {
   std::optional<OwnFrame> own_;
   std::optional<SharedReceiver> shared_;  // with a control link: follows descriptors
   bool end_of_stream_ = false;
+  bool drained_ = false;  // the last read found the pipe empty
   ReceiverStats stats_;
 };
 
@@ -323,6 +334,7 @@ ReceiverCore::ReadOutcome ReceiverCore::read_more() {
     return ReadOutcome::would_block;
   }
   const long got = read_some(fd_.get(), splice_reads_, target, length, context_);
+  drained_ = got < 0;
   if (got < 0) return ReadOutcome::would_block;
   if (got == 0) {
     end_of_stream_ = true;

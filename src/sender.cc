@@ -68,6 +68,10 @@ void Sender::queue(OutgoingMessage&& message, Deadline deadline) {
   core_->sync_watch();  // a watcher learns that queued bytes wait for room
 }
 
+bool Sender::try_queue(OutgoingMessage&& message) {
+  return core_->queue(message, Deadline::immediate());
+}
+
 void Sender::flush() { flush(Deadline::after(core_->options().send_timeout)); }
 
 void Sender::flush(Deadline deadline) {

@@ -363,13 +363,15 @@ bool SenderCore::write_run(std::size_t& done, Deadline deadline, SigpipeGuard& g
   while (!run.empty()) {
     const std::size_t written = write_some(fd_.get(), method, run, context_, guard);
     if (written == 0) {
-      if (spin_then_wait(fd_.get(), POLLOUT, options_.spin_before_block, deadline) ==
-          WaitResult::timed_out) {
+      if (deadline.expired() ||
+          spin_then_wait(fd_.get(), POLLOUT, options_.spin_before_block, deadline) ==
+              WaitResult::timed_out) {
         cursor = run;
         return false;
       }
       continue;
     }
+    ++stats_.writes;
     const std::uint64_t stream_end =
         written_.fetch_add(written, std::memory_order_release) + written;
     run.advance(written);
@@ -378,6 +380,13 @@ bool SenderCore::write_run(std::size_t& done, Deadline deadline, SigpipeGuard& g
       partial_bytes_ -= queued_[done].bytes;
       retire(queued_[done], stream_end - partial_bytes_);
       ++done;
+    }
+    // Past the deadline (a non-blocking call: try_send, try_flush), one write that the
+    // pipe did not take whole is the end of it: a reader draining on another core would
+    // otherwise keep this call writing megabytes, far past what "now" means.
+    if (deadline.expired() && !run.empty()) {
+      cursor = run;
+      return false;
     }
   }
   cursor = run;

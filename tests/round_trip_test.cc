@@ -174,6 +174,26 @@ TEST_CASE("one try_receive takes a frame larger than one read once its bytes are
   CHECK_FALSE(far.try_receive().has_value());
 }
 
+TEST_CASE(
+    "a receive after a try_receive that found the pipe empty takes a message that came in "
+    "between at once, and a later one blocks until the next arrives") {
+  // After an empty read, receive() polls before it reads again (no second empty read):
+  // the poll must still see what came in between, and a deadline must still hold.
+  auto [near, far] = Channel::pair();
+  Random random(12);
+  CHECK_FALSE(far.try_receive().has_value());
+  send_blob(near, 1, 40, random);
+  CHECK(far.receive(Deadline::immediate()).root<test::Blob>().getSeq() == 1);
+  CHECK_FALSE(far.try_receive().has_value());
+  CHECK_THROWS_AS(far.receive(Deadline::immediate()), Error);
+  std::thread later([&near = near, &random] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    send_blob(near, 2, 40, random);
+  });
+  CHECK(far.receive_for(std::chrono::seconds(10)).root<test::Blob>().getSeq() == 2);
+  later.join();
+}
+
 TEST_CASE("one read brings many small messages") {
   auto [near, far] = Channel::pair();
   Random random(5);

@@ -20,7 +20,13 @@
 // How it works: the adapter watches a dup() of Channel::watch_fd() with
 // stream_descriptor::async_wait, only while something waits (a receive, a send, or bytes
 // still unsent). Each wake-up drains the channel: try_receive() into every waiting
-// receive, try_flush() and try_send() for the sends. Asio's epoll reactor is
+// receive, try_flush() for the sends. A send is taken into the channel's outgoing batch
+// when it starts (try_queue()) and written once per turn of the loop: the write is
+// posted behind the completion handlers the adapter has posted, so a handler that
+// answers each message it was given adds its answer to the same write, and the peer
+// wakes once for all of them. async_receive_batch() gives a handler every message that
+// is there in one completion, where async_receive() takes a turn of the loop for each:
+// the form for a host that serves many messages. Asio's epoll reactor is
 // edge-triggered, and a message already buffered in the receiver does not make the
 // descriptor readable, so nothing is left for a wake-up that would never come: every
 // operation first tries at once, and every wake-up takes all it can. The loop never
@@ -53,11 +59,13 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/dispatch.hpp>
+#include <algorithm>
 #include <exception>
 #include <memory>
 #include <system_error>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "capnsplice/asio/detail.h"
 #include "capnsplice/channel.h"
@@ -144,10 +152,31 @@ class AsioChannel {
           asio_detail::initiate<std::exception_ptr, ReceivedMessage>(
               state, std::forward<decltype(handler)>(handler),
               [](asio_detail::State& s, std::unique_ptr<asio_detail::ReceiveOp> op) {
-                s.start_receive(std::move(op));
+                s.start_receive({.one = std::move(op), .batch = nullptr, .max_messages = 1});
               });
         },
         token);  // an lvalue, as Asio's own operations pass it
+  }
+
+  /// Receives every message there is now, at least one (waiting for it like
+  /// async_receive) and at most `max_messages` (0 counts as 1). Completion signature
+  /// `void(std::exception_ptr, std::vector<ReceivedMessage>)`. The form for a loop that
+  /// serves many messages: one completion (one turn of the loop) for all that arrived
+  /// together, where async_receive takes a turn for each. The errors of async_receive,
+  /// with an empty vector; an error that comes after some messages waits for the next
+  /// receive, so no message is lost with it.
+  template <typename CompletionToken>
+  auto async_receive_batch(std::size_t max_messages, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken,
+                                       void(std::exception_ptr, std::vector<ReceivedMessage>)>(
+        [state = state_, max = std::max<std::size_t>(max_messages, 1)](auto&& handler) {
+          asio_detail::initiate<std::exception_ptr, std::vector<ReceivedMessage>>(
+              state, std::forward<decltype(handler)>(handler),
+              [max](asio_detail::State& s, std::unique_ptr<asio_detail::BatchReceiveOp> op) {
+                s.start_receive({.one = nullptr, .batch = std::move(op), .max_messages = max});
+              });
+        },
+        token);
   }
 
   /// Sends `message` (from new_message()). Completion signature

@@ -90,6 +90,11 @@ class Channel {
   void queue(OutgoingMessage&& message, Deadline deadline) {
     sender_.queue(std::move(message), deadline);
   }
+  /// Never blocks: into the batch (true) or refused, the message left with the caller
+  /// (false). try_flush() before waiting (Sender::try_queue).
+  [[nodiscard]] bool try_queue(OutgoingMessage&& message) {
+    return sender_.try_queue(std::move(message));
+  }
   void flush() { sender_.flush(); }
   void flush(Deadline deadline) { sender_.flush(deadline); }
   /// Writes what the pipe takes now; returns the bytes still unsent.

@@ -72,6 +72,9 @@ enum class SendStatus {
 struct SenderStats {
   std::uint64_t messages = 0;
   std::uint64_t bytes = 0;  ///< frame bytes written, segment tables included
+  /// System calls that put frame bytes into the pipe (writev or vmsplice): a batch of
+  /// messages written together counts once.
+  std::uint64_t writes = 0;
   std::uint64_t copied_messages = 0;
   std::uint64_t spliced_messages = 0;
   std::uint64_t dedicated_allocations = 0;  ///< requests the pool's ring could not serve
@@ -146,6 +149,13 @@ class Sender {
   /// reply.
   void queue(OutgoingMessage&& message);
   void queue(OutgoingMessage&& message, Deadline deadline);
+
+  /// Never blocks: takes `message` into the outgoing batch like queue() (true), or
+  /// refuses it when the queue holds max_unsent_bytes (false; `message` is still the
+  /// caller's). For a loop that takes several messages in one turn and then calls
+  /// try_flush() once: the batch goes out in one system call. A watcher of the channel
+  /// learns of the queued bytes only from that try_flush(): call it before waiting.
+  [[nodiscard]] bool try_queue(OutgoingMessage&& message);
 
   /// Writes every queued message, waiting for room until send_timeout or `deadline`.
   /// Timeout: what is left stays queued whole (unsent_bytes() says how much).

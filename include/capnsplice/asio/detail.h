@@ -55,6 +55,10 @@ inline std::exception_ptr aborted_error() {
 
 using Executor = boost::asio::any_io_executor;
 
+/// Completion handlers posted and not yet run (or destroyed unrun). The adapter writes
+/// its sends after them, so that what they send goes out together (State::flush_turn).
+using HandlersInFlight = std::shared_ptr<std::atomic<std::size_t>>;
+
 /// One waiting operation: a completion handler, with work counted on its executor.
 template <typename... Args>
 class Pending {
@@ -69,16 +73,20 @@ class Pending {
 template <typename Handler, typename... Args>
 class PendingHandler final : public Pending<Args...> {
  public:
-  PendingHandler(std::uint64_t id, Handler handler, const Executor& io_executor)
+  PendingHandler(std::uint64_t id, Handler handler, const Executor& io_executor,
+                 HandlersInFlight in_flight)
       : Pending<Args...>(id),
         work_(boost::asio::get_associated_executor(handler, io_executor)),
-        handler_(std::move(handler)) {}
+        handler_(std::move(handler)),
+        in_flight_(std::move(in_flight)) {}
   ~PendingHandler() override { detach_cancellation(); }
 
   void complete(Args... args) override {
     detach_cancellation();
+    in_flight_->fetch_add(1, std::memory_order_relaxed);
     boost::asio::post(work_.get_executor(),
-                      [handler = std::move(handler_), ... args = std::move(args)]() mutable {
+                      [handler = std::move(handler_), count = InFlightCount(in_flight_),
+                       ... args = std::move(args)]() mutable {
                         std::move(handler)(std::move(args)...);
                       });
     work_.reset();
@@ -100,15 +108,46 @@ class PendingHandler final : public Pending<Args...> {
 #endif
   }
 
+  /// Counts one posted handler until it has run or was destroyed unrun.
+  class InFlightCount {
+   public:
+    explicit InFlightCount(HandlersInFlight count) : count_(std::move(count)) {}
+    InFlightCount(InFlightCount&& other) noexcept = default;
+    InFlightCount(const InFlightCount&) = delete;
+    InFlightCount& operator=(const InFlightCount&) = delete;
+    InFlightCount& operator=(InFlightCount&&) = delete;
+    ~InFlightCount() {
+      if (count_) count_->fetch_sub(1, std::memory_order_relaxed);
+    }
+
+   private:
+    HandlersInFlight count_;
+  };
+
   boost::asio::executor_work_guard<boost::asio::associated_executor_t<Handler, Executor>> work_;
   Handler handler_;
+  HandlersInFlight in_flight_;
 #if CAPNSPLICE_ASIO_HAS_CANCELLATION_SLOTS
   boost::asio::associated_cancellation_slot_t<Handler> slot_;
 #endif
 };
 
 using ReceiveOp = Pending<std::exception_ptr, ReceivedMessage>;
+using BatchReceiveOp = Pending<std::exception_ptr, std::vector<ReceivedMessage>>;
 using SendOp = Pending<std::exception_ptr>;
+
+/// A waiting receive: of one message (async_receive) or of a batch (async_receive_batch).
+struct Receive {
+  std::unique_ptr<ReceiveOp> one;
+  std::unique_ptr<BatchReceiveOp> batch;
+  std::size_t max_messages = 1;
+
+  std::uint64_t id() const noexcept { return one ? one->id : batch->id; }
+  void fail(const std::exception_ptr& error) {
+    if (one) return one->complete(error, ReceivedMessage());
+    batch->complete(error, {});
+  }
+};
 
 class State;
 
@@ -155,26 +194,28 @@ class State : public std::enable_shared_from_this<State> {
   }
 
   const Executor& executor() const noexcept { return executor_; }
+  const HandlersInFlight& handlers_in_flight() const noexcept { return in_flight_; }
   Channel& channel() { return *channel_; }
   std::uint64_t next_id() noexcept { return next_id_.fetch_add(1, std::memory_order_relaxed); }
 
-  void start_receive(std::unique_ptr<ReceiveOp> op) {
-    if (!channel_) return op->complete(aborted_error(), ReceivedMessage());
-    receives_.push_back(std::move(op));
+  void start_receive(Receive receive) {
+    if (!channel_) return receive.fail(aborted_error());
+    receives_.push_back(std::move(receive));
     pump(false);
   }
 
   void start_send(std::unique_ptr<SendOp> op, OutgoingMessage message) {
     if (!channel_) return op->complete(aborted_error());
     sends_.push_back(Send{std::move(op), std::move(message), false, 0, nullptr});
-    pump(false);
+    take_sends();
+    schedule_flush();
   }
 
   /// Completes every pending operation with operation_aborted.
   void cancel_all() {
     auto receives = std::exchange(receives_, {});
     auto sends = std::exchange(sends_, {});
-    for (auto& op : receives) op->complete(aborted_error(), ReceivedMessage());
+    for (auto& receive : receives) receive.fail(aborted_error());
     for (auto& send : sends) send.op->complete(aborted_error());
   }
 
@@ -182,10 +223,10 @@ class State : public std::enable_shared_from_this<State> {
   /// message was taken is cancelled only when `taken_too` (its message still goes out).
   void cancel_one(std::uint64_t id, bool taken_too) {
     for (auto it = receives_.begin(); it != receives_.end(); ++it) {
-      if ((*it)->id != id) continue;
-      auto op = std::move(*it);
+      if (it->id() != id) continue;
+      Receive receive = std::move(*it);
       receives_.erase(it);
-      return op->complete(aborted_error(), ReceivedMessage());
+      return receive.fail(aborted_error());
     }
     for (auto it = sends_.begin(); it != sends_.end(); ++it) {
       if (it->op->id != id || (it->taken && !taken_too)) continue;
@@ -242,6 +283,9 @@ class State : public std::enable_shared_from_this<State> {
     std::exception_ptr error;  // failed; completes in its turn
   };
 
+  // A flush waits behind the handlers in flight at most this many times: with handlers
+  // of another executor it would otherwise keep going round this one's queue.
+  static constexpr int kMaxFlushDelays = 64;
   // Quiet wake-ups (nothing received, written or read) in a row before the adapter polls
   // on a timer instead: the descriptor can stay readable with nothing for us to do, e.g.
   // bytes or end of stream waiting for a receive while only a send waits.
@@ -252,66 +296,126 @@ class State : public std::enable_shared_from_this<State> {
     return "channel '" + channel_->name() + "': " + operation;
   }
 
-  /// Does all the channel allows now, then waits if something still waits.
+  /// Receives all the channel allows now; woken by the descriptor or the timer, also
+  /// writes what the pipe takes. Then waits if something still waits.
   void pump(bool woken) {
     const std::uint64_t reads = channel_->receiver().stats().reads;
-    bool progress = pump_sends();
-    progress |= pump_receives();
+    bool progress = pump_receives();
     progress |= channel_->receiver().stats().reads != reads;  // part of a message came
+    if (woken) progress |= write_sends();
+    note_progress(progress, woken);
+    wait();
+  }
+
+  void note_progress(bool progress, bool woken) {
     if (progress) {
       quiet_wakeups_ = 0;
       backoff_ = std::chrono::milliseconds(1);
     } else if (woken) {
       ++quiet_wakeups_;
     }
+  }
+
+  /// Sends are written once per turn of the loop, after the handlers already posted: a
+  /// handler that answers each message it receives then adds its answer to the same
+  /// batch, and the peer is woken once for all of them, not once per message.
+  void schedule_flush() {
+    if (flush_posted_) return;
+    flush_posted_ = true;
+    boost::asio::post(executor_, [self = shared_from_this()] { self->flush_turn(); });
+  }
+
+  void flush_turn() {
+    flush_posted_ = false;
+    if (!channel_) return;
+    if (in_flight_->load(std::memory_order_relaxed) > 0 && flush_delays_ < kMaxFlushDelays) {
+      ++flush_delays_;
+      return schedule_flush();  // behind them: what they send joins this batch
+    }
+    flush_delays_ = 0;
+    note_progress(write_sends(), false);
     wait();
   }
 
   bool pump_receives() {
     bool progress = false;
     while (!receives_.empty()) {
+      // The pipe was empty at the last read and no wake-up came since: reading again
+      // would only find it empty (a system call for nothing).
+      if (drained_ && !channel_->has_buffered_message()) break;
+      Receive& front = receives_.front();
+      std::vector<ReceivedMessage> batch;
       std::optional<ReceivedMessage> message;
-      std::exception_ptr error;  // the channel throws the same again for later receives
-      try {
-        message = channel_->try_receive();
-        if (!message && channel_->at_end()) {
-          error = std::make_exception_ptr(
-              Error(ErrorCode::PeerClosed, context("receive"), "peer closed its end"));
-        }
-      } catch (...) {
-        error = std::current_exception();
-      }
-      if (!message && !error) break;  // nothing now: wait
-      auto op = std::move(receives_.front());
+      std::exception_ptr error;
+      do {
+        message = try_receive(error);
+        if (message && front.batch) batch.push_back(std::move(*message));
+      } while (message && front.batch && batch.size() < front.max_messages);
+      if (!batch.empty()) error = nullptr;  // the channel reports it again next time
+      if (!message && batch.empty() && !error) break;  // nothing now: wait
+      Receive receive = std::move(front);
       receives_.pop_front();
-      op->complete(error, message ? std::move(*message) : ReceivedMessage());
+      if (receive.one) {
+        receive.one->complete(error, message ? std::move(*message) : ReceivedMessage());
+      } else {
+        receive.batch->complete(error, std::move(batch));
+      }
       progress = true;
     }
     return progress;
   }
 
-  bool pump_sends() {
-    Sender& sender = channel_->sender();
-    const std::size_t unsent_before = sender.unsent_bytes();
-    bool progress = false;
+  /// The next message if one is there; else nothing, with `error` set when none will
+  /// come (the channel throws the same again for later receives).
+  std::optional<ReceivedMessage> try_receive(std::exception_ptr& error) {
     try {
-      if (unsent_before > 0) sender.try_flush();
+      std::optional<ReceivedMessage> message = channel_->try_receive();
+      drained_ = !message;
+      if (!message && channel_->at_end()) {
+        error = std::make_exception_ptr(
+            Error(ErrorCode::PeerClosed, context("receive"), "peer closed its end"));
+      }
+      return message;
     } catch (...) {
-      send_error_ = std::current_exception();
+      error = std::current_exception();
+      return std::nullopt;
     }
+  }
+
+  /// Offers the channel every send it has not taken yet, in order, without writing
+  /// (but for the channel's own batch limit). True when it took or failed any.
+  bool take_sends() {
+    Sender& sender = channel_->sender();
+    bool progress = false;
     for (Send& send : sends_) {
       if (send.taken || send.error) continue;
       // With nothing unsent, every message taken so far is written: resynchronise.
       if (sender.unsent_bytes() == 0) taken_ = sender.written_messages();
       try {
-        const SendStatus status = sender.try_send(std::move(send.message));
-        if (status == SendStatus::queue_full) break;  // still ours; retry when writable
-        taken_ = status == SendStatus::sent ? sender.written_messages() : taken_ + 1;
+        if (!sender.try_queue(std::move(send.message))) break;  // still ours; retry later
         send.taken = true;
-        send.ticket = taken_;
+        send.ticket = ++taken_;
       } catch (...) {
         send.error = send_error_ = std::current_exception();
       }
+      progress = true;
+    }
+    return progress;
+  }
+
+  /// Writes what the pipe takes (taking the sends it then has room for) and completes
+  /// the sends that are done. True on any progress.
+  bool write_sends() {
+    Sender& sender = channel_->sender();
+    const std::size_t unsent_before = sender.unsent_bytes();
+    bool progress = false;
+    for (;;) {  // until no send is left that the flushed queue now has room for
+      try {
+        if (sender.unsent_bytes() > 0) sender.try_flush();
+      } catch (...) {
+        send_error_ = std::current_exception();
+      }
+      if (!take_sends()) break;
       progress = true;
     }
     // Complete in order: written, failed, or taken but dropped by the channel (nothing is
@@ -339,7 +443,7 @@ class State : public std::enable_shared_from_this<State> {
   /// Waits for the descriptor (or, after quiet wake-ups, a short timer) when a receive
   /// or a send waits or bytes are unsent; a cancelled send's taken message still goes out.
   void wait() {
-    if (waiting_ || !channel_) return;
+    if (waiting_ || flush_posted_ || !channel_) return;  // flush_turn() waits after
     if (receives_.empty() && sends_.empty() && channel_->unsent_bytes() == 0) return;
     waiting_ = true;
     auto self = shared_from_this();
@@ -356,10 +460,11 @@ class State : public std::enable_shared_from_this<State> {
 
   void woken(boost::system::error_code ec, bool by_descriptor) {
     waiting_ = false;
+    drained_ = false;
     if (!channel_ || ec == boost::asio::error::operation_aborted) return;  // shut down
     if (ec) {  // the reactor failed on our descriptor: nothing more can be waited for
       const auto error = std::make_exception_ptr(std::system_error(ec.value(), std::generic_category(), context("wait")));
-      for (auto& op : std::exchange(receives_, {})) op->complete(error, ReceivedMessage());
+      for (auto& receive : std::exchange(receives_, {})) receive.fail(error);
       for (auto& send : std::exchange(sends_, {})) send.op->complete(error);
       return;
     }
@@ -370,11 +475,15 @@ class State : public std::enable_shared_from_this<State> {
   std::optional<Channel> channel_;
   std::optional<boost::asio::posix::stream_descriptor> watcher_;  // dup of watch_fd()
   std::optional<boost::asio::steady_timer> timer_;                // backoff
-  std::deque<std::unique_ptr<ReceiveOp>> receives_;
+  std::deque<Receive> receives_;
   std::deque<Send> sends_;
   std::uint64_t taken_ = 0;  // messages the sender took, as far as this adapter knows
   std::exception_ptr send_error_;
   bool waiting_ = false;
+  bool flush_posted_ = false;
+  bool drained_ = false;  // try_receive() found nothing; no wake-up since
+  int flush_delays_ = 0;
+  HandlersInFlight in_flight_ = std::make_shared<std::atomic<std::size_t>>(0);
   int quiet_wakeups_ = 0;
   std::chrono::milliseconds backoff_{1};
   std::atomic<std::uint64_t> next_id_{1};
@@ -420,7 +529,7 @@ template <typename... Args, typename Handler, typename Start>
 void initiate(const std::shared_ptr<State>& state, Handler&& handler, Start start) {
   using Op = PendingHandler<std::decay_t<Handler>, Args...>;
   auto op = std::make_unique<Op>(state->next_id(), std::forward<Handler>(handler),
-                                 state->executor());
+                                 state->executor(), state->handlers_in_flight());
 #if CAPNSPLICE_ASIO_HAS_CANCELLATION_SLOTS
   op->attach_cancellation(CancelOne{state, op->id});
 #endif
