@@ -18,7 +18,8 @@ bool is_transport(const std::string& name) {
 }
 
 void select_workloads(const std::string& list, CommandLine& line) {
-  line.throughput = line.round_trip = line.rss = line.large_messages = line.host = false;
+  line.throughput = line.round_trip = line.rss = line.large_messages = line.host =
+      line.nonblocking = false;
   for (const std::string& name : split(list, ',')) {
     if (name == "throughput") {
       line.throughput = true;
@@ -30,9 +31,11 @@ void select_workloads(const std::string& list, CommandLine& line) {
       line.large_messages = true;
     } else if (name == "host") {
       line.host = true;
+    } else if (name == "nonblocking") {
+      line.nonblocking = true;
     } else {
       throw UsageError("unknown workload '" + name +
-                       "' (known: throughput, rtt, rss, latency, host)");
+                       "' (known: throughput, rtt, rss, latency, host, nonblocking)");
     }
   }
 }
@@ -139,13 +142,21 @@ Workloads:
               p99 and max; the longest single step of the loop), the host's peak
               RSS, descriptors and CPU. CSV metrics host_<figure>_n<N>; --sizes
               applies, --transports does not
+  nonblocking a capnsplice sender that must never block (issue 12: no call
+              over 1 ms): try_send of 64 B to 16 MiB messages (every path) at
+              random, poll on watch_fd and try_flush when refused, against a
+              reader that sleeps 0-20 ms before one message in four; 2 s (--quick
+              1 s). Each library call timed (new_message, try_send, try_flush; not
+              the filling of the message): p50 / p99 / p99.9 / max, calls over
+              1 ms, the longest of each kind. CSV metrics nonblocking_<figure>,
+              message_bytes 0; --sizes and --transports do not apply
 
 Options:
   --quick             short runs (under a minute); the demo uses it
   --transports LIST   comma-separated, e.g. capnsplice,capnp-socketpair
   --sizes LIST        payload sizes for every workload, e.g. 64,4K,1MiB
-  --workloads LIST    any of throughput,rtt,rss,latency,host (rss alone still
-                      runs throughput)
+  --workloads LIST    any of throughput,rtt,rss,latency,host,nonblocking (rss
+                      alone still runs throughput)
   --plugins LIST      plugin counts of the host workload, e.g. 1,16,256
   --csv FILE          rows transport,message_bytes,metric,value
   --plot FILE.png     throughput against payload size, one line per transport

@@ -24,6 +24,7 @@ struct CommandLine {
   bool rss = true;
   bool large_messages = true;
   bool host = true;
+  bool nonblocking = true;
 };
 
 /// A command line that cannot be followed; what() says why.

@@ -1,17 +1,15 @@
 #include "host_workload.h"
 
-#include <kj/exception.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
 
+#include "fresh_process.h"
 #include "results.h"
 #include "runner.h"
 #include "units.h"
@@ -43,69 +41,27 @@ int open_fds() {
   return count - 1;  // the directory's own descriptor
 }
 
-/// What a host process hands back, in memory shared with the benchmark's process.
-struct HostReport {
-  HostOutcome outcome;
-  char error[480];
-};
-
-class SharedHostReport {
- public:
-  SharedHostReport() {
-    void* memory = ::mmap(nullptr, sizeof(HostReport), PROT_READ | PROT_WRITE,
-                          MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (memory == MAP_FAILED) throw std::runtime_error("mmap of the host report failed");
-    report_ = new (memory) HostReport{};
-  }
-  ~SharedHostReport() { ::munmap(report_, sizeof(HostReport)); }
-  SharedHostReport(const SharedHostReport&) = delete;
-  SharedHostReport& operator=(const SharedHostReport&) = delete;
-
-  HostReport& get() { return *report_; }
-
- private:
-  HostReport* report_;
-};
-
-/// The body of the host process.
-int serve(const HostImplementation& host, const HostPlan& plan, HostReport& report) {
-  const auto fail = [&](const char* what) {
-    std::snprintf(report.error, sizeof report.error, "%s", what);
-    return 1;
-  };
-  // 256 plugins take over 1500 descriptors in the capnsplice host: more than the usual
-  // soft limit of 1024.
+/// 256 plugins take over 1500 descriptors in the capnsplice host: more than the usual
+/// soft limit of 1024. Raised in the host process only.
+void raise_descriptor_limit() {
   rlimit files{};
   if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
     files.rlim_cur = files.rlim_max;
     ::setrlimit(RLIMIT_NOFILE, &files);
-  }
-  try {
-    report.outcome = host.run(plan);
-    return 0;
-  } catch (const std::exception& error) {
-    return fail(error.what());
-  } catch (const kj::Exception& error) {
-    return fail(error.getDescription().cStr());
   }
 }
 
 /// Runs one host in a fresh process; the outcome, or throws with the reason.
 HostOutcome measure(const HostImplementation& host, const HostPlan& plan,
                     std::chrono::seconds timeout) {
-  SharedHostReport shared;
-  HostReport& report = shared.get();
-  ChildProcess child = ChildProcess::spawn([&] { return serve(host, plan, report); });
-  const Clock::time_point deadline = Clock::now() + timeout;
-  if (wait_for_event(std::span(&child, 1), -1, deadline) == ChildEvent::timed_out) {
-    child.kill_and_reap();
-    throw std::runtime_error("timed out after " + std::to_string(timeout.count()) + " s");
-  }
-  if (!child.succeeded()) {
-    throw std::runtime_error(report.error[0] != '\0' ? report.error : child.describe_exit());
-  }
-  if (report.outcome.replies == 0) throw std::runtime_error("no reply was counted");
-  return report.outcome;
+  const HostOutcome outcome = run_in_fresh_process<HostOutcome>(
+      [&] {
+        raise_descriptor_limit();
+        return host.run(plan);
+      },
+      timeout);
+  if (outcome.replies == 0) throw std::runtime_error("no reply was counted");
+  return outcome;
 }
 
 void record(const std::string& host, const HostPlan& plan, const HostOutcome& outcome,
@@ -179,7 +135,8 @@ const std::vector<HostImplementation>& host_implementations() {
   static const std::vector<HostImplementation> hosts = {
       {"capnsplice-asio",
        "capnsplice channels (library defaults) on the Boost.Asio adapter: async_send of "
-       "each request, one async_receive at a time per plugin, callbacks",
+       "each request (the adapter writes one turn's requests together), one "
+       "async_receive_batch at a time per plugin (every reply there is), callbacks",
        run_capnsplice_asio_host},
       {"capnp-socketpair-epoll",
        "one AF_UNIX socketpair per plugin, plain capnp (writeMessage into a per-plugin "

@@ -3,8 +3,8 @@
 // main() turns the command line into a list of jobs (transport x workload x size x
 // wait mode), runs them (runner.h: each one in fresh processes, measurement.h) and
 // prints the tables (report.h). The host workload (one thread serving N plugin processes)
-// runs after them, on its own (host_workload.h). `--help` explains the options; see also
-// issues 4 and 12.
+// runs after them, on its own (host_workload.h), then the non-blocking sender
+// (nonblocking_sender.h). `--help` explains the options; see also issues 4 and 12.
 #include <algorithm>
 #include <csignal>
 #include <iostream>
@@ -13,6 +13,7 @@
 #include "host_workload.h"
 #include "machine.h"
 #include "measurement.h"
+#include "nonblocking_sender.h"
 #include "report.h"
 #include "runner.h"
 #include "threshold_sweep.h"
@@ -113,6 +114,7 @@ ReportLayout plan_layout(const CommandLine& line, const std::vector<const Transp
   layout.round_trip = line.round_trip;
   layout.rss = line.rss;
   layout.host = line.host;
+  layout.nonblocking = line.nonblocking;
   layout.host_plugins = !line.plugins.empty() ? line.plugins
                         : line.quick          ? kQuickHostPlugins
                                               : kHostPlugins;
@@ -153,6 +155,9 @@ int run(const CommandLine& line) {
   if (layout.host) {
     run_host_workload(layout.host_plugins, layout.host_sizes, layout.host_plan, settings.timeout,
                       results);
+  }
+  if (layout.nonblocking) {
+    run_nonblocking_workload({.duration = settings.nonblocking_time}, settings.timeout, results);
   }
 
   print_markdown(std::cout, results, layout);

@@ -31,10 +31,12 @@ struct ReportLayout {
   std::vector<std::size_t> host_plugins;  ///< plugin counts of the host workload
   std::vector<std::size_t> host_sizes;    ///< its request payloads
   HostPlan host_plan;                     ///< its window, reply size and times
+  bool nonblocking = true;                ///< the non-blocking sender's section
 };
 
 /// Throughput, messages/s, round-trip and RSS tables with ratios against
-/// capnp-socketpair, the host workload's against its socketpair host, then the failures.
+/// capnp-socketpair, the host workload's against its socketpair host, the non-blocking
+/// sender's figures, then the failures.
 void print_markdown(std::ostream& out, const Results& results, const ReportLayout& layout);
 
 /// Rows "transport,message_bytes,metric,value" with a header line. Throws on I/O errors.

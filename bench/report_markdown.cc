@@ -1,6 +1,8 @@
+#include <algorithm>
 #include <functional>
 #include <optional>
 
+#include "nonblocking_sender.h"
 #include "report.h"
 #include "transport.h"
 #include "units.h"
@@ -263,6 +265,61 @@ void print_host(std::ostream& out, const Results& results, const ReportLayout& l
   });
 }
 
+/// The non-blocking sender: one row of figures, and the target met or not.
+void print_nonblocking(std::ostream& out, const Results& results) {
+  namespace m = nonblocking_metric;
+  const auto figure = [&](const char* metric) {
+    return results.find(kNonblockingTransport, 0, metric).value_or(0);
+  };
+  const auto number = [&](const char* metric) { return format_significant(figure(metric)); };
+  const auto count = [&](const char* metric) {
+    return std::to_string(static_cast<long long>(figure(metric)));
+  };
+  const auto joined = [](const std::vector<std::string>& parts) {
+    std::string text;
+    for (const std::string& part : parts) text += (text.empty() ? "" : " · ") + part;
+    return text;
+  };
+  std::vector<std::string> sizes(kNonblockingMessageSizes.size());
+  std::transform(kNonblockingMessageSizes.begin(), kNonblockingMessageSizes.end(), sizes.begin(),
+                 size_label);
+  out << "\n## Non-blocking sender\n\nA capnsplice sender (library defaults) offers messages "
+         "of random sizes ("
+      << joined(sizes) << ": every path) to try_send(), each built with "
+      << "new_message(Deadline::immediate()); when refused, it sleeps in poll() on watch_fd() "
+         "until the pipe has room and calls try_flush(). Its reader, another process, sleeps "
+         "0-20 ms before one message in four. Each library call is timed on its own, in µs; "
+         "filling the message (fill_chunk) is the application's work and is not timed, and "
+         "with it the allocation of the payload's segments (new_message() only makes the "
+         "builder).";
+  if (!results.find(kNonblockingTransport, 0, m::kCalls)) {
+    out << "\n\nNo figures: the run failed (see Failures).\n";
+    return;
+  }
+  out << " One run of " << number(m::kSeconds) << " s:\n\n";
+  const std::vector<std::string> columns = {
+      "calls", "p50", "p99", "p99.9", "max", "over 1 ms",
+      "longest new_message · try_send · try_flush", "messages · MB/s",
+      "try_send queued · refused", "copied · spliced · shared"};
+  const std::vector<std::string> row = {
+      count(m::kCalls), number(m::kCallP50), number(m::kCallP99), number(m::kCallP999),
+      number(m::kCallMax), count(m::kCallsOver1ms),
+      joined({number(m::kLongestNewMessage), number(m::kLongestTrySend),
+              number(m::kLongestTryFlush)}),
+      joined({count(m::kMessages), number(m::kPayloadMBps)}),
+      joined({count(m::kSendsQueued), count(m::kSendsRefused)}),
+      joined({count(m::kCopiedMessages), count(m::kSplicedMessages), count(m::kSharedMessages)})};
+  print_table(out, "sender", columns, {kNonblockingTransport}, {row});
+  out << "\ntarget: no call over 1 ms — ";
+  if (figure(m::kCallsOver1ms) == 0) {
+    out << "met in this run.\n";
+  } else {
+    out << "not met in this run: " << count(m::kCallsOver1ms) << " call(s) over 1 ms, the longest "
+        << number(m::kCallMax) << " µs (one run on a shared machine: a call the scheduler "
+        << "preempted counts too).\n";
+  }
+}
+
 void print_failures(std::ostream& out, const Results& results) {
   if (results.failures().empty()) return;
   out << "\n## Failures\n\n";
@@ -300,6 +357,7 @@ void print_markdown(std::ostream& out, const Results& results, const ReportLayou
     print_large_messages(out, results, layout);
   }
   if (layout.host && !layout.host_plugins.empty()) print_host(out, results, layout);
+  if (layout.nonblocking) print_nonblocking(out, results);
   print_failures(out, results);
 }
 

@@ -32,6 +32,8 @@ struct RunSettings {
   // Host workload: each (host, plugins, size) once, after a warm-up.
   std::chrono::milliseconds host_warmup;
   std::chrono::milliseconds host_time;
+  // Non-blocking sender: one run, building new messages for this long.
+  std::chrono::milliseconds nonblocking_time;
   /// A measurement still running after this is killed and reported as failed.
   std::chrono::seconds timeout;
 
@@ -72,6 +74,7 @@ inline constexpr RunSettings kFullRun{.name = "full",
                                       .large_message_min_messages = 5,
                                       .host_warmup = std::chrono::milliseconds(500),
                                       .host_time = std::chrono::milliseconds(2000),
+                                      .nonblocking_time = std::chrono::milliseconds(2000),
                                       .timeout = std::chrono::seconds(30)};
 
 /// --quick: one short run each, for the demo.
@@ -88,6 +91,7 @@ inline constexpr RunSettings kQuickRun{.name = "quick",
                                        .large_message_min_messages = 3,
                                        .host_warmup = std::chrono::milliseconds(200),
                                        .host_time = std::chrono::milliseconds(500),
+                                       .nonblocking_time = std::chrono::milliseconds(1000),
                                        .timeout = std::chrono::seconds(20)};
 
 }  // namespace bench

@@ -1,9 +1,10 @@
 // The "host" workload on capnsplice: one capnsplice Channel per plugin (library
 // defaults), served on one thread by the Boost.Asio adapter (capnsplice/asio.h).
 //
-// Per plugin the host keeps plan.window requests in flight: each reply, taken by one
-// async_receive at a time, is checked and answered with a new request through
-// async_send. Requests are built in the channel's pool (new_message() never waits).
+// Per plugin the host keeps plan.window requests in flight: the replies, taken by one
+// async_receive_batch at a time (all that are there), are checked and each answered
+// with a new request through async_send; the adapter writes the requests of one turn of
+// the loop together. Requests are built in the channel's pool (new_message() never waits).
 // The loop's 1 ms tick (HostSession) is a steady_timer on the same io_context.
 //
 // The plugin is the same as the socketpair one, on a Channel: a blocking receive(),
@@ -76,17 +77,24 @@ class PluginClient {
     });
   }
 
+  /// Takes every reply there is in one completion, as the epoll host reads all it can.
   void receive_reply() {
-    channel_.async_receive([this](std::exception_ptr error, capnsplice::ReceivedMessage reply) {
-      if (error) return fail(error);
-      if (check_chunk(reply.root<Chunk>()) != next_reply_++) {
-        return fail(std::make_exception_ptr(std::runtime_error("a reply came out of order")));
-      }
-      session_.count_reply();
-      send_request();
-      receive_reply();
-    });
+    channel_.async_receive_batch(
+        kMaxRepliesAtOnce,
+        [this](std::exception_ptr error, std::vector<capnsplice::ReceivedMessage> replies) {
+          if (error) return fail(error);
+          for (capnsplice::ReceivedMessage& reply : replies) {
+            if (check_chunk(reply.root<Chunk>()) != next_reply_++) {
+              return fail(std::make_exception_ptr(std::runtime_error("a reply came out of order")));
+            }
+            session_.count_reply();
+            send_request();
+          }
+          receive_reply();
+        });
   }
+
+  static constexpr std::size_t kMaxRepliesAtOnce = 64;
 
   void fail(std::exception_ptr error) {
     if (!failure_) failure_ = error;
