@@ -124,6 +124,21 @@ TEST_CASE("a message sent with a KJ promise is received with one, and the reply 
   CHECK(b.pending_sends() == 0);
 }
 
+TEST_CASE("the messages sent in one turn of the loop leave together, in one write, at its end") {
+  Loop loop;
+  auto [near, far] = Channel::pair(ChannelOptions().with_name("kj").with_send_path(SendPath::copy));
+  KjChannel a(loop.port(), std::move(near));
+  kj::Vector<kj::Promise<void>> sends;
+  for (std::uint64_t seq = 0; seq < 8; ++seq) sends.add(a.send(blob_message(a.channel(), seq, 100)));
+  CHECK_FALSE(far.try_receive().has_value());  // nothing written while this turn runs
+  loop.wait(kj::joinPromises(sends.releaseAsArray()));
+  CHECK(a.channel().sender().stats().writes == 1);
+  for (std::uint64_t seq = 0; seq < 8; ++seq) {
+    ReceivedMessage got = far.receive_for(5s);
+    check_blob(got, seq, 100);
+  }
+}
+
 TEST_CASE("a burst of 1000 messages is all received although the watch is edge-triggered") {
   // After one wake-up, the rest of the burst sits in the channel with nothing more to
   // arrive: an adapter that waited for the descriptor before reading again would stall.

@@ -19,11 +19,12 @@
 // How it works: the adapter watches a duplicate of Channel::watch_fd() (an epoll descriptor
 // that no capnsplice call ever closes) with one kj::UnixEventPort::FdObserver. KJ's
 // observers are edge-triggered, so after every wake-up the adapter does all there is to do:
-// it writes what the pipe takes (try_flush), hands queued messages over (try_send), and
-// receives (try_receive) until the channel is empty or no receive() is waiting. Nothing
-// here blocks the loop: messages are built with Deadline::immediate() and sent with
-// try_send(); a message the channel's outgoing queue has no room for waits in the adapter,
-// whole, until the reader makes room.
+// it writes what the pipe takes (try_flush), hands waiting messages over (try_queue), and
+// receives (try_receive) until the channel is empty or no receive() is waiting. Sends are
+// written at the end of the loop's turn (kj::evalLast), so the messages one turn sends
+// leave in one write. Nothing here blocks the loop: messages are built with
+// Deadline::immediate() and taken with try_queue(); a message the channel's outgoing
+// queue has no room for waits in the adapter, whole, until the reader makes room.
 //
 // Errors come as kj::Exceptions: DISCONNECTED when the peer is gone (end of stream,
 // PeerClosed, TruncatedMessage) or the adapter was destroyed, FAILED for any other
@@ -130,7 +131,8 @@ class KjChannel {
 
   /// Sends `message` (built with channel().new_message(Deadline::immediate()), which never
   /// waits); resolves once it is written whole into the pipe. Never blocks: the message is
-  /// handed to the channel with try_send(); when the channel's outgoing queue is full
+  /// handed to the channel with try_queue() and written at the end of this turn of the
+  /// loop, with the turn's other sends; when the channel's outgoing queue is full
   /// (max_unsent_bytes) the adapter keeps it, whole, and retries when the reader makes
   /// room. Several sends may be pending; they go out and resolve in the order of the
   /// send() calls. Keep the number of pending sends bounded by waiting for them: they
@@ -154,7 +156,7 @@ class KjChannel {
     auto pending = kj::newPromiseAndFulfiller<void>();
     outgoing_.push_back(Outgoing{Outgoing::Kind::message, std::move(message), false, true, 0,
                                  kj::mv(pending.fulfiller)});
-    pump();
+    pump_at_end_of_turn();
     return kj::mv(pending.promise);
   }
 
@@ -272,6 +274,18 @@ class KjChannel {
     if (wants_wake()) arm();
   }
 
+  // Sends are written once per turn of the loop (kj::evalLast: after every event already
+  // queued), so that the answers a turn produces leave in one write and wake the peer
+  // once, not once per message.
+  void pump_at_end_of_turn() {
+    if (pump_scheduled_) return;
+    pump_scheduled_ = true;
+    tasks_.add(kj::evalLast([this]() {
+      pump_scheduled_ = false;
+      pump();
+    }));
+  }
+
   void arm() {
     if (armed_) return;
     armed_ = true;
@@ -340,22 +354,25 @@ class KjChannel {
 
   // --- Sending -----------------------------------------------------------------------
 
+  // Writes what the pipe takes, settles what is written, and hands the channel the
+  // messages it has room for, again until nothing changes: what it took in one round is
+  // written by the next round's try_flush, together.
   void pump_sends() {
-    if (send_error_ != nullptr) return;
-    try {
-      if (channel_.unsent_bytes() > 0) channel_.try_flush();
-    } catch (const Error& error) {
-      fail_sends(to_kj(error));
-      return;
-    }
-    // Settling can let a close_sending() waiting behind the last sends go.
-    do settle_taken();
-    while (take_messages());
+    do {
+      if (send_error_ != nullptr) return;
+      try {
+        if (channel_.unsent_bytes() > 0) channel_.try_flush();
+      } catch (const Error& error) {
+        fail_sends(to_kj(error));
+        return;
+      }
+      settle_taken();  // can let a close_sending() waiting behind the last sends go
+    } while (take_messages());
   }
 
-  // Hands the adapter's waiting messages to the channel, in order, while it takes them,
-  // and closes when a close_sending() comes next with everything before it written.
-  // Returns whether anything changed.
+  // Hands the adapter's waiting messages to the channel's outgoing batch (try_queue: not
+  // written yet), in order, while it has room, and closes when a close_sending() comes
+  // next with everything before it written. Returns whether anything changed.
   bool take_messages() {
     bool changed = false;
     std::size_t next = 0;
@@ -390,9 +407,9 @@ class KjChannel {
         exact_ = channel_.unsent_bytes() == 0;
         if (exact_) taken_ = channel_.sender().written_messages();
       }
-      SendStatus status;
+      bool queued = false;
       try {
-        status = channel_.try_send(std::move(entry.message));
+        queued = channel_.try_queue(std::move(entry.message));
       } catch (const Error& error) {
         if (!message_error(error)) {
           fail_sends(to_kj(error));
@@ -403,7 +420,7 @@ class KjChannel {
         changed = true;
         continue;
       }
-      if (status == SendStatus::queue_full) return changed;  // kept whole; retried with room
+      if (!queued) return changed;  // the queue is full: kept whole; retried with room
       entry.taken = true;
       entry.ticket = ++taken_;
       entry.exact = exact_;
@@ -457,6 +474,7 @@ class KjChannel {
   bool exact_ = true;
   kj::Maybe<kj::Exception> send_error_;      // final: the sending side failed
   bool armed_ = false;                       // a whenBecomesReadable() is pending
+  bool pump_scheduled_ = false;              // a pump at the end of this turn is queued
   TaskErrors task_errors_;
   kj::TaskSet tasks_;                        // the watch; destroyed first
 };
