@@ -119,6 +119,8 @@ class ReceiverCore {
   /// started when held messages filled the ring) has received nothing yet.
   bool at_end() const noexcept { return end_of_stream_ && unread_bytes() == 0; }
 
+  bool emptied_pipe() const noexcept { return emptied_pipe_; }
+
   bool has_buffered_message() {
     if (own_) return own_->probe.header_complete && own_->have == own_->needed;
     const std::size_t available = static_cast<std::size_t>(head_ - parse_);
@@ -193,7 +195,8 @@ class ReceiverCore {
   std::optional<OwnFrame> own_;
   std::optional<SharedReceiver> shared_;  // with a control link: follows descriptors
   bool end_of_stream_ = false;
-  bool drained_ = false;  // the last read found the pipe empty
+  bool drained_ = false;       // the last read found the pipe empty
+  bool emptied_pipe_ = false;  // the last read found it empty or took all there was
   ReceiverStats stats_;
 };
 
@@ -331,10 +334,13 @@ ReceiverCore::ReadOutcome ReceiverCore::read_more() {
   length = std::min(length, kMaxReadBytes);
   if (poll_before_read_ &&
       wait_for(fd_.get(), POLLIN, Deadline::immediate()) == WaitResult::timed_out) {
+    emptied_pipe_ = true;
     return ReadOutcome::would_block;
   }
   const long got = read_some(fd_.get(), splice_reads_, target, length, context_);
   drained_ = got < 0;
+  // A pipe read returns what is there up to the length asked: less means it is empty now.
+  emptied_pipe_ = got < 0 || static_cast<std::size_t>(got) < length;
   if (got < 0) return ReadOutcome::would_block;
   if (got == 0) {
     end_of_stream_ = true;
@@ -380,6 +386,7 @@ ReceivedMessage Receiver::receive(Deadline deadline) { return core_->receive(dea
 std::optional<ReceivedMessage> Receiver::try_receive() { return core_->try_receive(); }
 bool Receiver::has_buffered_message() { return core_->has_buffered_message(); }
 bool Receiver::at_end() const noexcept { return core_->at_end(); }
+bool Receiver::emptied_pipe() const noexcept { return core_->emptied_pipe(); }
 int Receiver::fd() const noexcept { return core_->fd(); }
 ReceiverStats Receiver::stats() const { return core_->stats(); }
 

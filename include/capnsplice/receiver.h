@@ -87,6 +87,12 @@ class Receiver {
   /// After poll() says readable, call try_receive() until it returns empty.
   bool has_buffered_message();
 
+  /// True when the last read left the pipe empty: it found nothing, or took less than it
+  /// asked for. Until more bytes arrive (which a watcher of the descriptor learns), a
+  /// try_receive() finds only what has_buffered_message() says is there; an event loop
+  /// can stop draining here rather than pay for a read that finds nothing.
+  bool emptied_pipe() const noexcept;
+
   /// Wakes the thread blocked in receive() on this receiver, or else the next receive()
   /// that would block, exactly once: it throws Interrupted. Interrupts made meanwhile
   /// count as one. Safe to call from any thread.

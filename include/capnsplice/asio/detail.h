@@ -350,11 +350,13 @@ class State : public std::enable_shared_from_this<State> {
       do {
         message = try_receive(error);
         if (message && front.batch) batch.push_back(std::move(*message));
-      } while (message && front.batch && batch.size() < front.max_messages);
+      } while (message && front.batch && batch.size() < front.max_messages &&
+               !nothing_more_now());
       if (!batch.empty()) error = nullptr;  // the channel reports it again next time
       if (!message && batch.empty() && !error) break;  // nothing now: wait
       Receive receive = std::move(front);
       receives_.pop_front();
+      nothing_more_now();  // the next receive then waits without an empty read
       if (receive.one) {
         receive.one->complete(error, message ? std::move(*message) : ReceivedMessage());
       } else {
@@ -365,12 +367,23 @@ class State : public std::enable_shared_from_this<State> {
     return progress;
   }
 
+  /// True when a read since the last wake-up left the pipe empty and no whole message is
+  /// buffered: another try_receive() would only find the pipe empty. Remembered in
+  /// drained_ until the next wake-up (whatever arrives after that read makes one).
+  bool nothing_more_now() {
+    if (!drained_ && channel_->receiver().stats().reads != reads_at_wake_ &&
+        channel_->receiver().emptied_pipe() && !channel_->has_buffered_message()) {
+      drained_ = true;
+    }
+    return drained_;
+  }
+
   /// The next message if one is there; else nothing, with `error` set when none will
   /// come (the channel throws the same again for later receives).
   std::optional<ReceivedMessage> try_receive(std::exception_ptr& error) {
     try {
       std::optional<ReceivedMessage> message = channel_->try_receive();
-      drained_ = !message;
+      if (!message) drained_ = true;  // it read, after the last wake-up, and found nothing
       if (!message && channel_->at_end()) {
         error = std::make_exception_ptr(
             Error(ErrorCode::PeerClosed, context("receive"), "peer closed its end"));
@@ -461,6 +474,7 @@ class State : public std::enable_shared_from_this<State> {
   void woken(boost::system::error_code ec, bool by_descriptor) {
     waiting_ = false;
     drained_ = false;
+    reads_at_wake_ = channel_ ? channel_->receiver().stats().reads : 0;
     if (!channel_ || ec == boost::asio::error::operation_aborted) return;  // shut down
     if (ec) {  // the reactor failed on our descriptor: nothing more can be waited for
       const auto error = std::make_exception_ptr(std::system_error(ec.value(), std::generic_category(), context("wait")));
@@ -481,7 +495,8 @@ class State : public std::enable_shared_from_this<State> {
   std::exception_ptr send_error_;
   bool waiting_ = false;
   bool flush_posted_ = false;
-  bool drained_ = false;  // try_receive() found nothing; no wake-up since
+  bool drained_ = false;  // the pipe was empty at a read since the last wake-up
+  std::uint64_t reads_at_wake_ = 0;  // the receiver's reads when the last wake-up came
   int flush_delays_ = 0;
   HandlersInFlight in_flight_ = std::make_shared<std::atomic<std::size_t>>(0);
   int quiet_wakeups_ = 0;
