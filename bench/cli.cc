@@ -18,7 +18,7 @@ bool is_transport(const std::string& name) {
 }
 
 void select_workloads(const std::string& list, CommandLine& line) {
-  line.throughput = line.round_trip = line.rss = line.large_messages = line.host =
+  line.throughput = line.round_trip = line.rss = line.large_messages = line.host = line.many =
       line.nonblocking = false;
   for (const std::string& name : split(list, ',')) {
     if (name == "throughput") {
@@ -31,13 +31,29 @@ void select_workloads(const std::string& list, CommandLine& line) {
       line.large_messages = true;
     } else if (name == "host") {
       line.host = true;
+    } else if (name == "many") {
+      line.many = true;
     } else if (name == "nonblocking") {
       line.nonblocking = true;
     } else {
       throw UsageError("unknown workload '" + name +
-                       "' (known: throughput, rtt, rss, latency, host, nonblocking)");
+                       "' (known: throughput, rtt, rss, latency, host, many, nonblocking)");
     }
   }
+}
+
+/// "1,16,256" as counts from 1 to `most`; `what` names one in the error.
+std::vector<std::size_t> parse_counts(const std::string& list, const char* what, std::size_t most) {
+  std::vector<std::size_t> counts;
+  for (const std::string& text : split(list, ',')) {
+    const auto count = parse_size(text);
+    if (!count || *count < 1 || *count > most) {
+      throw UsageError(std::string(what) + " '" + text + "' is not a number from 1 to " +
+                       std::to_string(most));
+    }
+    counts.push_back(*count);
+  }
+  return counts;
 }
 
 /// "  name                text of the description, wrapped at 80 columns with the
@@ -85,19 +101,15 @@ CommandLine parse_command_line(int argc, char** argv) {
     } else if (option == "--sizes") {
       for (const std::string& text : split(value(), ',')) {
         const auto size = parse_size(text);
-        if (!size || *size < 8 || *size > 64 * 1024 * 1024) {
+        if (!size || *size < 8 || *size > std::size_t{64} << 20) {
           throw UsageError("size '" + text + "' is not a byte count from 8 to 64 MiB");
         }
         line.sizes.push_back(*size);
       }
     } else if (option == "--plugins") {
-      for (const std::string& text : split(value(), ',')) {
-        const auto count = parse_size(text);
-        if (!count || *count < 1 || *count > 4096) {
-          throw UsageError("plugin count '" + text + "' is not a number from 1 to 4096");
-        }
-        line.plugins.push_back(*count);
-      }
+      line.plugins = parse_counts(value(), "plugin count", 4096);
+    } else if (option == "--channels") {
+      line.channels = parse_counts(value(), "channel count", 65536);
     } else if (option == "--workloads") {
       select_workloads(value(), line);
     } else {
@@ -142,6 +154,15 @@ Workloads:
               p99 and max; the longest single step of the loop), the host's peak
               RSS, descriptors and CPU. CSV metrics host_<figure>_n<N>; --sizes
               applies, --transports does not
+  many        N channel pairs between one host process and one child (N = 1, 64,
+              1000; --quick 1, 64, 256): the host streams round-robin over all of
+              them (512 B and 64 KiB payloads, one size per row; ~1 s, --quick
+              0.3 s, after one warm-up round), the child receives in that order and
+              answers the end with its count; capnsplice channels against
+              socketpairs with plain capnp framing. Messages/s and MB/s, the host's
+              RSS (made, after the stream, after 1.5 s idle; per pair), its
+              descriptors per pair and the time to make one pair. CSV metrics
+              many_<figure>_n<N>; --sizes applies, --transports does not
   nonblocking a capnsplice sender that must never block (issue 12: no call
               over 1 ms): try_send of 64 B to 16 MiB messages (every path) at
               random, poll on watch_fd and try_flush when refused, against a
@@ -155,9 +176,10 @@ Options:
   --quick             short runs (under a minute); the demo uses it
   --transports LIST   comma-separated, e.g. capnsplice,capnp-socketpair
   --sizes LIST        payload sizes for every workload, e.g. 64,4K,1MiB
-  --workloads LIST    any of throughput,rtt,rss,latency,host,nonblocking (rss
-                      alone still runs throughput)
+  --workloads LIST    any of throughput,rtt,rss,latency,host,many,nonblocking
+                      (rss alone still runs throughput)
   --plugins LIST      plugin counts of the host workload, e.g. 1,16,256
+  --channels LIST     channel counts of the many workload, e.g. 1,64,1000
   --csv FILE          rows transport,message_bytes,metric,value
   --plot FILE.png     throughput against payload size, one line per transport
                       (gnuplot; python3-matplotlib when gnuplot is missing)

@@ -19,11 +19,13 @@ struct CommandLine {
   std::vector<std::string> transports;  ///< empty: every transport
   std::vector<std::size_t> sizes;       ///< empty: each workload's default sizes
   std::vector<std::size_t> plugins;     ///< host workload; empty: the default counts
+  std::vector<std::size_t> channels;    ///< many workload; empty: the default counts
   bool throughput = true;
   bool round_trip = true;
   bool rss = true;
   bool large_messages = true;
   bool host = true;
+  bool many = true;
   bool nonblocking = true;
 };
 

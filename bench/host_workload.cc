@@ -1,15 +1,11 @@
 #include "host_workload.h"
 
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <cmath>
-#include <ctime>
-#include <filesystem>
-#include <fstream>
 #include <stdexcept>
 
 #include "fresh_process.h"
+#include "process_figures.h"
 #include "results.h"
 #include "runner.h"
 #include "units.h"
@@ -17,39 +13,6 @@
 namespace bench {
 
 namespace {
-
-double process_cpu_seconds() {
-  timespec now{};
-  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
-  return static_cast<double>(now.tv_sec) + static_cast<double>(now.tv_nsec) / 1e9;
-}
-
-/// "VmHWM:   12345 kB" from /proc/self/status, in MiB.
-double peak_rss_mib() {
-  std::ifstream status("/proc/self/status");
-  for (std::string line; std::getline(status, line);) {
-    if (line.starts_with("VmHWM:")) return std::stod(line.substr(6)) / 1024.0;
-  }
-  return 0;
-}
-
-int open_fds() {
-  int count = 0;
-  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
-    ++count;
-  }
-  return count - 1;  // the directory's own descriptor
-}
-
-/// 256 plugins take over 1500 descriptors in the capnsplice host: more than the usual
-/// soft limit of 1024. Raised in the host process only.
-void raise_descriptor_limit() {
-  rlimit files{};
-  if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
-    files.rlim_cur = files.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &files);
-  }
-}
 
 /// Runs one host in a fresh process; the outcome, or throws with the reason.
 HostOutcome measure(const HostImplementation& host, const HostPlan& plan,
@@ -126,7 +89,7 @@ HostOutcome HostSession::outcome() const {
   }
   outcome.longest_step_ms = std::chrono::duration<double, std::milli>(longest_step_).count();
   outcome.steps_over_1ms = steps_over_1ms_;
-  outcome.peak_rss_mib = peak_rss_mib();
+  outcome.peak_rss_mib = status_mib("VmHWM:");
   outcome.open_fds = open_fds() - static_cast<int>(plugins_);  // not the harness's pidfds
   return outcome;
 }
@@ -154,27 +117,18 @@ std::string host_metric(const char* figure, std::size_t plugins) {
 void run_host_workload(const std::vector<std::size_t>& plugin_counts,
                        const std::vector<std::size_t>& request_sizes, const HostPlan& base,
                        std::chrono::seconds timeout, Results& results) {
-  const std::vector<HostImplementation>& hosts = host_implementations();
-  ProgressLine progress(plugin_counts.size() * request_sizes.size() * hosts.size());
-  for (std::size_t plugins : plugin_counts) {
-    for (std::size_t size : request_sizes) {
-      for (const HostImplementation& host : hosts) {
+  std::vector<std::string> names;
+  for (const HostImplementation& host : host_implementations()) names.emplace_back(host.name);
+  run_count_sweep(
+      {"host", "plugins", "requests"}, names, plugin_counts, request_sizes,
+      [&](std::size_t way, std::size_t plugins, std::size_t size) {
+        const HostImplementation& host = host_implementations()[way];
         HostPlan plan = base;
         plan.plugins = plugins;
         plan.request_bytes = size;
-        const std::string what = std::string(host.name) + " host, " + std::to_string(plugins) +
-                                 " plugins, " + size_label(size) + " requests";
-        progress.show(what);
-        try {
-          record(host.name, plan, measure(host, plan, timeout), results);
-        } catch (const std::exception& error) {
-          progress.fail(what, error.what(), 0);
-          results.add_failure({host.name, size,
-                               "host (" + std::to_string(plugins) + " plugins)", error.what()});
-        }
-      }
-    }
-  }
+        record(host.name, plan, measure(host, plan, timeout), results);
+      },
+      results);
 }
 
 }  // namespace bench

@@ -3,8 +3,9 @@
 // main() turns the command line into a list of jobs (transport x workload x size x
 // wait mode), runs them (runner.h: each one in fresh processes, measurement.h) and
 // prints the tables (report.h). The host workload (one thread serving N plugin processes)
-// runs after them, on its own (host_workload.h), then the non-blocking sender
-// (nonblocking_sender.h). `--help` explains the options; see also issues 4 and 12.
+// runs after them, on its own (host_workload.h), then many channels between two
+// processes (many_workload.h), then the non-blocking sender (nonblocking_sender.h).
+// `--help` explains the options; see also issues 4, 12 and 13.
 #include <algorithm>
 #include <csignal>
 #include <iostream>
@@ -12,6 +13,7 @@
 #include "cli.h"
 #include "host_workload.h"
 #include "machine.h"
+#include "many_workload.h"
 #include "measurement.h"
 #include "nonblocking_sender.h"
 #include "report.h"
@@ -23,17 +25,26 @@ namespace bench {
 
 namespace {
 
-const std::vector<std::size_t> kThroughputSizes = {64,        1024,        4096,
-                                                   64 * 1024, 1024 * 1024, 16 * 1024 * 1024};
+const std::vector<std::size_t> kThroughputSizes = {64, 1024, 4096, 64 << 10, 1 << 20, 16 << 20};
 const std::vector<std::size_t> kRoundTripSizes = {64, 4096};
 const std::vector<std::size_t> kLargeMessageSizes = {std::size_t{1} << 20, std::size_t{16} << 20,
                                                      std::size_t{256} << 20, std::size_t{1} << 30};
-const std::vector<std::size_t> kHostRequestSizes = {512, 64 * 1024};
+const std::vector<std::size_t> kHostRequestSizes = {512, 64 << 10};
 const std::vector<std::size_t> kHostPlugins = {1, 16, 256};
 const std::vector<std::size_t> kQuickHostPlugins = {1, 16, 64};
+const std::vector<std::size_t> kManyPayloadSizes = {512, 64 << 10};
+const std::vector<std::size_t> kManyChannels = {1, 64, 1000};
+const std::vector<std::size_t> kQuickManyChannels = {1, 64, 256};
 /// --quick leaves out the 1 GiB message (its building alone takes most of a second).
 const std::vector<std::size_t> kQuickLargeMessageSizes = {
     std::size_t{1} << 20, std::size_t{16} << 20, std::size_t{256} << 20};
+
+/// The counts or sizes the command line gave, else the run's defaults.
+const std::vector<std::size_t>& given_or(const std::vector<std::size_t>& given, bool quick,
+                                         const std::vector<std::size_t>& quick_default,
+                                         const std::vector<std::size_t>& full_default) {
+  return !given.empty() ? given : quick ? quick_default : full_default;
+}
 
 std::vector<const Transport*> selected_transports(const CommandLine& line) {
   std::vector<const Transport*> selected;
@@ -95,9 +106,8 @@ ReportLayout plan_layout(const CommandLine& line, const std::vector<const Transp
                          const RunSettings& settings) {
   ReportLayout layout;
   layout.large_messages = line.large_messages;
-  layout.large_message_sizes = !line.sizes.empty() ? line.sizes
-                               : line.quick        ? kQuickLargeMessageSizes
-                                                   : kLargeMessageSizes;
+  layout.large_message_sizes =
+      given_or(line.sizes, line.quick, kQuickLargeMessageSizes, kLargeMessageSizes);
   for (const Transport* transport : transports) {
     if (transport->supports_large_messages) {
       layout.large_message_transports.push_back(transport->name);
@@ -115,12 +125,15 @@ ReportLayout plan_layout(const CommandLine& line, const std::vector<const Transp
   layout.rss = line.rss;
   layout.host = line.host;
   layout.nonblocking = line.nonblocking;
-  layout.host_plugins = !line.plugins.empty() ? line.plugins
-                        : line.quick          ? kQuickHostPlugins
-                                              : kHostPlugins;
+  layout.host_plugins = given_or(line.plugins, line.quick, kQuickHostPlugins, kHostPlugins);
   layout.host_sizes = line.sizes.empty() ? kHostRequestSizes : line.sizes;
   layout.host_plan.warmup = settings.host_warmup;
   layout.host_plan.measure = settings.host_time;
+  layout.many = line.many;
+  layout.many_channels = given_or(line.channels, line.quick, kQuickManyChannels, kManyChannels);
+  layout.many_sizes = line.sizes.empty() ? kManyPayloadSizes : line.sizes;
+  layout.many_plan.stream = settings.many_time;
+  layout.many_plan.idle = settings.many_idle;
   for (const Transport* transport : transports) layout.transports.push_back(transport->name);
   for (WaitMode wait : {WaitMode::block, WaitMode::spin}) {
     for (const Transport* transport : transports) {
@@ -154,6 +167,10 @@ int run(const CommandLine& line) {
   run_jobs(plan_jobs(transports, layout), settings, results);
   if (layout.host) {
     run_host_workload(layout.host_plugins, layout.host_sizes, layout.host_plan, settings.timeout,
+                      results);
+  }
+  if (layout.many) {
+    run_many_workload(layout.many_channels, layout.many_sizes, layout.many_plan, settings.timeout,
                       results);
   }
   if (layout.nonblocking) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "host_workload.h"
+#include "many_workload.h"
 #include "results.h"
 
 namespace bench {
@@ -31,12 +32,16 @@ struct ReportLayout {
   std::vector<std::size_t> host_plugins;  ///< plugin counts of the host workload
   std::vector<std::size_t> host_sizes;    ///< its request payloads
   HostPlan host_plan;                     ///< its window, reply size and times
-  bool nonblocking = true;                ///< the non-blocking sender's section
+  bool many = true;
+  std::vector<std::size_t> many_channels;  ///< channel counts of the many workload
+  std::vector<std::size_t> many_sizes;     ///< its payloads
+  ManyPlan many_plan;                      ///< its times
+  bool nonblocking = true;                 ///< the non-blocking sender's section
 };
 
 /// Throughput, messages/s, round-trip and RSS tables with ratios against
-/// capnp-socketpair, the host workload's against its socketpair host, the non-blocking
-/// sender's figures, then the failures.
+/// capnp-socketpair, the host and many-channels workloads' against their socketpair
+/// ways, the non-blocking sender's figures, then the failures.
 void print_markdown(std::ostream& out, const Results& results, const ReportLayout& layout);
 
 /// Rows "transport,message_bytes,metric,value" with a header line. Throws on I/O errors.
@@ -46,6 +51,9 @@ void write_csv(const std::string& path, const Results& results);
 /// python3 with matplotlib when gnuplot is missing. Throws when neither works.
 void write_plot(const std::string& path, const Results& results, const ReportLayout& layout,
                 const std::string& subtitle);
+
+/// The many-channels workload's tables (report_many.cc).
+void print_many(std::ostream& out, const Results& results, const ReportLayout& layout);
 
 /// A markdown table: `cells[r][c]` under `columns`, each row led by `rows[r]`.
 void print_table(std::ostream& out, const std::string& corner,

@@ -4,6 +4,7 @@
 
 #include "nonblocking_sender.h"
 #include "report.h"
+#include "report_cells.h"
 #include "transport.h"
 #include "units.h"
 
@@ -11,48 +12,9 @@ namespace bench {
 
 namespace {
 
-/// Formats one figure of one cell, e.g. "9.81 GB/s".
-using Formatter = std::function<std::string(double)>;
-
-/// Cells for one metric: the value of (transport, size) with its ratio against the
-/// baseline transport, "9.81 GB/s (2.90x)"; "failed" or "–" when there is no value.
-class CellMaker {
- public:
-  CellMaker(const Results& results, std::string metric, Formatter format)
-      : results_(results), metric_(std::move(metric)), format_(std::move(format)) {}
-
-  std::string operator()(const std::string& transport, std::size_t bytes,
-                         const std::string& baseline) const {
-    const std::optional<double> value = results_.find(transport, bytes, metric_);
-    if (!value) return missing(transport, bytes);
-    return format_(*value) + ratio(transport, bytes, baseline);
-  }
-
-  /// " (2.90x)": the value against the baseline's; "" when either is missing.
-  std::string ratio(const std::string& transport, std::size_t bytes,
-                    const std::string& baseline) const {
-    const std::optional<double> value = results_.find(transport, bytes, metric_);
-    const std::optional<double> base = results_.find(baseline, bytes, metric_);
-    if (!value || !base || *base <= 0) return "";
-    return " (" + format_ratio(*value / *base) + ")";
-  }
-
-  /// "failed" when the measurement failed, "–" when it was not made.
-  std::string missing(const std::string& transport, std::size_t bytes) const {
-    for (const Failure& failure : results_.failures()) {
-      if (failure.transport == transport && failure.message_bytes == bytes) return "failed";
-    }
-    return "–";
-  }
-
- private:
-  const Results& results_;
-  std::string metric_;
-  Formatter format_;
-};
-
 std::vector<std::string> size_labels(const std::vector<std::size_t>& sizes) {
   std::vector<std::string> labels;
+  labels.reserve(sizes.size());
   for (std::size_t size : sizes) labels.push_back(size_label(size));
   return labels;
 }
@@ -189,57 +151,30 @@ void print_large_messages(std::ostream& out, const Results& results, const Repor
                             metric::kOneWayLatencyEvictedP99);
 }
 
-/// The host workload: rows "N plugins · size", one column per host, `cell` for each.
-void print_host_table(std::ostream& out, const ReportLayout& layout,
-                      const std::function<std::string(const std::string& host, std::size_t plugins,
-                                                      std::size_t size)>& cell) {
-  std::vector<std::string> columns, rows;
-  for (const HostImplementation& host : host_implementations()) columns.push_back(host.name);
-  std::vector<std::vector<std::string>> cells;
-  for (std::size_t plugins : layout.host_plugins) {
-    for (std::size_t size : layout.host_sizes) {
-      rows.push_back(std::to_string(plugins) + " · " + size_label(size));
-      std::vector<std::string>& row = cells.emplace_back();
-      for (const std::string& host : columns) row.push_back(cell(host, plugins, size));
-    }
-  }
-  print_table(out, "plugins · request", columns, rows, cells);
-}
-
 void print_host(std::ostream& out, const Results& results, const ReportLayout& layout) {
-  const std::string baseline = host_implementations().back().name;
+  std::vector<std::string> columns;
+  for (const HostImplementation& host : host_implementations()) columns.emplace_back(host.name);
+  const CountTable table(results, columns, host_metric, layout.host_plugins, layout.host_sizes);
   const HostPlan& plan = layout.host_plan;
-  out << "\n## Host: one thread serves N plugin processes (ratio to " << baseline
+  const char* const corner = "plugins · request";
+  out << "\n## Host: one thread serves N plugin processes (ratio to " << table.baseline()
       << ")\n\nEach plugin is kept " << plan.window << " requests in flight and answers each "
       << "with a " << size_label(plan.reply_bytes) << " reply; each row is one run of ~"
       << plan.measure.count() << " ms after " << plan.warmup.count()
       << " ms of warm-up, the host in a fresh process, the plugins its children, all on this "
          "machine's cores. Replies per second, with the request payload rate:\n\n";
-  // One CellMaker per figure: the figure's metric name carries the plugin count.
-  const auto cells = [&](const char* figure, Formatter format) {
-    return [&results, &baseline, figure, format](const std::string& host, std::size_t plugins,
-                                                 std::size_t size) {
-      return CellMaker(results, host_metric(figure, plugins), format)(host, size, baseline);
-    };
-  };
-  const auto find = [&](const std::string& host, std::size_t size, const char* figure,
-                        std::size_t plugins) {
-    return results.find(host, size, host_metric(figure, plugins));
-  };
-  const auto replies = cells(host_figure::kRepliesPerSecond, format_rate);
-  print_host_table(out, layout, [&](const std::string& host, std::size_t plugins, std::size_t size) {
-    const auto gbps = find(host, size, host_figure::kRequestGbps, plugins);
-    const std::string cell = replies(host, plugins, size);
-    return gbps ? cell + " · " + format_significant(*gbps) + " GB/s" : cell;
-  });
+  table.print(
+      out, corner,
+      table.cells_with(host_figure::kRepliesPerSecond, format_rate, host_figure::kRequestGbps,
+                       [](double gbps) { return format_significant(gbps) + " GB/s"; }));
   out << "\nLoop stall: how late the host loop's 1 ms timer ran, ms p99 / max (ratio of p99; "
          "lower is better); then the longest single step of the loop, ms, and how many steps "
          "took over 1 ms:\n\n";
-  const auto stall = cells(host_figure::kStallP99, format_significant);
-  print_host_table(out, layout, [&](const std::string& host, std::size_t plugins, std::size_t size) {
-    const auto max = find(host, size, host_figure::kStallMax, plugins);
-    const auto step = find(host, size, host_figure::kLongestStep, plugins);
-    const auto long_steps = find(host, size, host_figure::kStepsOver1ms, plugins);
+  const auto stall = table.cells(host_figure::kStallP99, format_significant);
+  table.print(out, corner, [&](const std::string& host, std::size_t plugins, std::size_t size) {
+    const auto max = table.find(host, plugins, size, host_figure::kStallMax);
+    const auto step = table.find(host, plugins, size, host_figure::kLongestStep);
+    const auto long_steps = table.find(host, plugins, size, host_figure::kStepsOver1ms);
     std::string cell = stall(host, plugins, size);
     if (max) cell += " / " + format_significant(*max);
     if (step && long_steps) {
@@ -252,11 +187,11 @@ void print_host(std::ostream& out, const Results& results, const ReportLayout& l
          "of the plugins not counted), CPU while measured (share of one core, and per reply); "
          "a forked process that does nothing peaks at "
       << format_significant(layout.idle_child_rss_mib) << " MiB:\n\n";
-  const auto rss = cells(host_figure::kPeakRss, format_significant);
-  print_host_table(out, layout, [&](const std::string& host, std::size_t plugins, std::size_t size) {
-    const auto fds = find(host, size, host_figure::kOpenFds, plugins);
-    const auto cpu = find(host, size, host_figure::kHostCpu, plugins);
-    const auto per_reply = find(host, size, host_figure::kHostCpuPerReply, plugins);
+  const auto rss = table.cells(host_figure::kPeakRss, format_significant);
+  table.print(out, corner, [&](const std::string& host, std::size_t plugins, std::size_t size) {
+    const auto fds = table.find(host, plugins, size, host_figure::kOpenFds);
+    const auto cpu = table.find(host, plugins, size, host_figure::kHostCpu);
+    const auto per_reply = table.find(host, plugins, size, host_figure::kHostCpuPerReply);
     std::string cell = rss(host, plugins, size);
     if (fds) cell += " · " + std::to_string(static_cast<long>(*fds)) + " fds";
     if (cpu) cell += " · CPU " + format_significant(*cpu * 100) + "%";
@@ -346,6 +281,19 @@ void print_table(std::ostream& out, const std::string& corner,
   }
 }
 
+void CountTable::print(std::ostream& out, const std::string& corner, const Cell& cell) const {
+  std::vector<std::string> rows;
+  std::vector<std::vector<std::string>> cells;
+  for (std::size_t count : counts_) {
+    for (std::size_t size : sizes_) {
+      rows.push_back(std::to_string(count) + " · " + size_label(size));
+      std::vector<std::string>& row = cells.emplace_back();
+      for (const std::string& column : columns_) row.push_back(cell(column, count, size));
+    }
+  }
+  print_table(out, corner, columns_, rows, cells);
+}
+
 void print_markdown(std::ostream& out, const Results& results, const ReportLayout& layout) {
   if (layout.throughput) {
     print_throughput(out, results, layout);
@@ -357,6 +305,7 @@ void print_markdown(std::ostream& out, const Results& results, const ReportLayou
     print_large_messages(out, results, layout);
   }
   if (layout.host && !layout.host_plugins.empty()) print_host(out, results, layout);
+  if (layout.many && !layout.many_channels.empty()) print_many(out, results, layout);
   if (layout.nonblocking) print_nonblocking(out, results);
   print_failures(out, results);
 }

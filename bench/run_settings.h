@@ -32,6 +32,9 @@ struct RunSettings {
   // Host workload: each (host, plugins, size) once, after a warm-up.
   std::chrono::milliseconds host_warmup;
   std::chrono::milliseconds host_time;
+  // Many channels: each (way, channels, size) once, streaming this long, then idle.
+  std::chrono::milliseconds many_time;
+  std::chrono::milliseconds many_idle;
   // Non-blocking sender: one run, building new messages for this long.
   std::chrono::milliseconds nonblocking_time;
   /// A measurement still running after this is killed and reported as failed.
@@ -74,6 +77,8 @@ inline constexpr RunSettings kFullRun{.name = "full",
                                       .large_message_min_messages = 5,
                                       .host_warmup = std::chrono::milliseconds(500),
                                       .host_time = std::chrono::milliseconds(2000),
+                                      .many_time = std::chrono::milliseconds(1000),
+                                      .many_idle = std::chrono::milliseconds(1500),
                                       .nonblocking_time = std::chrono::milliseconds(2000),
                                       .timeout = std::chrono::seconds(30)};
 
@@ -91,6 +96,8 @@ inline constexpr RunSettings kQuickRun{.name = "quick",
                                        .large_message_min_messages = 3,
                                        .host_warmup = std::chrono::milliseconds(200),
                                        .host_time = std::chrono::milliseconds(500),
+                                       .many_time = std::chrono::milliseconds(300),
+                                       .many_idle = std::chrono::milliseconds(1500),
                                        .nonblocking_time = std::chrono::milliseconds(1000),
                                        .timeout = std::chrono::seconds(20)};
 

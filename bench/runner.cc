@@ -28,6 +28,7 @@ const char* workload_name(Workload workload) {
 double median_of(std::vector<MeasurementResult>& runs,
                  const std::function<double(const MeasurementResult&)>& field) {
   std::vector<double> values;
+  values.reserve(runs.size());
   for (const MeasurementResult& run : runs) values.push_back(field(run));
   std::sort(values.begin(), values.end());
   return values[values.size() / 2];
@@ -133,6 +134,31 @@ void run_jobs(const std::vector<Job>& jobs, const RunSettings& settings, Results
     } else {
       results.add_failure(
           {job.row_name(), job.payload_bytes, workload_name(job.workload), failure});
+    }
+  }
+}
+
+void run_count_sweep(
+    const CountSweep& sweep, const std::vector<std::string>& ways,
+    const std::vector<std::size_t>& counts, const std::vector<std::size_t>& sizes,
+    const std::function<void(std::size_t way, std::size_t count, std::size_t size)>& measure,
+    Results& results) {
+  ProgressLine progress(counts.size() * sizes.size() * ways.size());
+  for (std::size_t count : counts) {
+    const std::string counted = std::to_string(count) + " " + sweep.counted;
+    for (std::size_t size : sizes) {
+      for (std::size_t way = 0; way < ways.size(); ++way) {
+        const std::string what = ways[way] + " " + sweep.workload + ", " + counted + ", " +
+                                 size_label(size) + " " + sweep.sized;
+        progress.show(what);
+        try {
+          measure(way, count, size);
+        } catch (const std::exception& error) {
+          progress.fail(what, error.what(), 0);
+          results.add_failure(
+              {ways[way], size, std::string(sweep.workload) + " (" + counted + ")", error.what()});
+        }
+      }
     }
   }
 }

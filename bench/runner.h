@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,23 @@ class ProgressLine {
   std::size_t step_ = 0;
   bool terminal_;
 };
+
+/// A workload measured per count (plugins, channels) and payload size, for each of
+/// several ways of doing it; the words of its progress lines and failures.
+struct CountSweep {
+  const char* workload;  ///< "host": "capnsplice-asio host, 16 plugins, 512 B requests"
+  const char* counted;   ///< "plugins"
+  const char* sized;     ///< "requests"
+};
+
+/// Calls `measure` for every count, size and way (its index in `ways`; in that nesting)
+/// with a progress line; one that throws is reported there and added to `results` as a
+/// failure of (the way's name, size).
+void run_count_sweep(
+    const CountSweep& sweep, const std::vector<std::string>& ways,
+    const std::vector<std::size_t>& counts, const std::vector<std::size_t>& sizes,
+    const std::function<void(std::size_t way, std::size_t count, std::size_t size)>& measure,
+    Results& results);
 
 /// Runs every job (throughput jobs settings.throughput_repetitions times, keeping the
 /// median), prints "[k/n] transport size workload" to stderr as it goes, and adds the

@@ -6,7 +6,10 @@
 #include <unistd.h>
 
 #include "capnsplice/error.h"
+#include "channel_maker.h"
 #include "control_link.h"
+#include "control_pair.h"
+#include "pipe_capacity.h"
 #include "pipe_io.h"
 
 namespace capnsplice {
@@ -17,17 +20,35 @@ std::string context_of(const std::string& name, const char* operation) {
   return "channel '" + name + "': " + operation;
 }
 
+/// A pipe capnsplice made, and what is known of its ends without asking the kernel.
 struct Pipe {
   UniqueFd read_end;
   UniqueFd write_end;
+  detail::DescriptorFacts read_facts;
+  detail::DescriptorFacts write_facts;
 };
 
-Pipe make_pipe(const ChannelOptions& options) {
+/// A pipe at the kernel's default capacity: its sender raises it when traffic needs it
+/// (pipe_capacity.h). The read end stays blocking (a plain Cap'n Proto reader may take
+/// it); the write end is made non-blocking when `sender_here`, for send timeouts.
+Pipe make_pipe(const ChannelOptions& options, bool sender_here) {
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) throw_system_error(context_of(options.name, "create"), "pipe2");
-  Pipe pipe{UniqueFd(fds[0]), UniqueFd(fds[1])};
-  detail::set_pipe_capacity(pipe.write_end.get(), options.pipe_bytes);
+  Pipe pipe{UniqueFd(fds[0]), UniqueFd(fds[1]), {}, {}};
+  // pipe2 left no status flag set: O_NONBLOCK is all there is to set, nothing to read.
+  if (sender_here && ::fcntl(fds[1], F_SETFL, O_NONBLOCK) != 0) {
+    throw_system_error(context_of(options.name, "create"), "fcntl(O_NONBLOCK)");
+  }
+  detail::shrink_new_pipe(fds[1], options.pipe_bytes);
+  pipe.read_facts = {O_RDONLY, true, false, 0};
+  pipe.write_facts = {O_WRONLY | (sender_here ? O_NONBLOCK : 0), true, true, options.pipe_bytes};
   return pipe;
+}
+
+std::shared_ptr<detail::ControlLink> link_of(UniqueFd control_fd, const ChannelOptions& options) {
+  if (!control_fd) return nullptr;
+  return std::make_shared<detail::ControlLink>(std::move(control_fd),
+                                               context_of(options.name, "control"));
 }
 
 /// The control socket pair. Left blocking: the link uses MSG_DONTWAIT, and a peer
@@ -42,39 +63,69 @@ std::pair<UniqueFd, UniqueFd> make_control_pair(const ChannelOptions& options) {
 
 }  // namespace
 
-Channel Channel::from_fds(UniqueFd receive_fd, UniqueFd send_fd, const ChannelOptions& options,
-                          bool keep_blocking, UniqueFd control_fd) {
-  if (!keep_blocking) detail::set_nonblocking(send_fd.get(), context_of(options.name, "create"));
-  std::shared_ptr<detail::ControlLink> link;
-  if (control_fd) {
-    link = std::make_shared<detail::ControlLink>(std::move(control_fd),
-                                                 context_of(options.name, "control"));
-  }
-  Sender sender(std::move(send_fd), options.sender, context_of(options.name, "send"), link);
+namespace detail {
+
+Channel ChannelMaker::make(UniqueFd receive_fd, const DescriptorFacts& receive_facts,
+                           UniqueFd send_fd, const DescriptorFacts& send_facts,
+                           const ChannelOptions& options, std::shared_ptr<ControlLink> link) {
+  Sender sender(std::move(send_fd), options.sender, context_of(options.name, "send"), link,
+                &send_facts);
   Receiver receiver(std::move(receive_fd), options.receiver, context_of(options.name, "receive"),
-                    link);
+                    std::move(link), &receive_facts);
   return Channel(std::move(sender), std::move(receiver), options.name);
 }
 
+Channel ChannelMaker::adopt(UniqueFd receive_fd, UniqueFd send_fd, const ChannelOptions& options,
+                            UniqueFd control_fd) {
+  const std::string context = context_of(options.name, "create");
+  const DescriptorFacts receive_facts = probe_descriptor(receive_fd.get(), context);
+  DescriptorFacts send_facts = probe_descriptor(send_fd.get(), context);
+  set_nonblocking(send_fd.get(), send_facts, context);
+  send_facts.raisable = true;  // capnsplice made it, in the parent or the host
+  send_facts.pipe_bytes = options.pipe_bytes;
+  return make(std::move(receive_fd), receive_facts, std::move(send_fd), send_facts, options,
+              link_of(std::move(control_fd), options));
+}
+
+}  // namespace detail
+
+Channel Channel::from_fds(UniqueFd receive_fd, UniqueFd send_fd, const ChannelOptions& options,
+                          bool keep_blocking, UniqueFd control_fd) {
+  // The application's descriptors: asked what they are, their capacity left alone.
+  const std::string context = context_of(options.name, "create");
+  const detail::DescriptorFacts receive_facts = detail::probe_descriptor(receive_fd.get(), context);
+  detail::DescriptorFacts send_facts = detail::probe_descriptor(send_fd.get(), context);
+  if (!keep_blocking) detail::set_nonblocking(send_fd.get(), send_facts, context);
+  return detail::ChannelMaker::make(std::move(receive_fd), receive_facts, std::move(send_fd),
+                                    send_facts, options, link_of(std::move(control_fd), options));
+}
+
 std::pair<Channel, Channel> Channel::pair(const ChannelOptions& options) {
-  Pipe a_to_b = make_pipe(options);
-  Pipe b_to_a = make_pipe(options);
-  auto [a_control, b_control] = make_control_pair(options);
-  Channel a = from_fds(std::move(b_to_a.read_end), std::move(a_to_b.write_end), options, false,
-                       std::move(a_control));
-  Channel b = from_fds(std::move(a_to_b.read_end), std::move(b_to_a.write_end), options, false,
-                       std::move(b_control));
+  Pipe a_to_b = make_pipe(options, /*sender_here=*/true);
+  Pipe b_to_a = make_pipe(options, /*sender_here=*/true);
+  // Both ends are here: their control socket pair is made when one first needs it, and
+  // a pair that never sends a large message holds only its pipes (control_pair.h).
+  auto control = std::make_shared<detail::ControlPair>();
+  const std::string context = context_of(options.name, "control");
+  Channel a = detail::ChannelMaker::make(std::move(b_to_a.read_end), b_to_a.read_facts,
+                                         std::move(a_to_b.write_end), a_to_b.write_facts, options,
+                                         std::make_shared<detail::ControlLink>(control, 0, context));
+  Channel b = detail::ChannelMaker::make(std::move(a_to_b.read_end), a_to_b.read_facts,
+                                         std::move(b_to_a.write_end), b_to_a.write_facts, options,
+                                         std::make_shared<detail::ControlLink>(control, 1, context));
   return {std::move(a), std::move(b)};
 }
 
 std::pair<Channel, RemoteEnd> Channel::pair_with_remote_end(const ChannelOptions& options) {
-  Pipe to_remote = make_pipe(options);
-  Pipe from_remote = make_pipe(options);
+  Pipe to_remote = make_pipe(options, /*sender_here=*/true);
+  // The remote end stays blocking (RemoteEnd); a child that adopts it sets its own flag.
+  Pipe from_remote = make_pipe(options, /*sender_here=*/false);
   auto [local_control, remote_control] = make_control_pair(options);
   RemoteEnd remote{std::move(to_remote.read_end), std::move(from_remote.write_end),
                    std::move(remote_control)};
-  Channel local = from_fds(std::move(from_remote.read_end), std::move(to_remote.write_end),
-                           options, false, std::move(local_control));
+  Channel local = detail::ChannelMaker::make(
+      std::move(from_remote.read_end), from_remote.read_facts, std::move(to_remote.write_end),
+      to_remote.write_facts, options, link_of(std::move(local_control), options));
   return {std::move(local), std::move(remote)};
 }
 

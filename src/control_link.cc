@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "capnsplice/error.h"
+#include "control_pair.h"
 #include "pipe_io.h"
 #include "shared_arena.h"
 
@@ -60,9 +61,20 @@ UniqueFd take_descriptor(msghdr& message) {
 ControlLink::ControlLink(UniqueFd socket, std::string context)
     : socket_(std::move(socket)), context_(std::move(context)) {}
 
+ControlLink::ControlLink(std::shared_ptr<ControlPair> pair, int side, std::string context)
+    : pair_(std::move(pair)), side_(side), context_(std::move(context)) {}
+
+ControlLink::~ControlLink() {
+  if (pair_) pair_->close(side_);
+}
+
+int ControlLink::fd() const noexcept { return pair_ ? pair_->fd(side_) : socket_.get(); }
+
 bool ControlLink::send_record_locked(std::uint32_t kind, std::uint32_t arena,
                                      std::uint64_t value, int fd) {
   if (peer_gone_ || send_broken_) return true;  // nobody to tell
+  const int socket = this->fd();
+  if (socket < 0) return false;  // a lazy pair not made: kept until it is
   Record record{kind, arena, value, 0};
   iovec iov{&record, sizeof record};
   msghdr message{};
@@ -79,7 +91,7 @@ bool ControlLink::send_record_locked(std::uint32_t kind, std::uint32_t arena,
     std::memcpy(CMSG_DATA(header), &fd, sizeof fd);
   }
   for (;;) {
-    if (::sendmsg(socket_.get(), &message, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0) return true;
+    if (::sendmsg(socket, &message, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0) return true;
     switch (errno) {
       case EINTR:
         continue;
@@ -100,6 +112,7 @@ bool ControlLink::send_record_locked(std::uint32_t kind, std::uint32_t arena,
 
 void ControlLink::announce_accepts_shared() {
   std::lock_guard lock(mutex_);
+  if (pair_ && pair_->defer_announcement(side_)) return;  // the peer reads it from the pair
   announcement_unsent_ = true;
   retry_pending_records_locked();
 }
@@ -133,8 +146,11 @@ void ControlLink::send_arena(std::uint32_t arena_id, std::uint64_t capacity, int
   std::lock_guard lock(mutex_);
   constexpr std::chrono::seconds kLongest{5};
   if (deadline.is_never() || deadline.remaining() > kLongest) deadline = Deadline::after(kLongest);
+  if (pair_ && !pair_->make()) {  // peer_accepts_shared() made it: only a broken pair fails
+    throw Error(ErrorCode::Timeout, context_, "the control link could not be made");
+  }
   while (!send_record_locked(kArena, arena_id, capacity, memfd)) {
-    if (wait_for(socket_.get(), POLLOUT, deadline) == WaitResult::timed_out) {
+    if (wait_for(fd(), POLLOUT, deadline) == WaitResult::timed_out) {
       throw Error(ErrorCode::Timeout, context_,
                   "the peer does not read its control link; the arena was not sent");
     }
@@ -170,6 +186,12 @@ void ControlLink::send_retire(std::uint32_t arena_id) noexcept {
 
 bool ControlLink::peer_accepts_shared() {
   std::lock_guard lock(mutex_);
+  if (!peer_accepts_shared_ && pair_ && pair_->announced(1 - side_)) {
+    // The peer said so before the pair was made, in the pair instead of a record; the
+    // caller is about to send an arena: the link is needed now.
+    if (!pair_->make()) return false;
+    peer_accepts_shared_ = true;
+  }
   if (!peer_accepts_shared_) pump_locked(Deadline::immediate());
   return peer_accepts_shared_ && !peer_gone_;
 }
@@ -181,7 +203,8 @@ void ControlLink::attach_send_arena(std::weak_ptr<SendArena> arena) {
 
 void ControlLink::nap_for_records(Deadline deadline) const {
   constexpr std::chrono::milliseconds kNap{1};
-  wait_for(socket_.get(), POLLIN, deadline.remaining() < kNap ? deadline : Deadline::after(kNap));
+  // Without a socket yet (a lazy pair) poll() ignores the entry and just sleeps.
+  wait_for(fd(), POLLIN, deadline.remaining() < kNap ? deadline : Deadline::after(kNap));
 }
 
 void ControlLink::pump(Deadline deadline) {
@@ -237,6 +260,8 @@ void ControlLink::file_arena_locked(std::uint32_t arena_id, std::uint64_t capaci
 
 void ControlLink::pump_locked(Deadline deadline) {
   retry_pending_records_locked();
+  const int socket = fd();
+  if (socket < 0) return;  // a lazy pair not made: nothing was sent to this end
   // An immediate pump takes what is pending; one that may wait also stops once its
   // deadline passed, however fast records come.
   const bool may_wait = !deadline.expired();
@@ -254,7 +279,7 @@ void ControlLink::pump_locked(Deadline deadline) {
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
     message.msg_control = control;
     message.msg_controllen = sizeof control;
-    const ssize_t got = ::recvmsg(socket_.get(), &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    const ssize_t got = ::recvmsg(socket, &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (got < 0) {
       if (errno == EINTR) continue;
       if (errno == ECONNRESET && !reset) {
@@ -268,7 +293,7 @@ void ControlLink::pump_locked(Deadline deadline) {
       if (errno != EAGAIN) throw_system_error(context_, "recvmsg (control link)");
       if (waited || deadline.expired()) return;
       waited = true;
-      if (wait_for(socket_.get(), POLLIN, deadline) == WaitResult::timed_out) return;
+      if (wait_for(socket, POLLIN, deadline) == WaitResult::timed_out) return;
       continue;
     }
     if (got == 0) {

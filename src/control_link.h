@@ -44,6 +44,7 @@
 
 namespace capnsplice::detail {
 
+class ControlPair;
 class SendArena;
 
 /// Shared-memory messages a sender keeps un-released at most.
@@ -65,7 +66,16 @@ class ControlLink {
   /// Takes a non-blocking SOCK_SEQPACKET socket (one end of a socketpair).
   ControlLink(UniqueFd socket, std::string context);
 
-  int fd() const noexcept { return socket_.get(); }
+  /// End `side` (0 or 1) of `pair`, whose socket is made when either end first needs it
+  /// (control_pair.h): until then this link has nothing to read and sends nothing.
+  ControlLink(std::shared_ptr<ControlPair> pair, int side, std::string context);
+  ~ControlLink();
+
+  ControlLink(const ControlLink&) = delete;
+  ControlLink& operator=(const ControlLink&) = delete;
+
+  /// The socket, -1 while a lazy pair is not made.
+  int fd() const noexcept;
 
   // --- Saying things (any thread) ----------------------------------------------------
 
@@ -95,7 +105,9 @@ class ControlLink {
 
   // --- Hearing things ----------------------------------------------------------------
 
-  /// Whether the peer said it reads shared-memory messages (reads what is pending).
+  /// Whether the peer said it reads shared-memory messages (reads what is pending). With
+  /// a lazy pair that is not made yet, makes it when the peer said so: the caller is
+  /// about to use the link.
   bool peer_accepts_shared();
 
   /// Where Release records go: the arena of this end's sender.
@@ -159,7 +171,9 @@ class ControlLink {
   bool send_record_locked(std::uint32_t kind, std::uint32_t arena, std::uint64_t value,
                           int fd);
 
-  UniqueFd socket_;
+  UniqueFd socket_;                   // without `pair_`
+  std::shared_ptr<ControlPair> pair_;  // lazy: the socket is pair_->fd(side_)
+  const int side_ = 0;
   const std::string context_;
   std::mutex mutex_;
   bool peer_accepts_shared_ = false;

@@ -24,6 +24,7 @@ MappedMemory& MappedMemory::operator=(MappedMemory&& other) noexcept {
     mapping_bytes_ = std::exchange(other.mapping_bytes_, 0);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    shared_ = std::exchange(other.shared_, false);
   }
   return *this;
 }
@@ -37,12 +38,13 @@ void MappedMemory::unmap() noexcept {
   }
 }
 
-MappedMemory MappedMemory::anonymous(std::size_t bytes, bool huge_pages,
+MappedMemory MappedMemory::anonymous(std::size_t bytes, HugePages huge_pages,
                                      std::string_view context) {
   const std::size_t size = round_up(bytes == 0 ? 1 : bytes, page_size());
   // For huge pages, over-allocate and start at a 2 MiB boundary: THP only backs
   // aligned 2 MiB ranges.
-  const std::size_t slack = huge_pages && size >= kHugePageBytes ? kHugePageBytes : 0;
+  const std::size_t slack =
+      huge_pages != HugePages::never && size >= kHugePageBytes ? kHugePageBytes : 0;
   void* base = ::mmap(nullptr, size + slack, PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (base == MAP_FAILED) throw_system_error(context, "mmap");
@@ -55,11 +57,21 @@ MappedMemory MappedMemory::anonymous(std::size_t bytes, bool huge_pages,
     memory.data_ += round_up(address, kHugePageBytes) - address;
   }
   memory.size_ = size;
-  if (huge_pages) {
-    // Only advice: where THP is off this fails harmlessly.
-    ::madvise(memory.data_, size, MADV_HUGEPAGE);
-  }
+  if (huge_pages == HugePages::advised) memory.advise_huge_pages(true);
   return memory;
+}
+
+void MappedMemory::advise_huge_pages(bool huge) const noexcept {
+  // Only advice: where THP is off this fails harmlessly.
+  if (data_ != nullptr) ::madvise(data_, size_, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+}
+
+void MappedMemory::discard(std::size_t offset, std::size_t bytes) const noexcept {
+  if (data_ == nullptr || bytes == 0) return;
+  // MADV_REMOVE frees a memfd's pages themselves (and so in both mirrored copies);
+  // MADV_DONTNEED only drops this mapping's references, which for private memory is the
+  // same thing.
+  ::madvise(data_ + offset, bytes, shared_ ? MADV_REMOVE : MADV_DONTNEED);
 }
 
 MappedMemory MappedMemory::readable_reservation(std::size_t bytes, std::string_view context) {
@@ -92,6 +104,7 @@ MappedMemory MappedMemory::mirrored(std::size_t bytes, std::string_view context)
     throw_system_error(context, "ftruncate");
   }
   MappedMemory memory = mirror_reservation(size, context);
+  memory.shared_ = true;
   if (!file) {
     // memfd_create refused (a seccomp sandbox): shared anonymous pages, which mremap with
     // an old size of 0 maps a second time (mremap(2)).

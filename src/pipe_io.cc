@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
-#include <cstdio>
 #include <cstring>
 #include <ctime>
 
@@ -147,32 +146,6 @@ std::size_t pipe_queued_bytes(int fd, std::string_view context) {
   return static_cast<std::size_t>(queued);
 }
 
-namespace {
-std::size_t pipe_max_size() {
-  std::size_t limit = std::size_t{1024} * 1024;
-  if (FILE* file = std::fopen("/proc/sys/fs/pipe-max-size", "re")) {
-    unsigned long value = 0;
-    if (std::fscanf(file, "%lu", &value) == 1 && value > 0) limit = value;
-    std::fclose(file);
-  }
-  return limit;
-}
-}  // namespace
-
-std::size_t set_pipe_capacity(int fd, std::size_t wanted) {
-  static const std::size_t kernel_limit = pipe_max_size();
-  constexpr std::size_t kSweetSpot = std::size_t{1024} * 1024;
-  std::size_t size = wanted != 0 ? wanted : std::min(kernel_limit, kSweetSpot);
-  // The per-user pipe budget (pipe-user-pages-soft) can refuse large pipes with
-  // EPERM; halve until the kernel agrees, and keep whatever the pipe has otherwise.
-  while (size >= 4096) {
-    if (::fcntl(fd, F_SETPIPE_SZ, static_cast<int>(size)) >= 0) break;
-    size /= 2;
-  }
-  int now = ::fcntl(fd, F_GETPIPE_SZ);
-  return now > 0 ? static_cast<std::size_t>(now) : 0;
-}
-
 bool vmsplice_aliases_pages() noexcept {
   static const bool aliases = [] {
     int fds[2];
@@ -202,15 +175,23 @@ bool is_pipe(int fd) noexcept {
   return ::fstat(fd, &info) == 0 && S_ISFIFO(info.st_mode);
 }
 
-bool reads_by_splice(int fd) noexcept {
-  const int flags = ::fcntl(fd, F_GETFL);
-  return flags >= 0 && (flags & O_ACCMODE) == O_RDONLY && is_pipe(fd);
+DescriptorFacts probe_descriptor(int fd, std::string_view context) {
+  DescriptorFacts facts;
+  facts.flags = ::fcntl(fd, F_GETFL);
+  if (facts.flags < 0) throw_system_error(context, "fcntl(F_GETFL)");
+  facts.pipe = is_pipe(fd);
+  return facts;
 }
 
-void require_access_mode(int fd, bool for_writing, std::string_view context) {
-  int flags = ::fcntl(fd, F_GETFL);
-  if (flags < 0) throw_system_error(context, "fcntl(F_GETFL)");
-  const int mode = flags & O_ACCMODE;
+bool DescriptorFacts::nonblocking() const noexcept { return (flags & O_NONBLOCK) != 0; }
+
+bool reads_by_splice(const DescriptorFacts& facts) noexcept {
+  return facts.pipe && (facts.flags & O_ACCMODE) == O_RDONLY;
+}
+
+void require_access_mode(const DescriptorFacts& facts, bool for_writing,
+                         std::string_view context) {
+  const int mode = facts.flags & O_ACCMODE;
   const bool ok = mode == O_RDWR || mode == (for_writing ? O_WRONLY : O_RDONLY);
   if (!ok) {
     throw Error(ErrorCode::InvalidArgument, context,
@@ -219,16 +200,19 @@ void require_access_mode(int fd, bool for_writing, std::string_view context) {
   }
 }
 
-bool is_nonblocking(int fd) noexcept {
-  int flags = ::fcntl(fd, F_GETFL);
-  return flags >= 0 && (flags & O_NONBLOCK) != 0;
+void require_access_mode(int fd, bool for_writing, std::string_view context) {
+  DescriptorFacts facts;
+  facts.flags = ::fcntl(fd, F_GETFL);
+  if (facts.flags < 0) throw_system_error(context, "fcntl(F_GETFL)");
+  require_access_mode(facts, for_writing, context);
 }
 
-void set_nonblocking(int fd, std::string_view context) {
-  int flags = ::fcntl(fd, F_GETFL);
-  if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+void set_nonblocking(int fd, DescriptorFacts& facts, std::string_view context) {
+  if ((facts.flags & O_NONBLOCK) != 0) return;
+  if (::fcntl(fd, F_SETFL, facts.flags | O_NONBLOCK) < 0) {
     throw_system_error(context, "fcntl(O_NONBLOCK)");
   }
+  facts.flags |= O_NONBLOCK;
 }
 
 }  // namespace capnsplice::detail

@@ -79,10 +79,6 @@ long read_some(int fd, bool splice, std::byte* buffer, std::size_t bytes,
 /// Bytes written into the pipe and not yet read (ioctl FIONREAD). Works on either end.
 std::size_t pipe_queued_bytes(int fd, std::string_view context);
 
-/// Raises the pipe's capacity towards `wanted` (0: as large as pipe-max-size allows,
-/// capped at 1 MiB) and returns the capacity it has now.
-std::size_t set_pipe_capacity(int fd, std::size_t wanted);
-
 /// Whether vmsplice maps the caller's pages into the pipe (true on the kernels this was
 /// written on) or copies them (a 2026 proposal would make it copy). Probed once per
 /// process: splice a page, change it, read it back — the changed bytes mean aliasing.
@@ -91,20 +87,40 @@ bool vmsplice_aliases_pages() noexcept;
 /// True when `fd` is a pipe or FIFO.
 bool is_pipe(int fd) noexcept;
 
-/// True when a receiver may read `fd` with vmsplice: a pipe open read-only. On a pipe
-/// open O_RDWR (a FIFO opened that way, a reopened /proc/self/fd) vmsplice would take
-/// the write direction and splice the receive buffer into the pipe; such ends use read().
-bool reads_by_splice(int fd) noexcept;
+/// What a sender or receiver needs to know of its descriptor. For a descriptor the
+/// application gave, probe_descriptor() asks the kernel; for a pipe end capnsplice just
+/// made, the flags it was made with are known, and a channel asks nothing.
+struct DescriptorFacts {
+  int flags = 0;      ///< file status flags, as F_GETFL returns them
+  bool pipe = false;  ///< a pipe or FIFO
+  /// A pipe capnsplice made, which its sender may raise when traffic needs it
+  /// (PipeCapacity); the application's descriptors keep the capacity it gave them.
+  bool raisable = false;
+  std::size_t pipe_bytes = 0;  ///< what to raise it to: ChannelOptions::pipe_bytes
 
-/// Throws SystemError (EBADF) unless `fd` is open for reading (`for_writing` false) or
-/// writing. vmsplice picks its direction from the descriptor's mode, so a wrong end
-/// would silently move bytes the other way.
+  bool nonblocking() const noexcept;
+};
+
+/// One fcntl(F_GETFL) and one fstat. Throws SystemError.
+DescriptorFacts probe_descriptor(int fd, std::string_view context);
+
+/// True when a receiver may read a descriptor with vmsplice: a pipe open read-only. On a
+/// pipe open O_RDWR (a FIFO opened that way, a reopened /proc/self/fd) vmsplice would
+/// take the write direction and splice the receive buffer into the pipe; such ends use
+/// read().
+bool reads_by_splice(const DescriptorFacts& facts) noexcept;
+
+/// Throws InvalidArgument unless the descriptor is open for reading (`for_writing`
+/// false) or writing. vmsplice picks its direction from the descriptor's mode, so a
+/// wrong end would silently move bytes the other way.
+void require_access_mode(const DescriptorFacts& facts, bool for_writing,
+                         std::string_view context);
+
+/// require_access_mode() for a descriptor not probed yet (one fcntl).
 void require_access_mode(int fd, bool for_writing, std::string_view context);
 
-/// True when `fd` has O_NONBLOCK set.
-bool is_nonblocking(int fd) noexcept;
-
-/// Sets O_NONBLOCK on `fd`. Throws SystemError.
-void set_nonblocking(int fd, std::string_view context);
+/// Sets O_NONBLOCK on `fd`, whose flags are `facts.flags` (updated). Nothing to do when it
+/// is set already. Throws SystemError.
+void set_nonblocking(int fd, DescriptorFacts& facts, std::string_view context);
 
 }  // namespace capnsplice::detail

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "capnsplice/error.h"
+#include "channel_maker.h"
 #include "pipe_io.h"
 
 extern char** environ;
@@ -284,8 +285,9 @@ Channel child_channel(const ChannelOptions& options) {
   UniqueFd send_end = adopt_inherited(fds[1], context);
   UniqueFd control = fds.size() > 2 ? adopt_inherited(fds[2], context) : UniqueFd();
   ::unsetenv(variable.c_str());
-  return Channel::from_fds(std::move(receive_end), std::move(send_end), options,
-                           /*keep_blocking=*/false, std::move(control));
+  // capnsplice made these pipes in the parent: this end's sender may raise its pipe too.
+  return detail::ChannelMaker::adopt(std::move(receive_end), std::move(send_end), options,
+                                     std::move(control));
 }
 
 }  // namespace capnsplice

@@ -4,8 +4,9 @@
 
 namespace capnsplice::detail {
 
-std::uint64_t ReceiveRing::lease(std::uint64_t begin) {
+std::uint64_t ReceiveRing::lease(std::uint64_t begin, std::uint64_t end) {
   std::lock_guard lock(mutex_);
+  parse_ = end;
   leases_.push_back({begin, false});
   return first_id_ + leases_.size() - 1;
 }
@@ -36,6 +37,32 @@ void ReceiveRing::give_back(FrameBuffer buffer) {
 std::uint64_t ReceiveRing::oldest_leased_or(std::uint64_t parse) {
   std::lock_guard lock(mutex_);
   return leases_.empty() ? parse : leases_.front().begin;
+}
+
+std::uint64_t ReceiveRing::start_read(std::uint64_t parse, std::uint64_t head) {
+  schedule();  // before the lock, which the trimmer takes with its own held
+  std::lock_guard lock(mutex_);
+  parse_ = parse;
+  head_ = head;
+  reading_ = true;
+  ++reads_;
+  return leases_.empty() ? parse : leases_.front().begin;
+}
+
+void ReceiveRing::filled_to(std::uint64_t head) {
+  std::lock_guard lock(mutex_);
+  head_ = head;
+  reading_ = false;
+}
+
+bool ReceiveRing::trim_if_idle() noexcept {
+  std::unique_lock lock(mutex_, std::try_to_lock);
+  if (!lock.owns_lock()) return true;  // the receiving thread is at work: not idle
+  if (!idle_.quiet_for(reads_, kIdleTrimAfter)) return true;
+  if (reading_ || !leases_.empty() || parse_ != head_) return true;  // bytes in use
+  memory_.discard(0, memory_.size());
+  spare_ = FrameBuffer{};
+  return false;
 }
 
 }  // namespace capnsplice::detail

@@ -14,6 +14,12 @@
 // Each ReceivedMessage holds a lease on its frame's bytes and a shared_ptr to the
 // ring, so the memory outlives the Receiver if messages do. Leases are released in
 // any order and from any thread; space comes back in stream order.
+//
+// Pages are faulted in as reads first reach them, and given back (MADV_REMOVE) by the
+// trimmer thread (idle_trimmer.h) once the ring has been idle for kIdleTrimAfter with
+// nothing leased, nothing read and not parsed, and no read in progress: the receiving
+// thread tells the ring where it is (start_read, filled_to, lease), so the trimmer never
+// needs the Receiver, which may be blocked in a receive() on another thread.
 #pragma once
 
 #include <capnp/common.h>
@@ -25,6 +31,7 @@
 #include <mutex>
 #include <string_view>
 
+#include "idle_trimmer.h"
 #include "mapped_memory.h"
 
 namespace capnsplice::detail {
@@ -37,10 +44,11 @@ struct FrameBuffer {
   std::byte* data() const noexcept { return reinterpret_cast<std::byte*>(words.get()); }
 };
 
-class ReceiveRing {
+class ReceiveRing final : public Trimmable {
  public:
   ReceiveRing(std::size_t capacity, std::string_view context)
       : memory_(MappedMemory::mirrored(capacity, context)) {}
+  ~ReceiveRing() { unschedule(); }
 
   std::size_t capacity() const noexcept { return memory_.size(); }
 
@@ -50,9 +58,21 @@ class ReceiveRing {
     return memory_.data() + position % memory_.size();
   }
 
-  /// Marks the bytes from `begin` on (up to the next lease, or parse) as viewed by a
+  /// Marks the bytes from `begin` to `end` (where parsing goes on) as viewed by a
   /// message; returns the lease id.
-  std::uint64_t lease(std::uint64_t begin);
+  std::uint64_t lease(std::uint64_t begin, std::uint64_t end);
+
+  /// The receiving thread is about to read into the ring; bytes [parse, head) are read
+  /// and not yet parsed. Until filled_to(), the trimmer keeps away. Returns
+  /// oldest_leased_or(parse).
+  std::uint64_t start_read(std::uint64_t parse, std::uint64_t head);
+
+  /// Bytes up to `head` have been read (the read is over), or the bytes from `head` on
+  /// moved to a frame buffer of their own.
+  void filled_to(std::uint64_t head);
+
+  /// Gives the ring's pages and the spare frame buffer back once idle (see above).
+  bool trim_if_idle() noexcept override;
 
   /// The message holding `lease_id` is gone.
   void release(std::uint64_t lease_id);
@@ -80,6 +100,12 @@ class ReceiveRing {
   std::deque<Lease> leases_;  // in stream order; front has id first_id_
   std::uint64_t first_id_ = 0;
   FrameBuffer spare_;
+  // Where the receiving thread is, as it last said.
+  std::uint64_t parse_ = 0;
+  std::uint64_t head_ = 0;
+  bool reading_ = false;
+  std::uint64_t reads_ = 0;
+  IdleClock idle_;
 };
 
 }  // namespace capnsplice::detail

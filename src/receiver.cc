@@ -1,8 +1,6 @@
 #include "capnsplice/receiver.h"
 
 #include <poll.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -16,6 +14,7 @@
 #include "capnsplice/error.h"
 #include "capnsplice/frame.h"
 #include "pipe_io.h"
+#include "receive_wake.h"
 #include "received_message_state.h"
 #include "shared_path.h"
 
@@ -31,30 +30,28 @@ constexpr std::size_t kMaxReadBytes = std::size_t{64} * 1024;
 class ReceiverCore {
  public:
   ReceiverCore(UniqueFd fd, ReceiverOptions options, std::string context,
-               std::shared_ptr<ControlLink> link)
+               std::shared_ptr<ControlLink> link, const DescriptorFacts* known)
       : fd_(std::move(fd)),
         options_(options),
-        context_(std::move(context)),
-        splice_reads_(reads_by_splice(fd_.get())),
-        // read() on a blocking descriptor would block: ask poll() first.
-        poll_before_read_(!splice_reads_ && !is_nonblocking(fd_.get())) {
+        context_(std::move(context)) {
+    // A pipe end the channel made is known; any other descriptor is asked once.
+    const DescriptorFacts facts = known != nullptr ? *known : probe_descriptor(fd_.get(), context_);
+    splice_reads_ = reads_by_splice(facts);
+    // read() on a blocking descriptor would block: ask poll() first.
+    poll_before_read_ = !splice_reads_ && !facts.nonblocking();
     const ReceiveLimits& limits = options_.limits;
     reader_options_.traversalLimitInWords =
         limits.traversal_limit_words != 0 ? limits.traversal_limit_words
                                           : 4 * (limits.max_message_bytes / sizeof(capnp::word));
     reader_options_.nestingLimit = limits.nesting_limit;
-    require_access_mode(fd_.get(), /*for_writing=*/false, context_);
-    wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!wake_fd_) throw_system_error(context_, "eventfd");
+    require_access_mode(facts, /*for_writing=*/false, context_);
     if (link) shared_.emplace(std::move(link), options_.limits, context_);
   }
 
   /// A receive() blocked in another thread would go on in freed memory: wake it (it
   /// throws InvalidArgument) and wait until every call in progress has left.
   ~ReceiverCore() {
-    closing_.store(true);
-    if (callers_.load() == 0) return;
-    interrupt();
+    wake_.close();
     while (callers_.load() != 0) std::this_thread::yield();
   }
 
@@ -71,15 +68,14 @@ class ReceiverCore {
       // a receive() after a drained try_receive() would otherwise make again.
       if (!drained_ && read_more() != ReadOutcome::would_block) continue;
       if (shared_) shared_->release_retired();  // nothing to read: a good time to free
-      switch (spin_then_wait(fd_.get(), POLLIN, options_.spin_before_block, deadline,
-                             wake_fd_.get())) {
+      switch (wake_.wait(fd_.get(), options_.spin_before_block, deadline, context_)) {
         case WaitResult::ready:
           drained_ = false;  // read again
           break;
         case WaitResult::timed_out:
           throw Error(ErrorCode::Timeout, context_, "no message arrived before the deadline");
         case WaitResult::interrupted:
-          if (closing_.load()) {  // the count stays: every waiter must wake
+          if (wake_.closing()) {  // it stays closing: every waiter must wake
             throw Error(ErrorCode::InvalidArgument, context_,
                         "the receiver was destroyed while this receive waited");
           }
@@ -88,17 +84,13 @@ class ReceiverCore {
           if (std::exchange(drained_, false) && read_more() != ReadOutcome::would_block) {
             continue;
           }
-          std::uint64_t count;
-          static_cast<void>(::read(wake_fd_.get(), &count, sizeof count));
+          static_cast<void>(wake_.take_interrupt());
           throw Error(ErrorCode::Interrupted, context_, "receive was interrupted");
       }
     }
   }
 
-  void interrupt() {
-    const std::uint64_t one = 1;
-    static_cast<void>(::write(wake_fd_.get(), &one, sizeof one));
-  }
+  void interrupt() { wake_.interrupt(); }
 
   std::optional<ReceivedMessage> try_receive() {
     const CallInProgress call(callers_);
@@ -181,9 +173,8 @@ class ReceiverCore {
   }
 
   UniqueFd fd_;
-  UniqueFd wake_fd_;  // eventfd: interrupt() makes it readable
-  std::atomic<int> callers_{0};       // receive/try_receive calls in progress
-  std::atomic<bool> closing_{false};  // the destructor has started
+  ReceiveWake wake_;  // interrupt() and the destructor wake a receive() with it
+  std::atomic<int> callers_{0};  // receive/try_receive calls in progress
   ReceiverOptions options_;
   std::string context_;
   bool splice_reads_;  // vmsplice (read direction) rather than read()
@@ -225,7 +216,7 @@ std::optional<ReceivedMessage> ReceiverCore::take_buffered() {
   if (probe.header_complete && available >= probe.bytes_needed) {
     auto state = std::make_unique<ReceivedMessageState>();
     state->ring = ring_;
-    state->lease_id = ring_->lease(parse_);
+    state->lease_id = ring_->lease(parse_, parse_ + probe.bytes_needed);
     const std::byte* frame = ring_->at(parse_);
     parse_ += probe.bytes_needed;
     return make_message(std::move(state), frame, probe);
@@ -272,6 +263,7 @@ void ReceiverCore::start_own_frame(const FrameProbe& probe) {
   own_->have = static_cast<std::size_t>(head_ - parse_);
   std::memcpy(own_->bytes(), ring_->at(parse_), own_->have);
   head_ = parse_;  // those bytes now live in the frame's own buffer
+  ring_->filled_to(head_);
 }
 
 void ReceiverCore::grow_own_frame(std::size_t bytes) {
@@ -311,13 +303,22 @@ void ReceiverCore::compact_if_idle() {
 ReceiverCore::ReadOutcome ReceiverCore::read_more() {
   std::byte* target;
   std::size_t length;
+  // The trimmer keeps away from the ring from start_read() until this says the read is
+  // over, however it ends.
+  struct ReadIntoRing {
+    ReceiverCore* core = nullptr;
+    ~ReadIntoRing() {
+      if (core != nullptr) core->ring_->filled_to(core->head_);
+    }
+  } read_into_ring;
   if (own_) {
     target = own_->bytes() + own_->have;
     length = own_->needed - own_->have;
   } else {
     if (!ring_) ring_ = std::make_shared<ReceiveRing>(options_.buffer_bytes, context_);
     compact_if_idle();
-    const std::uint64_t oldest = ring_->oldest_leased_or(parse_);
+    const std::uint64_t oldest = ring_->start_read(parse_, head_);
+    read_into_ring.core = this;
     length = ring_->capacity() - static_cast<std::size_t>(head_ - oldest);
     if (length == 0) {
       // Held messages fill every byte of the ring (no partial frame is pending, or it
@@ -373,9 +374,9 @@ Receiver::Receiver(UniqueFd fd, ReceiverOptions options, std::string context)
     : Receiver(std::move(fd), options, std::move(context), nullptr) {}
 
 Receiver::Receiver(UniqueFd fd, ReceiverOptions options, std::string context,
-                   std::shared_ptr<detail::ControlLink> link)
+                   std::shared_ptr<detail::ControlLink> link, const detail::DescriptorFacts* facts)
     : core_(std::make_unique<detail::ReceiverCore>(std::move(fd), options, std::move(context),
-                                                   std::move(link))) {}
+                                                   std::move(link), facts)) {}
 Receiver::Receiver(Receiver&&) noexcept = default;
 Receiver& Receiver::operator=(Receiver&&) noexcept = default;
 Receiver::~Receiver() = default;

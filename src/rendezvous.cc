@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "capnsplice/error.h"
+#include "channel_maker.h"
 #include "handshake_steps.h"
 #include "pipe_io.h"
 #include "unix_socket.h"
@@ -245,8 +246,10 @@ Connection connect_rendezvous(std::string_view name, const RendezvousOptions& op
                     " descriptors; a channel needs two pipe ends");
   }
   UniqueFd control = handover.fds.size() > 2 ? std::move(handover.fds[2]) : UniqueFd();
-  Channel channel = Channel::from_fds(std::move(handover.fds[0]), std::move(handover.fds[1]),
-                                      options.channel, /*keep_blocking=*/false, std::move(control));
+  // The host made these pipes: this end's sender may raise its pipe like the host's.
+  Channel channel = detail::ChannelMaker::adopt(std::move(handover.fds[0]),
+                                                std::move(handover.fds[1]), options.channel,
+                                                std::move(control));
   PeerHello hello = exchange_hello(channel, hello_options(options));
   return Connection{std::move(channel), host, std::move(hello)};
 }

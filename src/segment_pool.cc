@@ -34,7 +34,7 @@ void SegmentPool::clear(std::byte* data, std::size_t& dirty_bytes) const {
   dirty_bytes = 0;
 }
 
-SegmentPool::~SegmentPool() = default;
+SegmentPool::~SegmentPool() { unschedule(); }
 
 std::size_t SegmentPool::greedy_floor() const noexcept {
   // A greedy chunk smaller than this is not worth starting a message in while waiting
@@ -72,6 +72,7 @@ bool SegmentPool::oldest_chunk_in_flight() const {
 
 Chunk SegmentPool::allocate(std::size_t min_bytes, bool greedy, Deadline deadline) {
   min_bytes = round_up(std::max<std::size_t>(min_bytes, kWordBytes), kWordBytes);
+  schedule();  // before the lock: the trimmer takes it with its own held
   std::unique_lock lock(mutex_);
   if (min_bytes > capacity_ / 2) {
     // Too large for the ring. Let earlier large messages the reader has finished with
@@ -83,7 +84,10 @@ Chunk SegmentPool::allocate(std::size_t min_bytes, bool greedy, Deadline deadlin
     }
     return allocate_dedicated(min_bytes);
   }
-  if (!ring_) ring_ = MappedMemory::anonymous(capacity_, /*huge_pages=*/true, context_);
+  if (!ring_) {
+    ring_ = MappedMemory::anonymous(capacity_, MappedMemory::HugePages::later, context_);
+  }
+  use_huge_pages_once_streaming();
 
   // Take spliced chunks back in batches of a quarter ring: left until the ring is full,
   // a whole ring's worth came back at once and was zeroed in one go (4 KiB round trips:
@@ -188,7 +192,10 @@ Chunk SegmentPool::allocate_dedicated(std::size_t min_bytes) {
   } else {
     block = std::make_unique<DedicatedBlock>();
     block->memory =
-        MappedMemory::anonymous(min_bytes, /*huge_pages=*/min_bytes >= (2 << 20), context_);
+        MappedMemory::anonymous(min_bytes,
+                                min_bytes >= (2 << 20) ? MappedMemory::HugePages::advised
+                                                       : MappedMemory::HugePages::never,
+                                context_);
   }
   block->dirty_bytes = block->memory.size();
   block->in_flight = false;
@@ -205,6 +212,8 @@ void SegmentPool::finish_building(const Chunk& chunk, std::size_t used_bytes) {
   }
   RingChunk& ring = ring_chunk(chunk.id);
   ring.dirty_bytes = used_bytes;
+  // Builders write from the start of a chunk: its first `used_bytes` are what it faulted in.
+  touched_bytes_ = std::max(touched_bytes_, ring.begin % capacity_ + used_bytes);
   const bool newest = chunk.id == first_id_ + chunks_.size() - 1 && ring.end == head_;
   if (newest) {
     // Nothing after it: hand the unused (still zero) tail straight back.
@@ -276,6 +285,58 @@ void SegmentPool::reclaim(std::uint64_t consumed) {
     if (spare_.size() < kMaxSpareBlocks) spare_.push_back(std::move(*it));
     it = dedicated_.erase(it);
   }
+}
+
+bool SegmentPool::builder_holds_memory() const {
+  return std::any_of(chunks_.begin(), chunks_.end(),
+                     [](const RingChunk& chunk) { return chunk.state == State::building; }) ||
+         std::any_of(dedicated_.begin(), dedicated_.end(),
+                     [](const auto& block) { return !block->in_flight; });
+}
+
+bool SegmentPool::discard_ring() {
+  if (!ring_ || std::any_of(chunks_.begin(), chunks_.end(), [](const RingChunk& chunk) {
+        return chunk.state == State::building;
+      })) {
+    return false;
+  }
+  ring_.discard(0, capacity_);
+  for (RingChunk& chunk : chunks_) chunk.dirty_bytes = 0;
+  touched_bytes_ = 0;
+  return true;
+}
+
+void SegmentPool::use_huge_pages_once_streaming() {
+  if (huge_pages_ || touched_bytes_ < capacity_ / 4 * 3) return;
+  // Faulted in again at once as huge pages, rather than left for khugepaged to collapse
+  // some time later: zeroing 4 MiB once costs about what 1 ms of the stream does.
+  if (!discard_ring()) return;
+  ring_.advise_huge_pages(true);
+  huge_pages_ = true;
+}
+
+bool SegmentPool::ring_uses_huge_pages() const {
+  std::lock_guard lock(mutex_);
+  return huge_pages_;
+}
+
+bool SegmentPool::trim_if_idle() noexcept {
+  std::unique_lock lock(mutex_, std::try_to_lock);
+  if (!lock.owns_lock()) return true;  // busy: not idle
+  if (!idle_.quiet_for(stats_.ring_allocations + stats_.dedicated_allocations, kIdleTrimAfter)) {
+    return true;
+  }
+  if (builder_holds_memory()) return true;  // a message being built: look again later
+  if (discard_ring() && huge_pages_) {
+    ring_.advise_huge_pages(false);  // a few messages later must not fault in 2 MiB
+    huge_pages_ = false;
+  }
+  spare_.clear();
+  for (auto& block : dedicated_) {  // all in flight: their pages are the pipe's now
+    block->memory.discard(0, block->memory.size());
+    block->dirty_bytes = 0;
+  }
+  return false;
 }
 
 }  // namespace capnsplice::detail

@@ -1,6 +1,6 @@
 // The sender's segment pool (internal): where outgoing messages are built.
 //
-// One page-aligned ring (MADV_HUGEPAGE) hands out chunks at `head` and takes them
+// One page-aligned ring hands out chunks at `head` and takes them
 // back at `tail`, in allocation order:
 //
 //        tail                                            head
@@ -19,6 +19,13 @@
 // greedily (the largest contiguous free run, up to half the ring) so most messages
 // are one segment; at send time the unused tail of the newest chunk is trimmed back.
 //
+// Memory follows traffic. The ring's pages are faulted in as chunks first use them, as
+// small pages: a channel that carries a few messages costs a few pages. Once messages
+// have been written across three quarters of it, the channel streams, and the ring is
+// re-faulted as huge pages (MADV_HUGEPAGE: 64 KiB streams +25 %). After kIdleTrimAfter without an
+// allocation the trimmer thread (idle_trimmer.h) gives every page back, in-flight ones
+// included (the pipe keeps its own references to those), and the ring starts small again.
+//
 // Requests the ring cannot serve — larger than half of it, or while builders hold it —
 // get a dedicated mapping, reclaimed by the same consumption rule. Up to two
 // reclaimed dedicated mappings are kept for reuse, so a stream of large messages does
@@ -34,6 +41,7 @@
 #include <vector>
 
 #include "capnsplice/deadline.h"
+#include "idle_trimmer.h"
 #include "mapped_memory.h"
 
 namespace capnsplice::detail {
@@ -80,7 +88,7 @@ struct PoolStats {
   std::uint64_t consumption_queries = 0;
 };
 
-class SegmentPool {
+class SegmentPool final : public Trimmable {
  public:
   /// Whether memory handed out is zero. Cap'n Proto segments need it; buffers the
   /// caller fills completely (OutgoingMessage::allocate_data) do not, and skip the pass.
@@ -119,6 +127,14 @@ class SegmentPool {
   std::size_t capacity() const noexcept { return capacity_; }
   PoolStats stats() const;
 
+  /// After kIdleTrimAfter without an allocation, gives the ring's pages, the spare
+  /// dedicated mappings and the pages of dedicated ones in flight back to the kernel;
+  /// nothing while a builder holds memory. Called by the trimmer thread.
+  bool trim_if_idle() noexcept override;
+
+  /// Whether the ring is (to be) backed by huge pages: once a ring's worth went through it.
+  bool ring_uses_huge_pages() const;
+
  private:
   enum class State : std::uint8_t { building, in_flight, free };
   struct RingChunk {
@@ -141,6 +157,12 @@ class SegmentPool {
   /// True when waiting for the reader can free ring space: the oldest chunk is in flight.
   bool oldest_chunk_in_flight() const;
   RingChunk& ring_chunk(std::uint64_t id);
+  bool builder_holds_memory() const;
+  /// Gives the ring's pages back (none while a builder holds a ring chunk): they read as
+  /// zeros again, so no chunk is dirty any more. Returns whether it did.
+  bool discard_ring();
+  /// A ring that builders wrote three quarters of belongs to a stream: huge pages.
+  void use_huge_pages_once_streaming();
   void zero_dirty(RingChunk& chunk);
   /// Clears the first `dirty_bytes` at `data` (when this pool keeps memory zeroed).
   void clear(std::byte* data, std::size_t& dirty_bytes) const;
@@ -160,6 +182,12 @@ class SegmentPool {
   std::vector<std::unique_ptr<DedicatedBlock>> spare_;      // reclaimed, zeroed
   std::uint64_t last_consumed_ = 0;
   std::uint64_t spliced_since_query_ = 0;  // ring bytes put in flight since the last FIONREAD
+  /// How far into the ring builders wrote since it was mapped or trimmed. A channel of
+  /// requests and replies starts over at the ring's beginning whenever it is empty and
+  /// keeps to its first pages; a stream runs through the whole ring.
+  std::uint64_t touched_bytes_ = 0;
+  bool huge_pages_ = false;
+  IdleClock idle_;
   std::weak_ptr<ConsumptionSource> source_;
   PoolStats stats_;
 };

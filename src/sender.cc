@@ -10,9 +10,9 @@ Sender::Sender(UniqueFd fd, SenderOptions options, std::string context)
     : Sender(std::move(fd), options, std::move(context), nullptr) {}
 
 Sender::Sender(UniqueFd fd, SenderOptions options, std::string context,
-               std::shared_ptr<detail::ControlLink> link)
+               std::shared_ptr<detail::ControlLink> link, const detail::DescriptorFacts* facts)
     : core_(std::make_shared<detail::SenderCore>(std::move(fd), options, std::move(context),
-                                                 std::move(link))) {
+                                                 std::move(link), facts)) {
   core_->attach_pool(core_);
 }
 

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <ctime>
 
@@ -49,11 +50,11 @@ std::size_t frame_bytes(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segm
 }  // namespace
 
 SenderCore::SenderCore(UniqueFd fd, SenderOptions options, std::string context,
-                       std::shared_ptr<ControlLink> link)
+                       std::shared_ptr<ControlLink> link, const DescriptorFacts* facts)
     : fd_(std::move(fd)),
       options_(options),
       context_(std::move(context)),
-      pipe_(is_pipe(fd_.get())),
+      facts_(facts != nullptr ? *facts : probe_descriptor(fd_.get(), context_)),
       pool_(std::make_shared<SegmentPool>(
           options.pool_bytes, context_, SegmentPool::Zeroing::zeroed,
           // With a shared-memory path, an object of at least its threshold must not fit
@@ -61,7 +62,8 @@ SenderCore::SenderCore(UniqueFd fd, SenderOptions options, std::string context,
           link && options.path == SendPath::automatic ? options.shared_memory_threshold_bytes : 0)),
       data_pool_(std::make_shared<SegmentPool>(options.data_pool_bytes, context_,
                                                SegmentPool::Zeroing::unzeroed)) {
-  require_access_mode(fd_.get(), /*for_writing=*/true, context_);
+  require_access_mode(facts_, /*for_writing=*/true, context_);
+  if (facts_.pipe && facts_.raisable) capacity_ = PipeCapacity::raisable(facts_.pipe_bytes);
   const bool shared_path =
       options_.path == SendPath::shared_memory ||
       (options_.path == SendPath::automatic && options_.shared_memory_threshold_bytes != 0);
@@ -90,7 +92,7 @@ OutgoingMessage SenderCore::new_message(std::optional<Deadline> deadline) {
 
 WriteMethod SenderCore::choose_method(std::size_t frame_bytes) const noexcept {
   // Where vmsplice copies anyway, writev does the same work and frees the memory at once.
-  if (!pipe_ || !vmsplice_aliases_pages()) return WriteMethod::copy;
+  if (!facts_.pipe || !vmsplice_aliases_pages()) return WriteMethod::copy;
   switch (options_.path) {
     case SendPath::copy:
       return WriteMethod::copy;
@@ -122,6 +124,8 @@ SenderStats SenderCore::stats() const {
   {
     std::lock_guard lock(mutex_);
     result = stats_;
+    result.pipe_bytes = facts_.pipe ? capacity_.bytes(fd_.get()) : 0;
+    result.pipe_raise_refused = capacity_.refused();
   }
   result.vmsplice_aliases_pages = vmsplice_aliases_pages();
   result.shared_memory_available = shared_ && shared_->available();
@@ -275,6 +279,8 @@ void SenderCore::append_locked(QueuedFrame frame, std::byte* table, std::size_t 
                                kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
   frame.bytes = append_frame(gather_, table, table_bytes, table_adjacent, segments);
   frame.iov_end = gather_.size();
+  // A frame the default pipe cannot hold would be written in parts with a wait between.
+  if (capacity_.wants_raise_for(frame.bytes)) capacity_.raise(fd_.get());
   queued_bytes_ += frame.bytes;
   queued_.push_back(std::move(frame));
   update_counts_locked();
@@ -361,8 +367,11 @@ bool SenderCore::write_run(std::size_t& done, Deadline deadline, SigpipeGuard& g
   const iovec* run_end = gather_.data() + queued_[end - 1].iov_end;
   IovCursor run{cursor.iov, static_cast<std::size_t>(run_end - cursor.iov)};
   while (!run.empty()) {
+    // The whole run is offered unless it has more entries than one call takes.
+    const bool offered_whole = run.count <= IOV_MAX;
     const std::size_t written = write_some(fd_.get(), method, run, context_, guard);
     if (written == 0) {
+      if (capacity_.raise(fd_.get())) continue;  // the first time the pipe is full
       if (deadline.expired() ||
           spin_then_wait(fd_.get(), POLLOUT, options_.spin_before_block, deadline) ==
               WaitResult::timed_out) {
@@ -375,6 +384,8 @@ bool SenderCore::write_run(std::size_t& done, Deadline deadline, SigpipeGuard& g
     const std::uint64_t stream_end =
         written_.fetch_add(written, std::memory_order_release) + written;
     run.advance(written);
+    // A short write filled the pipe: raising it now lets the next write go on at once.
+    const bool raised = offered_whole && !run.empty() && capacity_.raise(fd_.get());
     partial_bytes_ += written;
     while (done < end && partial_bytes_ >= queued_[done].bytes) {
       partial_bytes_ -= queued_[done].bytes;
@@ -384,7 +395,7 @@ bool SenderCore::write_run(std::size_t& done, Deadline deadline, SigpipeGuard& g
     // Past the deadline (a non-blocking call: try_send, try_flush), one write that the
     // pipe did not take whole is the end of it: a reader draining on another core would
     // otherwise keep this call writing megabytes, far past what "now" means.
-    if (deadline.expired() && !run.empty()) {
+    if (deadline.expired() && !run.empty() && !raised) {
       cursor = run;
       return false;
     }

@@ -29,6 +29,7 @@
 #include "capnsplice/outgoing_message.h"
 #include "capnsplice/sender.h"
 #include "capnsplice/unique_fd.h"
+#include "pipe_capacity.h"
 #include "pipe_io.h"
 #include "pooled_message_builder.h"
 #include "segment_pool.h"
@@ -40,8 +41,10 @@ class SenderCore final : public ConsumptionSource {
  public:
   /// `link` (may be null) is the channel end's control link; with it, large messages can
   /// take the shared-memory path.
+  /// `facts` (null: probed here) describes `fd`; a raisable pipe gets a PipeCapacity.
   SenderCore(UniqueFd fd, SenderOptions options, std::string context,
-             std::shared_ptr<ControlLink> link = nullptr);
+             std::shared_ptr<ControlLink> link = nullptr,
+             const DescriptorFacts* facts = nullptr);
   ~SenderCore() override;
 
   /// Connects the pool to this core; call once, right after construction.
@@ -150,7 +153,7 @@ class SenderCore final : public ConsumptionSource {
   UniqueFd fd_;
   const SenderOptions options_;
   const std::string context_;
-  const bool pipe_;
+  const DescriptorFacts facts_;
   std::shared_ptr<SegmentPool> pool_;       // Cap'n Proto segments, kept zeroed
   std::shared_ptr<SegmentPool> data_pool_;  // buffers from allocate_data(), not zeroed
   std::shared_ptr<SharedSender> shared_;    // null without a control link
@@ -168,6 +171,7 @@ class SenderCore final : public ConsumptionSource {
   int watch_epoll_ = -1;   // Sender::watch_with
   bool watching_ = false;  // fd_ is registered in watch_epoll_
   SenderStats stats_;
+  PipeCapacity capacity_;  // raised once, when a write finds the pipe full
   ClosedBy closed_by_ = ClosedBy::caller;
 };
 

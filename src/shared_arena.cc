@@ -83,14 +83,18 @@ std::uint64_t fork_generation() noexcept {
 }
 
 bool room_for_a_peers_arena() noexcept {
-  rlimit limit{};
-  if (::getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur == RLIM_INFINITY) return true;
-  const std::size_t reservation = arena_reservation_bytes(SenderOptions{}.arena_bytes);
-  void* probe =
-      ::mmap(nullptr, reservation, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (probe == MAP_FAILED) return false;
-  ::munmap(probe, reservation);
-  return true;
+  // Once per process: asked per receiver it cost every Channel::pair() two system calls.
+  static const bool room = [] {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur == RLIM_INFINITY) return true;
+    const std::size_t reservation = arena_reservation_bytes(SenderOptions{}.arena_bytes);
+    void* probe = ::mmap(nullptr, reservation, PROT_NONE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (probe == MAP_FAILED) return false;
+    ::munmap(probe, reservation);
+    return true;
+  }();
+  return room;
 }
 
 const std::string& shared_memory_unavailable_reason() {

@@ -76,9 +76,10 @@ const std::string& shared_memory_unavailable_reason();
 std::uint64_t fork_generation() noexcept;
 
 /// Whether this process has the address space to map a peer's arena of the default size
-/// with its guard zones (ReceiveArena: 18 GiB reserved, no memory). Asked afresh by each
-/// receiver, as RLIMIT_AS can change (one system call without a limit, three with one):
-/// under a tight limit it does not say it reads shared memory, and its peer sends by pipe.
+/// with its guard zones (ReceiveArena: 18 GiB reserved, no memory). Probed once per
+/// process (one system call without a limit, three with one): under a tight limit it does
+/// not say it reads shared memory, and its peer sends by pipe. A limit lowered after the
+/// first channel is not seen; mapping an arena then fails and names the cause.
 bool room_for_a_peers_arena() noexcept;
 
 /// CLOCK_MONOTONIC_COARSE (a few ns, ms resolution): for the idle-arena checks, which

@@ -108,6 +108,7 @@ std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
   // A caller that may not wait at all builds in the pool instead (the message then takes
   // the pipe): see SegmentPool::allocate.
   const bool never_wait = deadline.expired();
+  schedule();  // before the lock, which the trimmer takes with its own held
   for (;;) {
     link_->pump(Deadline::immediate());  // take in what the reader released
     std::size_t held, held_bytes, in_use, capacity;
@@ -168,18 +169,33 @@ std::optional<ArenaBlock> SharedSender::allocate_more(std::size_t bytes) {
 
 void SharedSender::retire_idle_arena() {
   if (!has_arena_.load(std::memory_order_relaxed)) return;
-  if (!arena_is_ours()) return;  // the parent's arena: not this process's to retire
   const std::chrono::nanoseconds now = coarse_now();
   if (now.count() < next_idle_check_ns_.load(std::memory_order_relaxed)) return;
   next_idle_check_ns_.store((now + kIdleArenaCheckInterval).count(), std::memory_order_relaxed);
+  retire_arena_if_idle(keep_bytes_);
+}
+
+bool SharedSender::trim_if_idle() noexcept {
+  try {
+    return retire_arena_if_idle(0);
+  } catch (...) {
+    return true;  // the link failed: try again later (a broken link shows up on sends)
+  }
+}
+
+bool SharedSender::retire_arena_if_idle(std::size_t keep_bytes) {
+  if (!has_arena_.load(std::memory_order_relaxed)) return false;
+  if (!arena_is_ours()) return false;  // the parent's arena: not this process's to retire
   link_->pump(Deadline::immediate());  // take in what the reader released
   std::shared_ptr<SendArena> retired;  // unmapped after the lock: that takes a while
   std::lock_guard lock(mutex_);
-  if (!arena_ || !arena_->idle_past_keep(keep_bytes_, now, idle_retire_after_)) return;
+  if (!arena_) return false;
+  if (!arena_->idle_past_keep(keep_bytes, coarse_now(), idle_retire_after_)) return true;
   // Idle: nothing held or being built refers to it, so no descriptor names it again.
   link_->send_retire(arena_->id());
   retired = std::move(arena_);
   has_arena_.store(false, std::memory_order_relaxed);
+  return false;
 }
 
 void SharedSender::free(const ArenaBlock& block) { current_arena()->free(block); }
@@ -264,6 +280,8 @@ SharedReceiver::SharedReceiver(std::shared_ptr<ControlLink> link, const ReceiveL
 }
 
 std::shared_ptr<ReceiveArena> SharedReceiver::arena(std::uint32_t id) {
+  schedule();  // before the lock, which the trimmer takes with its own held
+  std::lock_guard lock(arenas_mutex_);
   // A sender names only its latest arena: it moves to the next one once nothing in the
   // old one is held, that is once every message of it was read and dropped here.
   if (arena_ && arena_->id() == id && link_->latest_arena() == id && link_->retired_arena() < id) {
@@ -296,11 +314,23 @@ std::shared_ptr<ReceiveArena> SharedReceiver::arena(std::uint32_t id) {
 }
 
 void SharedReceiver::release_retired() noexcept {
+  std::lock_guard lock(arenas_mutex_);
   retired_.clear();
   if (!arena_) return;
   const std::chrono::nanoseconds now = coarse_now();
   if (now < next_retire_check_) return;
   next_retire_check_ = now + kIdleArenaCheckInterval;
+  release_retired_locked();
+}
+
+bool SharedReceiver::trim_if_idle() noexcept {
+  std::lock_guard lock(arenas_mutex_);
+  retired_.clear();
+  if (arena_) release_retired_locked();
+  return arena_ != nullptr;
+}
+
+void SharedReceiver::release_retired_locked() noexcept {
   try {
     link_->pump(Deadline::immediate());
   } catch (const Error&) {

@@ -40,6 +40,7 @@
 #include "capnsplice/deadline.h"
 #include "capnsplice/options.h"
 #include "control_link.h"
+#include "idle_trimmer.h"
 #include "received_message_state.h"
 #include "segment_pool.h"
 #include "shared_arena.h"
@@ -77,10 +78,11 @@ class DescriptorBuilder {
 };
 
 /// The sending half: arena allocation and message descriptors.
-class SharedSender {
+class SharedSender final : public Trimmable {
  public:
   SharedSender(std::shared_ptr<ControlLink> link, const SenderOptions& options,
                std::string context);
+  ~SharedSender() { unschedule(); }
 
   /// True when a request of `bytes` goes to the arena: it is at least the threshold (or
   /// the path is SendPath::shared_memory), this process can make arenas, the current
@@ -122,6 +124,12 @@ class SharedSender {
   /// read otherwise, nothing at all before the first arena).
   void retire_idle_arena();
 
+  /// Drops the arena once it has been idle (nothing held or being built) for
+  /// SenderOptions::arena_idle_retire_after, whatever its footprint, and tells the peer:
+  /// an idle channel keeps no arena pages. Called by the trimmer thread, which takes in
+  /// the reader's releases first.
+  bool trim_if_idle() noexcept override;
+
   /// Gives back a block of a message that was dropped unsent.
   void free(const ArenaBlock& block);
 
@@ -149,6 +157,9 @@ class SharedSender {
   SendArena* arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced, Deadline deadline);
   /// The current arena, which every live block is in (none before the first allocation).
   std::shared_ptr<SendArena> current_arena() const;
+  /// Drops the arena if it has been idle for idle_retire_after_ with more than
+  /// `keep_bytes` resident, and tells the peer. Returns whether this end still has one.
+  bool retire_arena_if_idle(std::size_t keep_bytes);
   /// False in a fork() child whose inherited arena is its parent's.
   bool arena_is_ours() const noexcept {
     return !has_arena_.load(std::memory_order_relaxed) ||
@@ -177,11 +188,12 @@ class SharedSender {
 };
 
 /// The receiving half: opens the messages that marked frames describe.
-class SharedReceiver {
+class SharedReceiver final : public Trimmable {
  public:
   /// Announces on `link` that this end reads shared-memory messages.
   SharedReceiver(std::shared_ptr<ControlLink> link, const ReceiveLimits& limits,
                  std::string context);
+  ~SharedReceiver() { unschedule(); }
 
   /// Fills `state` with the message that `descriptor` (segment 1 of a marked frame)
   /// describes, checking every field: its arena must be the latest one the peer
@@ -199,13 +211,22 @@ class SharedReceiver {
   /// reading an arena keep it mapped until they are dropped.
   void release_retired() noexcept;
 
+  /// Lets go of the arenas the peer retired, like release_retired() but on the trimmer
+  /// thread: a receiver that nothing calls (idle in an event loop, or blocked) still
+  /// unmaps an arena its idle peer dropped. Looks again while an arena is mapped.
+  bool trim_if_idle() noexcept override;
+
  private:
+  /// Reads the link and lets go of what the peer retired; `arenas_mutex_` held.
+  void release_retired_locked() noexcept;
   void open_descriptor(kj::ArrayPtr<const capnp::word> descriptor, ReceivedMessageState& state);
   std::shared_ptr<ReceiveArena> arena(std::uint32_t id);
 
   std::shared_ptr<ControlLink> link_;
   const ReceiveLimits limits_;
   const std::string context_;
+  /// Guards the arenas: the receiving thread opens messages, the trimmer lets go.
+  std::mutex arenas_mutex_;
   /// The arena mapped last. Older ones live on only in the messages that read them, so
   /// a peer announcing arena after arena pins no more mappings than the application
   /// holds messages.

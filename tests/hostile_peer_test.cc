@@ -242,6 +242,7 @@ TEST_CASE("a flood of arena records costs no descriptors, and a flooded arena is
   auto first = peer.channel.receive_for(kPatientReceive);  // in the first arena
   REQUIRE(blob_intact(first.root<test::Blob>()));
   CHECK(peer.channel.receiver().stats().shared_messages == 1);
+  make_thread_wake_fd();
   const int fds_before = open_fd_count();
   // The peer sends seq 1 only once this end has read all 1000 records (1500 descriptors).
   auto after_flood = receive_while_sending(peer.channel);

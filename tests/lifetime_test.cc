@@ -72,7 +72,7 @@ struct PeerGoneStamp {
 
 /// Descriptors open before a loop of kills; check() after it: none leaked, no zombie.
 struct LeakCheck {
-  int fds = open_fd_count();
+  int fds = (make_thread_wake_fd(), open_fd_count());
   void check() const {
     CHECK(open_fd_count() == fds);
     CHECK(no_children_left());

@@ -30,6 +30,10 @@
 
 namespace capnsplice {
 
+namespace detail {
+struct ChannelMaker;
+}
+
 /// The other end of a channel as raw descriptors, to hand to another process (an
 /// exec'd child, or a client through SCM_RIGHTS). Both are blocking and close-on-exec.
 struct RemoteEnd {
@@ -40,9 +44,12 @@ struct RemoteEnd {
 
 class Channel {
  public:
-  /// Two connected ends. Each end has two pipe ends and one end of a control socket
-  /// (which the shared-memory path uses for large messages), all close-on-exec; each
-  /// pipe's capacity is raised with F_SETPIPE_SZ (options.pipe_bytes).
+  /// Two connected ends: 4 descriptors, the two pipes, all close-on-exec. The control
+  /// socket pair of the shared-memory path (2 more) is made when an end first sends a
+  /// message that takes it (SenderOptions::shared_memory_threshold_bytes), and before
+  /// any fork(), so that an end handed to a forked child keeps the path. Each
+  /// pipe starts at the kernel's default capacity; its sender raises it once to
+  /// options.pipe_bytes when traffic needs it (SenderStats::pipe_bytes).
   static std::pair<Channel, Channel> pair(const ChannelOptions& options = {});
 
   /// One end as a Channel, the other as raw descriptors for another process. The remote
@@ -53,6 +60,8 @@ class Channel {
   /// and `send_fd` (write end of the outgoing pipe). The send descriptor is switched
   /// to non-blocking mode so that send timeouts hold; pass `keep_blocking` to leave
   /// it as it is (for descriptors shared with other processes, such as stdout).
+  /// Their pipe capacity is the application's: options.pipe_bytes is not applied
+  /// (capnsplice raises only pipes it made, spawn()'s and rendezvous' included).
   /// `control_fd`, the peer's control socket, enables the shared-memory path; without
   /// it every message goes through the pipes.
   static Channel from_fds(UniqueFd receive_fd, UniqueFd send_fd, const ChannelOptions& options = {},
@@ -176,6 +185,7 @@ class Channel {
   const std::string& name() const noexcept { return name_; }
 
  private:
+  friend struct detail::ChannelMaker;
   Channel(Sender sender, Receiver receiver, std::string name)
       : sender_(std::move(sender)), receiver_(std::move(receiver)), name_(std::move(name)) {}
 

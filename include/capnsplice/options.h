@@ -87,12 +87,11 @@ struct SenderOptions {
   /// on a busy machine (at 64 MiB they were replaced again and again, 3x slower).
   /// Raise it for streams of larger messages.
   std::size_t arena_keep_bytes = 128 * MiB;
-  /// An arena whose footprint passed arena_keep_bytes and that has been idle this long
-  /// (nothing held or being built) is dropped even if no large message comes to replace
-  /// it: a burst of large messages followed by small ones (or by none) gives its pages
-  /// back. Looked at when this end sends (at most every 10 ms); the peer lets go of its
-  /// mapping when told on the control link, next time it has nothing to read. A sender
-  /// that sends nothing at all keeps its arena until it does or closes.
+  /// An arena that has been idle this long (nothing held or being built) is dropped,
+  /// whatever its footprint: a burst of large messages followed by small ones, or by
+  /// none, gives its pages back. The process's trimmer thread looks every 250 ms, so it
+  /// happens without any call on the channel; the peer lets go of its mapping when its
+  /// trimmer (or its next receive with nothing to read) sees the retirement.
   std::chrono::milliseconds arena_idle_retire_after{1000};
   /// When the pipe is full, keep checking for room this long before sleeping until the
   /// reader frees some: a large message then streams without a sleep and wake-up for
@@ -125,8 +124,14 @@ struct ReceiverOptions {
 struct ChannelOptions {
   /// Appears in every error message of the channel.
   std::string name = "channel";
-  /// Capacity requested for each pipe with F_SETPIPE_SZ. 0: as large as
-  /// /proc/sys/fs/pipe-max-size allows (capped at 1 MiB, the measured sweet spot).
+  /// Capacity a pipe the channel made is raised to (F_SETPIPE_SZ), once, by its sender:
+  /// the first time a write finds it full or a frame is larger than the kernel's default
+  /// (64 KiB). Until then it costs the user's pipe budget (pipe-user-pages-soft, 64 MiB)
+  /// only the default; an idle channel never takes more. 0: 1 MiB (the measured sweet
+  /// spot) or /proc/sys/fs/pipe-max-size if lower. Below 64 KiB: set at creation. A
+  /// refusal (budget spent, above pipe-max-size without CAP_SYS_RESOURCE) leaves the pipe
+  /// as it was, SenderStats::pipe_raise_refused says so. Descriptors given to from_fds()
+  /// are the application's and never resized.
   std::size_t pipe_bytes = 0;
   SenderOptions sender;
   ReceiverOptions receiver;

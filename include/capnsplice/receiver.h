@@ -34,6 +34,7 @@ namespace capnsplice {
 namespace detail {
 class ReceiverCore;
 class ControlLink;
+struct DescriptorFacts;
 }
 
 /// Counters of one receiver.
@@ -52,9 +53,11 @@ class Receiver {
   explicit Receiver(UniqueFd fd, ReceiverOptions options = {}, std::string context = "receive");
 
   /// Used by Channel: `link` is the end's control link; with it this receiver tells the
-  /// peer it reads shared-memory messages, and follows their descriptors.
+  /// peer it reads shared-memory messages, and follows their descriptors. `facts` (null:
+  /// probed) describes `fd`, for a pipe end the channel made itself.
   Receiver(UniqueFd fd, ReceiverOptions options, std::string context,
-           std::shared_ptr<detail::ControlLink> link);
+           std::shared_ptr<detail::ControlLink> link,
+           const detail::DescriptorFacts* facts = nullptr);
   Receiver(Receiver&&) noexcept;
   Receiver& operator=(Receiver&&) noexcept;
   ~Receiver();
@@ -95,7 +98,9 @@ class Receiver {
 
   /// Wakes the thread blocked in receive() on this receiver, or else the next receive()
   /// that would block, exactly once: it throws Interrupted. Interrupts made meanwhile
-  /// count as one. Safe to call from any thread.
+  /// count as one. Safe to call from any thread. The wake-up goes through an eventfd of
+  /// the waiting thread, made on its first blocking receive and closed when it exits: a
+  /// receiver holds no descriptor for it.
   void interrupt();
 
   /// The descriptor to poll for POLLIN (or add to epoll).

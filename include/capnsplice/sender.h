@@ -52,6 +52,7 @@ namespace capnsplice {
 namespace detail {
 class SenderCore;
 class ControlLink;
+struct DescriptorFacts;
 }
 
 /// What try_send() did with a message.
@@ -93,6 +94,17 @@ struct SenderStats {
   /// later, memfd_create allowed, CAPNSPLICE_DISABLE_SHARED_MEMORY not "1"). When it
   /// cannot, or its peer cannot, large messages take the pipe.
   bool shared_memory_available = false;
+  /// The capacity of the pipe written to, in bytes (0: not a pipe, or closed). A pipe
+  /// capnsplice made starts at the kernel's default (64 KiB; 8 KiB for a user past
+  /// /proc/sys/fs/pipe-user-pages-soft) and is raised once, to ChannelOptions::pipe_bytes,
+  /// the first time a write finds it full or a frame is larger than 64 KiB. A pipe the
+  /// application gave (from_fds, a Sender of its own) keeps the capacity it has.
+  std::uint64_t pipe_bytes = 0;
+  /// The raise was tried and the kernel refused it (EPERM: the user's pipe budget,
+  /// pipe-user-pages-soft or -hard, is spent, or pipe_bytes exceeds pipe-max-size without
+  /// CAP_SYS_RESOURCE) or granted less than asked. The channel keeps working with
+  /// pipe_bytes; small pipes cost throughput on a stream (README "The pipe budget").
+  bool pipe_raise_refused = false;
 };
 
 class Sender {
@@ -103,9 +115,10 @@ class Sender {
   explicit Sender(UniqueFd fd, SenderOptions options = {}, std::string context = "send");
 
   /// Used by Channel: `link` is the end's control link, which enables the shared-memory
-  /// path for large messages.
+  /// path for large messages. `facts` (null: probed) describes `fd`, for a pipe the
+  /// channel made itself: asking the kernel again would cost system calls per channel.
   Sender(UniqueFd fd, SenderOptions options, std::string context,
-         std::shared_ptr<detail::ControlLink> link);
+         std::shared_ptr<detail::ControlLink> link, const detail::DescriptorFacts* facts = nullptr);
   Sender(Sender&&) noexcept;
   Sender& operator=(Sender&&) noexcept;
   ~Sender();

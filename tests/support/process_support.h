@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "capnsplice/channel.h"
 #include "capnsplice/error.h"
 #include "capnsplice/process.h"
 #include "error_from.h"
@@ -31,6 +32,14 @@ inline Child spawn_peer(std::initializer_list<std::string> arguments,
                 .arguments = arguments,
                 .environment = std::move(environment),
                 .channel = options});
+}
+
+/// Makes this thread's wake-up eventfd, which capnsplice makes on a thread's first
+/// blocking receive and keeps until the thread exits: a count of descriptors taken after
+/// this sees only what it measures.
+inline void make_thread_wake_fd() {
+  auto [near, far] = Channel::pair();
+  static_cast<void>(error_from([&far = far] { far.receive(Deadline::immediate()); }));
 }
 
 /// Descriptors open in this process right now.

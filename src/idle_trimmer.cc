@@ -1,0 +1,110 @@
+#include "idle_trimmer.h"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <mutex>
+#include <new>
+#include <thread>
+#include <vector>
+
+#include "shared_arena.h"  // fork_generation()
+
+namespace capnsplice::detail {
+
+/// The process's list of scheduled items and the thread that visits them.
+class TrimRegistry {
+ public:
+  /// The one registry, made on first use and never destroyed: the thread may still run
+  /// while static destructors do at exit.
+  static TrimRegistry& instance() {
+    static TrimRegistry* const registry = [] {
+      auto* made = new TrimRegistry();  // NOLINT(cppcoreguidelines-owning-memory): see above
+      ::pthread_atfork(&TrimRegistry::before_fork, &TrimRegistry::after_fork_in_parent,
+                       &TrimRegistry::after_fork_in_child);
+      return made;
+    }();
+    return *registry;
+  }
+
+  void add(Trimmable& item) {
+    const std::uint64_t generation = fork_generation() + 1;
+    std::lock_guard lock(mutex_);
+    if (item.scheduled_in_.load(std::memory_order_relaxed) == generation) return;
+    item.scheduled_in_.store(generation, std::memory_order_relaxed);
+    items_.push_back(&item);
+    if (!thread_started_) {
+      std::thread([this] { run(); }).detach();
+      thread_started_ = true;
+    }
+    wake_.notify_one();
+  }
+
+  void remove(Trimmable& item) {
+    std::lock_guard lock(mutex_);
+    items_.erase(std::remove(items_.begin(), items_.end(), &item), items_.end());
+    item.scheduled_in_.store(0, std::memory_order_relaxed);
+  }
+
+ private:
+  TrimRegistry() = default;
+
+  [[noreturn]] void run() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [this] { return !items_.empty(); });
+      // A plain sleep: items count their quiet looks, so looks must not come sooner.
+      const auto next_look = std::chrono::steady_clock::now() + kTrimCheckInterval;
+      while (wake_.wait_until(lock, next_look) != std::cv_status::timeout) {
+      }
+      // Items leave the list here and in their destructors (remove(), under this lock),
+      // so every pointer on it is alive while the lock is held.
+      auto done = std::remove_if(items_.begin(), items_.end(), [](Trimmable* item) {
+        if (item->trim_if_idle()) return false;
+        // Release: what trim_if_idle() did happens before a destructor that sees 0.
+        item->scheduled_in_.store(0, std::memory_order_release);
+        return true;
+      });
+      items_.erase(done, items_.end());
+    }
+  }
+
+  // A fork() child has no trimmer thread and must not inherit a lock it holds: the
+  // registry is locked across fork(), and the child starts over with an empty list (its
+  // items schedule themselves again: their generation is the parent's). The condition
+  // variable is made anew: the child's copy still counts the parent's waiting thread,
+  // and glibc's notify then waits for it for ever.
+  static void before_fork() noexcept { instance().mutex_.lock(); }
+  static void after_fork_in_parent() noexcept { instance().mutex_.unlock(); }
+  static void after_fork_in_child() noexcept {
+    TrimRegistry& registry = instance();
+    registry.items_.clear();
+    registry.thread_started_ = false;
+    // Made over the copy without destroying it (that could wait for the waiter too).
+    new (&registry.wake_) std::condition_variable();
+    registry.mutex_.unlock();
+  }
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::vector<Trimmable*> items_;
+  bool thread_started_ = false;
+};
+
+void Trimmable::schedule() noexcept {
+  if (scheduled_in_.load(std::memory_order_relaxed) == fork_generation() + 1) return;
+  try {
+    TrimRegistry::instance().add(*this);
+  } catch (...) {
+    // No memory or no thread for the trimmer: the item keeps its memory, as it would
+    // without one.
+  }
+}
+
+void Trimmable::unschedule() noexcept {
+  if (scheduled_in_.load(std::memory_order_acquire) == 0) return;
+  TrimRegistry::instance().remove(*this);
+}
+
+}  // namespace capnsplice::detail
