@@ -8,6 +8,7 @@
 
 #include "capnsplice/error.h"
 #include "control_pair.h"
+#include "control_record.h"
 #include "pipe_io.h"
 #include "shared_arena.h"
 
@@ -15,21 +16,12 @@ namespace capnsplice::detail {
 
 namespace {
 
-enum RecordKind : std::uint32_t {
-  kAcceptsShared = 1,
-  kArena = 2,
-  kRelease = 3,
-  kRetire = 4,
-  kArenaLost = 5,
-};
-
-struct Record {
-  std::uint32_t kind;
-  std::uint32_t arena;
-  std::uint64_t value;
-  std::uint64_t spare;
-};
-static_assert(sizeof(Record) == 24);
+using control_record::kAcceptsShared;
+using control_record::kArena;
+using control_record::kArenaLost;
+using control_record::kRelease;
+using control_record::kRetire;
+using control_record::Record;
 
 /// The one descriptor `message` carries, or none. Every descriptor the kernel delivered
 /// is owned here, so any beyond the first, and the only one of a record that carries

@@ -49,6 +49,14 @@ void throw_system_error(std::string_view context, std::string_view call) {
 void throw_system_error(std::string_view context, std::string_view call, int err) {
   std::string detail(call);
   detail.append(" failed: ").append(std::strerror(err));
+  // The limits a host with many channels reaches first: say which and what to do.
+  if (err == EMFILE) {
+    detail.append(" (this process is at its descriptor limit, RLIMIT_NOFILE: close "
+                  "channels or raise the limit, e.g. ulimit -n; a channel pair holds 4 "
+                  "descriptors, 6 once a large message has gone)");
+  } else if (err == ENFILE) {
+    detail.append(" (the system's descriptor limit, /proc/sys/fs/file-max, is reached)");
+  }
   throw Error(ErrorCode::SystemError, context, detail, err);
 }
 

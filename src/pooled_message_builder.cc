@@ -5,7 +5,7 @@
 #include <cstring>
 #include <limits>
 
-#include "shared_path.h"
+#include "shared_sender.h"
 
 namespace capnsplice::detail {
 

@@ -16,7 +16,7 @@
 #include "pipe_io.h"
 #include "receive_wake.h"
 #include "received_message_state.h"
-#include "shared_path.h"
+#include "shared_receiver.h"
 
 namespace capnsplice {
 namespace detail {

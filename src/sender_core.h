@@ -33,7 +33,8 @@
 #include "pipe_io.h"
 #include "pooled_message_builder.h"
 #include "segment_pool.h"
-#include "shared_path.h"
+#include "shared_descriptor.h"
+#include "shared_sender.h"
 
 namespace capnsplice::detail {
 

@@ -4,13 +4,16 @@
 #include <catch2/catch.hpp>
 
 #include <dirent.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "capnsplice/channel.h"
 #include "support/blob.h"
@@ -196,4 +199,28 @@ TEST_CASE("an interrupt racing a message is neither lost nor left to wake anothe
     // other receiver.
     CHECK(error_from([&o = other_far] { o.receive_for(1ms); }).code() == ErrorCode::Timeout);
   }
+}
+
+TEST_CASE("a process out of descriptors gets SystemError EMFILE that names the limit") {
+  warm_up();
+  const int before = descriptors();
+  rlimit saved{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
+  rlimit tight = saved;
+  tight.rlim_cur = static_cast<rlim_t>(before + 64);
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &tight) == 0);
+  // Take every free descriptor number, then give three back: room for one pipe, not two.
+  std::vector<int> filler;
+  for (int fd = ::dup(STDERR_FILENO); fd >= 0; fd = ::dup(STDERR_FILENO)) filler.push_back(fd);
+  for (int i = 0; i < 3; ++i) {
+    ::close(filler.back());
+    filler.pop_back();
+  }
+  const Error error = error_from([] { static_cast<void>(Channel::pair()); });
+  for (const int fd : filler) ::close(fd);
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &saved) == 0);
+  CHECK(error.code() == ErrorCode::SystemError);
+  CHECK(error.sys_errno() == EMFILE);
+  CHECK_THAT(error.what(), Catch::Contains("RLIMIT_NOFILE"));
+  CHECK(descriptors() == before);  // the pipe that was made is closed again
 }

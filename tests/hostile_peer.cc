@@ -63,6 +63,7 @@
 
 #include "capnsplice.capnp.h"
 #include "capnsplice/process.h"
+#include "control_record.h"  // src/: the control link's wire format
 #include "support/test_support.h"
 #include "test.capnp.h"
 
@@ -72,15 +73,9 @@ using capnsplice::kChildControlFd;
 using capnsplice::kChildReceiveFd;
 using capnsplice::kChildSendFd;
 
-enum RecordKind : std::uint32_t { kAcceptsShared = 1, kArena = 2 };
-
-/// A control-link record, as src/control_link.cc lays it out.
-struct Record {
-  std::uint32_t kind;
-  std::uint32_t arena;
-  std::uint64_t value;
-  std::uint64_t spare;
-};
+using capnsplice::detail::control_record::kAcceptsShared;
+using capnsplice::detail::control_record::kArena;
+using capnsplice::detail::control_record::Record;
 
 constexpr std::size_t kArenaBytes = 1 << 20;
 

@@ -10,6 +10,8 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -17,6 +19,7 @@
 #include "support/blob.h"
 #include "capnsplice/channel.h"
 #include "support/resident_memory.h"
+#include "support/sanitizer.h"
 
 namespace {
 
@@ -27,6 +30,40 @@ using namespace std::chrono_literals;
 
 /// Longer than the trimmer needs (idle 1 s, looked at every 250 ms, both ends of a pair).
 constexpr auto kIdleLongEnough = 2500ms;
+/// How long a test waits at most for memory to come back, on a machine that is busy.
+constexpr auto kGenerousWait = 15s;
+
+/// Waits until this process's resident memory is at most `bound` bytes, or
+/// kGenerousWait passed; returns the last figure.
+std::size_t resident_once_at_most(std::size_t bound) {
+  const auto give_up = std::chrono::steady_clock::now() + kGenerousWait;
+  std::size_t resident = resident_bytes();
+  while (resident > bound && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(100ms);
+    resident = resident_bytes();
+  }
+  return resident;
+}
+
+/// The most this process had resident since the last reset_peak_resident() (VmHWM).
+std::size_t peak_resident_bytes() {
+  std::FILE* status = std::fopen("/proc/self/status", "re");
+  if (status == nullptr) return 0;
+  std::size_t kib = 0;
+  char line[256];
+  while (std::fgets(line, sizeof line, status) != nullptr) {
+    if (std::strncmp(line, "VmHWM:", 6) == 0) kib = std::strtoull(line + 6, nullptr, 10);
+  }
+  std::fclose(status);
+  return kib * KiB;
+}
+
+void reset_peak_resident() {
+  std::FILE* clear_refs = std::fopen("/proc/self/clear_refs", "we");
+  if (clear_refs == nullptr) return;
+  std::fputs("5", clear_refs);  // 5: reset the peak resident set size (proc(5))
+  std::fclose(clear_refs);
+}
 
 /// Raises the descriptor limit to fit `descriptors` more; false when the hard limit is
 /// too low (then the test says so and checks fewer pairs).
@@ -74,7 +111,8 @@ TEST_CASE("a thousand channel pairs after one small message each way stay under 
   std::printf("%zu pairs after one small message each way: +%.1f MiB (%.1f KiB per pair)\n", count,
               static_cast<double>(after - before) / MiB, per_pair_kib(before, after, count));
   // 64 MiB for 1000 pairs; before pools started with small pages, one pair cost 4 MiB.
-  CHECK(after - before <= count * 64 * KiB);
+  // (Sanitizers' allocators and shadow memory count too: the plain build checks it.)
+  if (!kUnderSanitizer) CHECK(after - before <= count * 64 * KiB);
 }
 
 TEST_CASE("idle channel ends give back what a burst of traffic faulted in, with no call on them") {
@@ -85,6 +123,7 @@ TEST_CASE("idle channel ends give back what a burst of traffic faulted in, with 
   exchange_small_messages(pairs, random);
   std::this_thread::sleep_for(kIdleLongEnough);  // the process's own first-use pages settle
   const std::size_t at_rest = resident_bytes();
+  reset_peak_resident();
 
   // Each way: a 16 MiB message (shared memory), and 64 KiB ones through pool and ring.
   for (auto& [a, b] : pairs) {
@@ -98,16 +137,18 @@ TEST_CASE("idle channel ends give back what a burst of traffic faulted in, with 
       reader.join();
     }
   }
-  const std::size_t after_burst = resident_bytes();
-  std::this_thread::sleep_for(kIdleLongEnough);
-  const std::size_t after_idle = resident_bytes();
-  std::printf("%zu pairs: at rest %.1f MiB, after the burst %.1f MiB, idle again %.1f MiB "
+  const std::size_t peak = peak_resident_bytes();
+  // Every idle end back to at most 64 KiB of what the burst added (the trimmer needs
+  // 1-1.5 s; a busy machine may take longer).
+  const std::size_t bound = at_rest + kPairs * 2 * 64 * KiB;
+  const std::size_t after_idle = resident_once_at_most(bound);
+  std::printf("%zu pairs: at rest %.1f MiB, peak in the burst %.1f MiB, idle again %.1f MiB "
               "(+%.1f KiB per pair over rest)\n",
-              kPairs, static_cast<double>(at_rest) / MiB, static_cast<double>(after_burst) / MiB,
+              kPairs, static_cast<double>(at_rest) / MiB, static_cast<double>(peak) / MiB,
               static_cast<double>(after_idle) / MiB, per_pair_kib(at_rest, after_idle, kPairs));
-  CHECK(after_burst > at_rest + kPairs * 16 * MiB);  // the burst did fault memory in
-  // Every idle end back to at most 64 KiB of what the burst added.
-  CHECK(after_idle <= at_rest + kPairs * 2 * 64 * KiB);
+  if (kUnderSanitizer) return;  // their allocators hold freed memory back (quarantine)
+  CHECK(peak > at_rest + 64 * MiB);  // the burst did fault memory in (one pair's arenas)
+  CHECK(after_idle <= bound);
 }
 
 TEST_CASE("messages in the pipe while their sender's pages are given back arrive intact") {
@@ -161,11 +202,11 @@ TEST_CASE("a fork child gives idle memory back too") {
       }
     }
     const std::size_t busy = resident_bytes();
-    std::this_thread::sleep_for(kIdleLongEnough);
-    const std::size_t idle = resident_bytes();
+    const std::size_t idle = kUnderSanitizer ? busy : resident_once_at_most(busy - 4 * MiB);
     std::printf("fork child: %.1f MiB after traffic, %.1f MiB idle\n",
                 static_cast<double>(busy) / MiB, static_cast<double>(idle) / MiB);
-    ::_exit(!intact ? 1 : idle + 4 * MiB > busy ? 2 : 0);
+    std::fflush(stdout);
+    ::_exit(!intact ? 1 : (idle + 4 * MiB > busy && !kUnderSanitizer) ? 2 : 0);
   }
   int status = 0;
   pid_t reaped = 0;
