@@ -261,6 +261,7 @@ TEST_CASE("arena announcements whose id is not above the latest are dropped with
   Child peer = spawn_arena_peer("arena-stale");
   auto first = peer.channel.receive_for(kPatientReceive);  // in arena 5
   REQUIRE(blob_intact(first.root<test::Blob>()));
+  make_thread_wake_fd();  // a receive that blocks below would make it: not the arenas'
   const int fds_before = open_fd_count();
   // Seq 2 comes once this end has read the second arena 5 and the arena 4.
   CHECK(receive_while_sending(peer.channel).root<test::Blob>().getSeq() == 2);
