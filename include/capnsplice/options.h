@@ -70,8 +70,9 @@ struct SenderOptions {
   /// 128 KiB up (1.4x there, 2x from 384 KiB) and tied at 64 KiB.
   std::size_t shared_memory_threshold_bytes = 128 * KiB;
   /// Size of that arena: a sparse memfd, whose pages become resident as messages first
-  /// use them and stay so (reused by later messages) until the channel closes — the seal
-  /// that keeps the receiver from writing it also keeps the sender from punching holes.
+  /// use them and stay so (reused by later messages) until the arena is replaced or has
+  /// been idle for arena_idle_retire_after — the seal that keeps the receiver from
+  /// writing it also keeps the sender from punching holes, so arenas go whole.
   std::size_t arena_bytes = std::size_t{2} << 30;
   /// How much of that arena may stay resident while it is idle. Once the arena's
   /// footprint (the high-water mark of its use) has passed this, and is more than twice
