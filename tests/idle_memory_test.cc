@@ -45,19 +45,7 @@ std::size_t resident_once_at_most(std::size_t bound) {
   return resident;
 }
 
-/// The most this process had resident since the last reset_peak_resident() (VmHWM).
-std::size_t peak_resident_bytes() {
-  std::FILE* status = std::fopen("/proc/self/status", "re");
-  if (status == nullptr) return 0;
-  std::size_t kib = 0;
-  char line[256];
-  while (std::fgets(line, sizeof line, status) != nullptr) {
-    if (std::strncmp(line, "VmHWM:", 6) == 0) kib = std::strtoull(line + 6, nullptr, 10);
-  }
-  std::fclose(status);
-  return kib * KiB;
-}
-
+/// Starts peak_resident_bytes() over from what is resident now.
 void reset_peak_resident() {
   std::FILE* clear_refs = std::fopen("/proc/self/clear_refs", "we");
   if (clear_refs == nullptr) return;
