@@ -10,10 +10,10 @@ OutgoingMessage::OutgoingMessage(OutgoingMessage&&) noexcept = default;
 OutgoingMessage& OutgoingMessage::operator=(OutgoingMessage&&) noexcept = default;
 OutgoingMessage::~OutgoingMessage() = default;
 
-OutgoingMessage::OutgoingMessage(std::unique_ptr<capnp::MessageBuilder> builder) noexcept
+OutgoingMessage::OutgoingMessage(std::unique_ptr<detail::PooledMessageBuilder> builder) noexcept
     : builder_(std::move(builder)) {}
 
-capnp::MessageBuilder& OutgoingMessage::builder() {
+detail::PooledMessageBuilder& OutgoingMessage::pooled() {
   if (!builder_) {
     throw Error(ErrorCode::InvalidArgument, "OutgoingMessage",
                 "used after it was sent or moved from");
@@ -21,10 +21,11 @@ capnp::MessageBuilder& OutgoingMessage::builder() {
   return *builder_;
 }
 
+capnp::MessageBuilder& OutgoingMessage::builder() { return pooled(); }
+
 OutgoingMessage::DataBuffer OutgoingMessage::allocate_data(std::size_t size) {
-  auto& pooled = static_cast<detail::PooledMessageBuilder&>(builder());
   DataBuffer buffer;
-  buffer.orphan = pooled.allocate_data(size, buffer.bytes);
+  buffer.orphan = pooled().allocate_data(size, buffer.bytes);
   return buffer;
 }
 

@@ -17,12 +17,13 @@ constexpr std::size_t kArenaSegmentFloor = std::size_t{64} * 1024;
 
 PooledMessageBuilder::PooledMessageBuilder(
     std::shared_ptr<SegmentPool> segment_pool, std::shared_ptr<SegmentPool> data_pool,
-    std::shared_ptr<SharedSender> shared,
+    std::shared_ptr<SharedSender> shared, FlushQueued flush_queued,
     std::optional<std::chrono::nanoseconds> allocation_timeout,
     std::optional<Deadline> allocation_deadline)
     : segment_pool_(std::move(segment_pool)),
       data_pool_(std::move(data_pool)),
       shared_(std::move(shared)),
+      flush_queued_(std::move(flush_queued)),
       allocation_timeout_(allocation_timeout),
       allocation_deadline_(allocation_deadline) {}
 
@@ -39,13 +40,13 @@ PooledMessageBuilder::~PooledMessageBuilder() noexcept(false) {
 }
 
 Chunk PooledMessageBuilder::allocate_from(SegmentPool& pool, std::size_t bytes, bool greedy) {
-  return pool.allocate(bytes, greedy, allocation_deadline());
+  return pool.allocate(bytes, greedy, allocation_deadline(), flush_queued_);
 }
 
 std::optional<ArenaBlock> PooledMessageBuilder::allocate_shared(std::size_t bytes, bool zeroed) {
   if (!shared_ || !shared_->wants(bytes)) return std::nullopt;
   std::optional<ArenaBlock> block =
-      shared_->allocate(bytes, zeroed, allocation_deadline());
+      shared_->allocate(bytes, zeroed, allocation_deadline(), flush_queued_);
   if (block) arena_blocks_.push_back(*block);
   return block;
 }

@@ -21,6 +21,7 @@
 #include <optional>
 #include <vector>
 
+#include "flush_queued.h"
 #include "segment_pool.h"
 #include "shared_arena.h"
 
@@ -35,10 +36,11 @@ class PooledMessageBuilder final : public capnp::MessageBuilder {
 
   /// `shared` (may be null) takes requests large enough for the shared-memory path.
   /// A request for memory waits for room until `allocation_deadline`, or when that is
-  /// empty for `allocation_timeout` (empty: as long as it takes).
+  /// empty for `allocation_timeout` (empty: as long as it takes); before it waits, a full
+  /// pool or arena has `flush_queued` write the sender's queue.
   PooledMessageBuilder(std::shared_ptr<SegmentPool> segment_pool,
                        std::shared_ptr<SegmentPool> data_pool,
-                       std::shared_ptr<SharedSender> shared,
+                       std::shared_ptr<SharedSender> shared, FlushQueued flush_queued,
                        std::optional<std::chrono::nanoseconds> allocation_timeout,
                        std::optional<Deadline> allocation_deadline = std::nullopt);
   ~PooledMessageBuilder() noexcept(false) override;
@@ -95,6 +97,7 @@ class PooledMessageBuilder final : public capnp::MessageBuilder {
   std::shared_ptr<SegmentPool> segment_pool_;
   std::shared_ptr<SegmentPool> data_pool_;
   std::shared_ptr<SharedSender> shared_;
+  FlushQueued flush_queued_;
   Deadline allocation_deadline() const noexcept {
     return allocation_deadline_ ? *allocation_deadline_ : Deadline::after(allocation_timeout_);
   }

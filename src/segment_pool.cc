@@ -22,12 +22,13 @@ constexpr std::size_t kMaxSpareBlocks = 2;
 
 }  // namespace
 
-SegmentPool::SegmentPool(std::size_t capacity, std::string context, Zeroing zeroing,
-                         std::size_t greedy_limit)
+SegmentPool::SegmentPool(std::size_t capacity, std::shared_ptr<ReaderProgress> progress,
+                         std::string context, Zeroing zeroing, std::size_t greedy_limit)
     : capacity_(round_up(std::max<std::size_t>(capacity, std::size_t{64} * 1024), page_size())),
       context_(std::move(context)),
       zeroing_(zeroing),
-      greedy_limit_(greedy_limit != 0 ? std::min(greedy_limit, capacity_ / 2) : capacity_ / 2) {}
+      greedy_limit_(greedy_limit != 0 ? std::min(greedy_limit, capacity_ / 2) : capacity_ / 2),
+      progress_(std::move(progress)) {}
 
 void SegmentPool::clear(std::byte* data, std::size_t& dirty_bytes) const {
   if (zeroing_ == Zeroing::zeroed && dirty_bytes != 0) std::memset(data, 0, dirty_bytes);
@@ -42,15 +43,13 @@ std::size_t SegmentPool::greedy_floor() const noexcept {
   return std::min<std::size_t>(std::size_t{64} * 1024, capacity_ / 4);
 }
 
-void SegmentPool::attach(std::weak_ptr<ConsumptionSource> source) {
-  std::lock_guard lock(mutex_);
-  source_ = std::move(source);
-}
-
-void SegmentPool::query_and_reclaim(ConsumptionSource& source) {
+bool SegmentPool::query_and_reclaim() {
+  const std::optional<std::uint64_t> consumed = progress_->consumed_bytes();
+  if (!consumed) return false;
   ++stats_.consumption_queries;
   spliced_since_query_ = 0;
-  reclaim(source.consumed_bytes());
+  reclaim(*consumed);
+  return true;
 }
 
 PoolStats SegmentPool::stats() const {
@@ -70,7 +69,8 @@ bool SegmentPool::oldest_chunk_in_flight() const {
   return !chunks_.empty() && chunks_.front().state == State::in_flight;
 }
 
-Chunk SegmentPool::allocate(std::size_t min_bytes, bool greedy, Deadline deadline) {
+Chunk SegmentPool::allocate(std::size_t min_bytes, bool greedy, Deadline deadline,
+                            const FlushQueued& flush_queued) {
   min_bytes = round_up(std::max<std::size_t>(min_bytes, kWordBytes), kWordBytes);
   schedule();  // before the lock: the trimmer takes it with its own held
   std::unique_lock lock(mutex_);
@@ -79,9 +79,7 @@ Chunk SegmentPool::allocate(std::size_t min_bytes, bool greedy, Deadline deadlin
     // come back first, so their mappings are reused rather than new ones faulted in.
     const bool large_in_flight = std::any_of(dedicated_.begin(), dedicated_.end(),
                                              [](const auto& block) { return block->in_flight; });
-    if (auto source = source_.lock(); source && large_in_flight) {
-      query_and_reclaim(*source);
-    }
+    if (large_in_flight) query_and_reclaim();
     return allocate_dedicated(min_bytes);
   }
   if (!ring_) {
@@ -93,9 +91,7 @@ Chunk SegmentPool::allocate(std::size_t min_bytes, bool greedy, Deadline deadlin
   // a whole ring's worth came back at once and was zeroed in one go (4 KiB round trips:
   // p99.9 600 µs, now 137 µs; p99 unchanged at 12.6 µs; smaller batches, an eighth or
   // less, raised p99 to 21-34 µs). One FIONREAD (~0.4 µs) per batch is cheap.
-  if (spliced_since_query_ >= capacity_ / 4) {
-    if (auto source = source_.lock()) query_and_reclaim(*source);
-  }
+  if (spliced_since_query_ >= capacity_ / 4) query_and_reclaim();
   const std::size_t wanted = greedy ? std::max(min_bytes, greedy_floor()) : min_bytes;
   // A caller that may not wait at all (an event loop) gets fresh memory where the ring is
   // full: what it holds is bounded by the sender's outgoing queue limit instead.
@@ -104,20 +100,19 @@ Chunk SegmentPool::allocate(std::size_t min_bytes, bool greedy, Deadline deadlin
   Chunk chunk;
   for (;;) {
     if (try_ring(wanted, greedy, chunk)) return chunk;
-    auto source = source_.lock();
-    if (!source) break;
     if (!flushed) {
       // Queued messages hold chunks that only come back once written: write them.
       flushed = true;
       lock.unlock();
-      const bool wrote = source->flush_queued(deadline);
+      const bool wrote = flush_queued(deadline);
       lock.lock();
       if (wrote) continue;
     }
     if (!oldest_chunk_in_flight()) break;
     // Only now ask the kernel: FIONREAD costs a system call, so the pool runs on its
-    // cached figure until it actually needs space.
-    query_and_reclaim(*source);
+    // cached figure until it actually needs space. Nothing to wait for once the pipe
+    // is closed.
+    if (!query_and_reclaim()) break;
     if (try_ring(wanted, greedy, chunk)) return chunk;
     if (!oldest_chunk_in_flight() || never_wait) break;
     if (deadline.expired()) {
@@ -128,7 +123,7 @@ Chunk SegmentPool::allocate(std::size_t min_bytes, bool greedy, Deadline deadlin
     }
     ++stats_.waits_for_reader;
     lock.unlock();
-    source->wait_for_reader(deadline);
+    progress_->wait_for_reader(deadline);
     lock.lock();
   }
   // Waiting cannot help (builders hold the ring, or no reader to wait for): a greedy

@@ -11,7 +11,7 @@
 // A chunk comes back when its builder is dropped unsent, when it was sent by copy
 // (writev returned), or when it was vmspliced and the reader has consumed every byte
 // of it. Only the kernel is trusted for the last one: consumed = written − queued,
-// where queued is ioctl(FIONREAD) on the pipe (see ConsumptionSource). Until then the
+// where queued is ioctl(FIONREAD) on the pipe (reader_progress.h). Until then the
 // chunk is never handed out again — bytes given to vmsplice must stay untouched.
 //
 // Free memory is kept zeroed, as Cap'n Proto's allocateSegment() requires: when a
@@ -41,32 +41,12 @@
 #include <vector>
 
 #include "capnsplice/deadline.h"
+#include "flush_queued.h"
 #include "idle_trimmer.h"
 #include "mapped_memory.h"
+#include "reader_progress.h"
 
 namespace capnsplice::detail {
-
-/// Tells the pool how far the reader has got. Implemented by the sender, which alone
-/// knows how many bytes it wrote into the pipe.
-///
-/// The pool calls consumed_bytes() with its lock held, and the other two without.
-class ConsumptionSource {
- public:
-  virtual ~ConsumptionSource() = default;
-  /// Stream bytes the reader has taken out of the pipe, per the kernel. Never more
-  /// than the truth (it may be less).
-  virtual std::uint64_t consumed_bytes() = 0;
-  /// Writes messages that were queued but not yet written, whose chunks the pool cannot
-  /// reclaim until they are, until `deadline` (what the pipe does not take stays queued).
-  /// Returns whether any bytes were written.
-  virtual bool flush_queued(Deadline deadline) = 0;
-  /// Blocks until the reader has probably consumed more, or briefly; throws PeerClosed
-  /// when the reader is gone. Returns at the deadline at the latest.
-  virtual void wait_for_reader(Deadline deadline) = 0;
-  /// Throws PeerClosed when nobody can read the pipe any more (its read end is closed),
-  /// without waiting: for waits whose wake-up comes from elsewhere (arena releases).
-  virtual void require_reader() = 0;
-};
 
 /// A dedicated mapping for a request the ring could not serve.
 struct DedicatedBlock;
@@ -94,25 +74,26 @@ class SegmentPool final : public Trimmable {
   /// caller fills completely (OutgoingMessage::allocate_data) do not, and skip the pass.
   enum class Zeroing { zeroed, unzeroed };
 
-  /// `capacity` bytes of ring, mapped on first use. `context` names the channel in errors.
+  /// `capacity` bytes of ring, mapped on first use, for messages written into the pipe
+  /// whose reader `progress` tells about. `context` names the channel in errors.
   /// Greedy chunks stop at `greedy_limit` (0: half the ring): a sender with a
   /// shared-memory path sets its threshold here, so that any object at least that large
   /// needs a segment of its own, which the shared path then serves.
-  SegmentPool(std::size_t capacity, std::string context, Zeroing zeroing = Zeroing::zeroed,
+  SegmentPool(std::size_t capacity, std::shared_ptr<ReaderProgress> progress,
+              std::string context, Zeroing zeroing = Zeroing::zeroed,
               std::size_t greedy_limit = 0);
   ~SegmentPool();
   SegmentPool(const SegmentPool&) = delete;
   SegmentPool& operator=(const SegmentPool&) = delete;
 
-  /// Connects the pool to the sender that writes its chunks (an empty pointer
-  /// disconnects: chunks in flight are then never reused, and new requests get
-  /// dedicated memory). The pool keeps only a weak reference.
-  void attach(std::weak_ptr<ConsumptionSource> source);
-
   /// At least `min_bytes` of zeroed, 8-byte aligned memory. `greedy` takes the largest
-  /// free run instead (for segments that will grow, trimmed at send). Waits for the
-  /// reader while in-flight bytes are what fills the ring, until `deadline` (Timeout).
-  Chunk allocate(std::size_t min_bytes, bool greedy, Deadline deadline);
+  /// free run instead (for segments that will grow, trimmed at send). When the ring is
+  /// full, has `flush_queued` write the messages whose chunks fill it, then waits for the
+  /// reader while in-flight bytes are what fills it, until `deadline` (Timeout). Once the
+  /// pipe is closed (ReaderProgress::close), chunks in flight are never reused and new
+  /// requests the ring cannot serve get dedicated memory.
+  Chunk allocate(std::size_t min_bytes, bool greedy, Deadline deadline,
+                 const FlushQueued& flush_queued);
 
   /// The builder is done: only the first `used_bytes` were written. Gives the unused
   /// tail back when the chunk is the newest one.
@@ -121,7 +102,7 @@ class SegmentPool final : public Trimmable {
   /// The chunk may be reused (unsent, or sent by copy).
   void release(const Chunk& chunk);
 
-  /// The chunk was vmspliced; reusable once consumed_bytes() reaches `stream_end`.
+  /// The chunk was vmspliced; reusable once the reader has consumed `stream_end` bytes.
   void release_after(const Chunk& chunk, std::uint64_t stream_end);
 
   std::size_t capacity() const noexcept { return capacity_; }
@@ -150,8 +131,9 @@ class SegmentPool final : public Trimmable {
   bool try_ring(std::size_t wanted, bool greedy, Chunk& out);
   std::size_t greedy_floor() const noexcept;
   Chunk allocate_dedicated(std::size_t min_bytes);
-  /// Asks the kernel how far the reader got and takes back what it consumed.
-  void query_and_reclaim(ConsumptionSource& source);
+  /// Asks the kernel how far the reader got and takes back what it consumed. False when
+  /// nobody can tell any more (the pipe was closed).
+  bool query_and_reclaim();
   /// Takes back every chunk whose bytes the reader consumed (`consumed`).
   void reclaim(std::uint64_t consumed);
   /// True when waiting for the reader can free ring space: the oldest chunk is in flight.
@@ -188,7 +170,7 @@ class SegmentPool final : public Trimmable {
   std::uint64_t touched_bytes_ = 0;
   bool huge_pages_ = false;
   IdleClock idle_;
-  std::weak_ptr<ConsumptionSource> source_;
+  const std::shared_ptr<ReaderProgress> progress_;
   PoolStats stats_;
 };
 

@@ -12,9 +12,7 @@ Sender::Sender(UniqueFd fd, SenderOptions options, std::string context)
 Sender::Sender(UniqueFd fd, SenderOptions options, std::string context,
                std::shared_ptr<detail::ControlLink> link, const detail::DescriptorFacts* facts)
     : core_(std::make_shared<detail::SenderCore>(std::move(fd), options, std::move(context),
-                                                 std::move(link), facts)) {
-  core_->attach_pool(core_);
-}
+                                                 std::move(link), facts)) {}
 
 Sender::Sender(Sender&&) noexcept = default;
 Sender& Sender::operator=(Sender&&) noexcept = default;

@@ -55,12 +55,13 @@ SenderCore::SenderCore(UniqueFd fd, SenderOptions options, std::string context,
       options_(options),
       context_(std::move(context)),
       facts_(facts != nullptr ? *facts : probe_descriptor(fd_.get(), context_)),
+      progress_(std::make_shared<ReaderProgress>(fd_.get(), context_)),
       pool_(std::make_shared<SegmentPool>(
-          options.pool_bytes, context_, SegmentPool::Zeroing::zeroed,
+          options.pool_bytes, progress_, context_, SegmentPool::Zeroing::zeroed,
           // With a shared-memory path, an object of at least its threshold must not fit
           // in a pool segment: it then asks for a segment of its own, which goes there.
           link && options.path == SendPath::automatic ? options.shared_memory_threshold_bytes : 0)),
-      data_pool_(std::make_shared<SegmentPool>(options.data_pool_bytes, context_,
+      data_pool_(std::make_shared<SegmentPool>(options.data_pool_bytes, progress_, context_,
                                                SegmentPool::Zeroing::unzeroed)) {
   require_access_mode(facts_, /*for_writing=*/true, context_);
   if (facts_.pipe && facts_.raisable) capacity_ = PipeCapacity::raisable(facts_.pipe_bytes);
@@ -68,7 +69,7 @@ SenderCore::SenderCore(UniqueFd fd, SenderOptions options, std::string context,
       options_.path == SendPath::shared_memory ||
       (options_.path == SendPath::automatic && options_.shared_memory_threshold_bytes != 0);
   if (link && shared_path) {
-    shared_ = std::make_shared<SharedSender>(std::move(link), options_, context_);
+    shared_ = std::make_shared<SharedSender>(std::move(link), progress_, options_, context_);
   }
 }
 
@@ -87,7 +88,11 @@ SenderCore::~SenderCore() {
 
 OutgoingMessage SenderCore::new_message(std::optional<Deadline> deadline) {
   return OutgoingMessage(std::make_unique<PooledMessageBuilder>(
-      pool_, data_pool_, shared_, options_.send_timeout, deadline));
+      pool_, data_pool_, shared_, flusher(), options_.send_timeout, deadline));
+}
+
+FlushQueued SenderCore::flusher() {
+  return FlushQueued::of<&SenderCore::flush_queued>(weak_from_this());
 }
 
 WriteMethod SenderCore::choose_method(std::size_t frame_bytes) const noexcept {
@@ -106,17 +111,20 @@ WriteMethod SenderCore::choose_method(std::size_t frame_bytes) const noexcept {
 }
 
 void SenderCore::ensure_open() const {
-  if (fd_) return;
+  if (!fd_) throw closed_error();
+}
+
+Error SenderCore::closed_error() const {
   switch (closed_by_) {
     case ClosedBy::peer:
-      throw Error(ErrorCode::PeerClosed, context_, "peer closed its receiving end");
+      return Error(ErrorCode::PeerClosed, context_, "peer closed its receiving end");
     case ClosedBy::cut:
-      throw Error(ErrorCode::StreamCut, context_,
-                  "this end stopped sending when an earlier send was cut mid-message");
+      return Error(ErrorCode::StreamCut, context_,
+                   "this end stopped sending when an earlier send was cut mid-message");
     case ClosedBy::caller:
       break;
   }
-  throw Error(ErrorCode::InvalidArgument, context_, "this end was closed for sending");
+  return Error(ErrorCode::InvalidArgument, context_, "this end was closed for sending");
 }
 
 SenderStats SenderCore::stats() const {
@@ -148,7 +156,7 @@ bool SenderCore::queue(OutgoingMessage& message, Deadline room_deadline) {
     throw Error(ErrorCode::InvalidArgument, context_,
                 "an empty OutgoingMessage (already sent or moved from)");
   }
-  auto* built = static_cast<PooledMessageBuilder*>(message.builder_.get());
+  PooledMessageBuilder* built = message.builder_.get();
   // Built in another sender's pool, which cannot see this pipe's progress: the bytes must
   // be copied rather than spliced.
   const bool foreign = built->pool() != pool_;
@@ -163,18 +171,15 @@ bool SenderCore::queue(OutgoingMessage& message, Deadline room_deadline) {
   if (foreign) {
     // write_copy_now keeps a copy of what the pipe does not take; the builder goes back
     // to its pool after.
-    const std::unique_ptr<capnp::MessageBuilder> owned = std::move(message.builder_);
+    const std::unique_ptr<PooledMessageBuilder> owned = std::move(message.builder_);
     write_copy_now(segments, nullptr, std::nullopt, Deadline::immediate());
     return true;
   }
   if (shared) {
-    std::unique_ptr<PooledMessageBuilder> builder(
-        static_cast<PooledMessageBuilder*>(message.builder_.release()));
-    send_shared(std::move(builder), room_deadline);  // may wait for arena room, as building does
+    send_shared(std::move(message.builder_), room_deadline);  // may wait for arena room, as building does
     return true;
   }
-  std::unique_ptr<PooledMessageBuilder> builder(
-      static_cast<PooledMessageBuilder*>(message.builder_.release()));
+  std::unique_ptr<PooledMessageBuilder> builder = std::move(message.builder_);
   // Finish the frame before taking the lock: it may allocate from the pool, and a full
   // pool calls flush_queued(), which takes the lock.
   const std::size_t table_bytes = segment_table_bytes(segments.size());
@@ -243,7 +248,8 @@ bool SenderCore::send_shared(std::unique_ptr<PooledMessageBuilder> message, Dead
   // (not in a pool chunk), and `message` gives its pool chunks back only after the write.
   DescriptorBuilder descriptor(message->segments_for_output().size());
   const std::uint64_t id =
-      shared_->describe(*message, message->take_arena_blocks(), descriptor.message(), deadline);
+      shared_->describe(*message, message->take_arena_blocks(), descriptor.message(), deadline,
+                        flusher());
   return write_copy_now(descriptor.marked_frame(), std::move(message), id, deadline);
 }
 
@@ -315,10 +321,10 @@ bool SenderCore::flush_queued(Deadline deadline) {
   if (queued_frames_.load(std::memory_order_relaxed) == 0) return false;
   std::lock_guard lock(mutex_);
   if (queued_.empty()) return false;
-  const std::uint64_t before = written_.load(std::memory_order_relaxed);
+  const std::uint64_t before = progress_->written();
   write_queue_locked(deadline);
   update_watch_locked();
-  return written_.load(std::memory_order_relaxed) != before;
+  return progress_->written() != before;
 }
 
 bool SenderCore::write_queue_locked(Deadline deadline) {
@@ -381,8 +387,7 @@ bool SenderCore::write_run(std::size_t& done, Deadline deadline, SigpipeGuard& g
       continue;
     }
     ++stats_.writes;
-    const std::uint64_t stream_end =
-        written_.fetch_add(written, std::memory_order_release) + written;
+    const std::uint64_t stream_end = progress_->wrote(written);
     run.advance(written);
     // A short write filled the pipe: raising it now lets the next write go on at once.
     const bool raised = offered_whole && !run.empty() && capacity_.raise(fd_.get());
@@ -440,7 +445,7 @@ void SenderCore::abandon_queue(std::size_t first_unwritten) {
     const bool referenced_by_pipe =
         i == first_unwritten && partial_bytes_ != 0 && frame.method == WriteMethod::vmsplice;
     if (referenced_by_pipe) {
-      frame.builder->release_chunks_after(written_.load(std::memory_order_relaxed));
+      frame.builder->release_chunks_after(progress_->written());
     } else {
       frame.builder->release_chunks();
     }
@@ -506,51 +511,9 @@ void SenderCore::close_locked(ClosedBy why) {
     ::epoll_ctl(watch_epoll_, EPOLL_CTL_DEL, fd_.get(), nullptr);
     watching_ = false;
   }
-  // attach() waits for a FIONREAD in progress, so the descriptor is unused after.
-  pool_->attach({});
-  data_pool_->attach({});
+  // Waits for a FIONREAD or wait of the pools in progress: the descriptor is unused after.
+  progress_->close(closed_error());
   fd_.reset();
-}
-
-// --- What the pool asks --------------------------------------------------------------
-
-std::uint64_t SenderCore::consumed_bytes() {
-  // Load `written_` before asking for the queue length: bytes written in between then
-  // show up in `queued` only, which makes the result smaller, never larger.
-  const std::uint64_t written = written_.load(std::memory_order_acquire);
-  const std::uint64_t queued = pipe_queued_bytes(fd_.get(), context_);
-  return written > queued ? written - queued : 0;
-}
-
-bool SenderCore::pipe_has_room_locked() {
-  ensure_open();
-  pollfd probe{fd_.get(), POLLOUT, 0};
-  // A zero-timeout poll still fails with EINTR when a signal is pending: try again.
-  while (::poll(&probe, 1, 0) < 0) {
-    if (errno != EINTR) throw_system_error(context_, "poll");
-  }
-  if ((probe.revents & POLLERR) != 0) {
-    throw Error(ErrorCode::PeerClosed, context_, "peer closed its receiving end");
-  }
-  return (probe.revents & POLLOUT) != 0;
-}
-
-void SenderCore::require_reader() {
-  std::lock_guard lock(mutex_);
-  static_cast<void>(pipe_has_room_locked());
-}
-
-void SenderCore::wait_for_reader(Deadline deadline) {
-  std::lock_guard lock(mutex_);
-  if (!pipe_has_room_locked()) {
-    // The pipe is full: the kernel wakes us as soon as the reader frees a slot.
-    wait_for(fd_.get(), POLLOUT, deadline);
-    return;
-  }
-  // The pipe has room, so the reader is draining what is left and no kernel event
-  // marks its progress. Pause briefly; the pool asks FIONREAD again.
-  const timespec pause{0, 20'000};
-  ::nanosleep(&pause, nullptr);
 }
 
 }  // namespace capnsplice::detail

@@ -15,6 +15,15 @@
 // write goes on from there. Bytes a caller may reuse once a call returns (a copy of
 // foreign segments, a descriptor built on the stack) are copied into the frame's own
 // buffer before they are left queued.
+//
+// Data flows one way; nothing below calls back into the sender:
+//
+//   SenderCore ──owns──> SegmentPool (segments), SegmentPool (data), SharedSender
+//        │                    │                                          │
+//        └─ reports written ──┴─────────> ReaderProgress <─── asks ──────┘
+//                                    (fd, bytes written, FIONREAD)
+//   OutgoingMessage ──> PooledMessageBuilder ──> the pools and SharedSender, handing
+//                       them FlushQueued, a weak "write what is queued" of this core
 #pragma once
 
 #include <sys/uio.h>
@@ -32,28 +41,24 @@
 #include "pipe_capacity.h"
 #include "pipe_io.h"
 #include "pooled_message_builder.h"
+#include "reader_progress.h"
 #include "segment_pool.h"
 #include "shared_descriptor.h"
 #include "shared_sender.h"
 
 namespace capnsplice::detail {
 
-class SenderCore final : public ConsumptionSource {
+class SenderCore final : public std::enable_shared_from_this<SenderCore> {
  public:
   /// `link` (may be null) is the channel end's control link; with it, large messages can
   /// take the shared-memory path.
   /// `facts` (null: probed here) describes `fd`; a raisable pipe gets a PipeCapacity.
+  /// Made by std::make_shared only: the messages it hands out flush it through a weak
+  /// reference (flush_queued.h).
   SenderCore(UniqueFd fd, SenderOptions options, std::string context,
              std::shared_ptr<ControlLink> link = nullptr,
              const DescriptorFacts* facts = nullptr);
-  ~SenderCore() override;
-
-  /// Connects the pool to this core; call once, right after construction.
-  void attach_pool(const std::shared_ptr<SenderCore>& self) {
-    pool_->attach(self);
-    data_pool_->attach(self);
-    if (shared_) shared_->attach(self);
-  }
+  ~SenderCore();
 
   /// `deadline`: how long building may wait for pool or arena room; empty: send_timeout
   /// per request.
@@ -67,6 +72,10 @@ class SenderCore final : public ConsumptionSource {
   /// Writes queued messages until none is left (true) or `deadline` passes (false: the
   /// rest stays queued whole).
   bool flush(Deadline deadline);
+
+  /// Writes queued messages, if any, until `deadline`, for a builder whose pool or arena
+  /// is full of their memory (FlushQueued). Returns whether any bytes were written.
+  bool flush_queued(Deadline deadline);
 
   /// Queues a copy of `segments` and writes the queue until `deadline`. False: the copy
   /// stays queued (it owns its bytes). Refuses (Overloaded) when the queue is full.
@@ -90,12 +99,6 @@ class SenderCore final : public ConsumptionSource {
   const std::string& context() const noexcept { return context_; }
   SenderStats stats() const;
 
-  // ConsumptionSource
-  std::uint64_t consumed_bytes() override;
-  bool flush_queued(Deadline deadline) override;
-  void wait_for_reader(Deadline deadline) override;
-  void require_reader() override;
-
  private:
   struct QueuedFrame {
     /// The frame's memory; for a descriptor, the message it describes (its pool chunks
@@ -109,6 +112,8 @@ class SenderCore final : public ConsumptionSource {
     std::vector<std::byte> own_bytes{};
   };
 
+  /// flush_queued() for the pools and arena that build this sender's messages.
+  FlushQueued flusher();
   WriteMethod choose_method(std::size_t frame_bytes) const noexcept;
   void ensure_open() const;
   /// Whether a frame of `bytes` may join the queue; writes what the pipe takes (until
@@ -147,19 +152,18 @@ class SenderCore final : public ConsumptionSource {
   /// Why the descriptor was closed: what a later send is told.
   enum class ClosedBy { caller, peer, cut };
   void close_locked(ClosedBy why);
-  /// Whether the pipe takes a write now, without waiting; PeerClosed when its read end
-  /// is closed.
-  bool pipe_has_room_locked();
+  /// What a call on this end is told once it is closed (closed_by_).
+  Error closed_error() const;
 
   UniqueFd fd_;
   const SenderOptions options_;
   const std::string context_;
   const DescriptorFacts facts_;
+  /// Bytes written into the pipe, and how far its reader got: what the pools ask.
+  const std::shared_ptr<ReaderProgress> progress_;
   std::shared_ptr<SegmentPool> pool_;       // Cap'n Proto segments, kept zeroed
   std::shared_ptr<SegmentPool> data_pool_;  // buffers from allocate_data(), not zeroed
   std::shared_ptr<SharedSender> shared_;    // null without a control link
-  /// Bytes written into the pipe since the start: the consumed figure's reference.
-  std::atomic<std::uint64_t> written_{0};
 
   mutable std::mutex mutex_;  // guards everything below and the descriptor's use
   std::vector<iovec> gather_;

@@ -10,9 +10,11 @@
 
 namespace capnsplice::detail {
 
-SharedSender::SharedSender(std::shared_ptr<ControlLink> link, const SenderOptions& options,
+SharedSender::SharedSender(std::shared_ptr<ControlLink> link,
+                           std::shared_ptr<ReaderProgress> progress, const SenderOptions& options,
                            std::string context)
     : link_(std::move(link)),
+      progress_(std::move(progress)),
       threshold_(options.shared_memory_threshold_bytes),
       everything_(options.path == SendPath::shared_memory),
       capacity_(options.arena_bytes),
@@ -76,7 +78,8 @@ std::shared_ptr<SendArena> SharedSender::current_arena() const {
 }
 
 std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
-                                                Deadline deadline) {
+                                                Deadline deadline,
+                                                const FlushQueued& flush_queued) {
   // A caller that may not wait at all builds in the pool instead (the message then takes
   // the pipe): see SegmentPool::allocate.
   const bool never_wait = deadline.expired();
@@ -114,7 +117,7 @@ std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
                       " of them taken by messages being built and none held for the reader");
     }
     // Queued messages hold blocks too, and are released only once written and read.
-    if (auto sender = sender_.lock(); sender && sender->flush_queued(deadline)) continue;
+    if (flush_queued(deadline)) continue;
     if (never_wait) return std::nullopt;
     if (deadline.expired()) {
       throw Error(ErrorCode::Timeout, context_,
@@ -127,7 +130,7 @@ std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
     }
     // A reader that closed the pipe will release nothing, even with its control link
     // still open: that is PeerClosed, not a wait until the deadline.
-    if (auto sender = sender_.lock()) sender->require_reader();
+    progress_->require_reader();
     // Sleep until the reader releases something, without holding the link's lock
     // (holding it while waiting deadlocked two soak processes).
     link_->nap_for_records(deadline);
@@ -173,7 +176,8 @@ bool SharedSender::retire_arena_if_idle(std::size_t keep_bytes) {
 void SharedSender::free(const ArenaBlock& block) { current_arena()->free(block); }
 
 std::uint64_t SharedSender::describe(PooledMessageBuilder& builder, std::vector<ArenaBlock> blocks,
-                                     capnp::MessageBuilder& descriptor, Deadline deadline) {
+                                     capnp::MessageBuilder& descriptor, Deadline deadline,
+                                     const FlushQueued& flush_queued) {
   auto segments = builder.segments_for_output();
   std::vector<std::pair<std::uint64_t, std::uint64_t>> places;  // offset, words
   places.reserve(segments.size());
@@ -193,7 +197,7 @@ std::uint64_t SharedSender::describe(PooledMessageBuilder& builder, std::vector<
       // A segment built in the pipe pool (the root, small objects): the reader must find
       // every segment in the arena, so copy it there. It is small.
       std::optional<ArenaBlock> room = allocate_more(bytes);
-      if (!room) room = allocate(bytes, /*zeroed=*/false, deadline);
+      if (!room) room = allocate(bytes, /*zeroed=*/false, deadline, flush_queued);
       if (!room) {  // cannot be: the message's other blocks keep the arena alive
         throw Error(ErrorCode::SystemError, context_,
                     "no shared-memory arena for a segment of a shared message", ENOMEM);

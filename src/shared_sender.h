@@ -16,8 +16,9 @@
 #include "capnsplice/deadline.h"
 #include "capnsplice/options.h"
 #include "control_link.h"
+#include "flush_queued.h"
 #include "idle_trimmer.h"
-#include "segment_pool.h"
+#include "reader_progress.h"
 #include "shared_arena.h"
 
 namespace capnsplice::detail {
@@ -27,8 +28,10 @@ class PooledMessageBuilder;
 /// The sending half: arena allocation and message descriptors.
 class SharedSender final : public Trimmable {
  public:
-  SharedSender(std::shared_ptr<ControlLink> link, const SenderOptions& options,
-               std::string context);
+  /// Descriptors go into the pipe that `progress` tells about; arenas are announced and
+  /// released over `link`.
+  SharedSender(std::shared_ptr<ControlLink> link, std::shared_ptr<ReaderProgress> progress,
+               const SenderOptions& options, std::string context);
   ~SharedSender() { unschedule(); }
 
   /// True when a request of `bytes` goes to the arena: it is at least the threshold (or
@@ -36,10 +39,6 @@ class SharedSender final : public Trimmable {
   /// arena (if any) is this process's own (arena_generation_) and the peer said it reads
   /// shared-memory messages.
   bool wants(std::size_t bytes);
-
-  /// The sender whose queued messages hold arena blocks: written before waiting for
-  /// releases that could otherwise never come.
-  void attach(std::weak_ptr<ConsumptionSource> sender) { sender_ = std::move(sender); }
 
   /// False when this process cannot make arenas (shared_memory_unavailable_reason()).
   bool available() const noexcept { return available_.load(std::memory_order_relaxed); }
@@ -58,7 +57,10 @@ class SharedSender final : public Trimmable {
   /// available() is false from then on and the caller takes the pipe pool instead. Empty
   /// too, without waiting, when the arena has no room and `deadline` had already passed
   /// on entry (a caller that may not wait: the message takes the pipe).
-  std::optional<ArenaBlock> allocate(std::size_t bytes, bool zeroed, Deadline deadline);
+  /// Queued messages hold blocks too, released only once written and read: before it
+  /// waits, it has `flush_queued` write them.
+  std::optional<ArenaBlock> allocate(std::size_t bytes, bool zeroed, Deadline deadline,
+                                     const FlushQueued& flush_queued);
 
   /// Unzeroed arena memory for part of a message that already holds arena blocks (so
   /// the arena cannot be replaced under it), without taking in releases first (a system
@@ -83,8 +85,10 @@ class SharedSender final : public Trimmable {
   /// Moves every segment of `builder` into the arena (copying those that are not there
   /// yet), holds them under a new message id, and builds the descriptor into
   /// `descriptor`. Returns the id.
+  /// Copying waits for arena room like allocate().
   std::uint64_t describe(PooledMessageBuilder& builder, std::vector<ArenaBlock> blocks,
-                         capnp::MessageBuilder& descriptor, Deadline deadline);
+                         capnp::MessageBuilder& descriptor, Deadline deadline,
+                         const FlushQueued& flush_queued);
 
   /// The descriptor of `message_id` could not be sent: free its blocks.
   void abandon(std::uint64_t message_id);
@@ -114,6 +118,7 @@ class SharedSender final : public Trimmable {
   }
 
   std::shared_ptr<ControlLink> link_;
+  const std::shared_ptr<ReaderProgress> progress_;
   const std::size_t threshold_;
   const bool everything_;
   const std::size_t capacity_;
@@ -129,7 +134,6 @@ class SharedSender final : public Trimmable {
   std::atomic<std::int64_t> next_idle_check_ns_{0};        // coarse_now() for the next look
   mutable std::mutex mutex_;  // guards the arena, its replacement and the ids
   std::shared_ptr<SendArena> arena_;
-  std::weak_ptr<ConsumptionSource> sender_;
   std::uint32_t next_arena_id_ = 1;
   std::uint64_t next_message_id_ = 1;
 };

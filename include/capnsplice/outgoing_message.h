@@ -10,6 +10,7 @@ namespace capnsplice {
 
 namespace detail {
 class SenderCore;
+class PooledMessageBuilder;
 }
 
 /// A Cap'n Proto message under construction, built directly in the sender's pool of
@@ -66,9 +67,11 @@ class OutgoingMessage {
 
  private:
   friend class detail::SenderCore;
-  explicit OutgoingMessage(std::unique_ptr<capnp::MessageBuilder> builder) noexcept;
+  explicit OutgoingMessage(std::unique_ptr<detail::PooledMessageBuilder> builder) noexcept;
+  /// The builder; throws InvalidArgument on an empty (sent) message.
+  detail::PooledMessageBuilder& pooled();
 
-  std::unique_ptr<capnp::MessageBuilder> builder_;
+  std::unique_ptr<detail::PooledMessageBuilder> builder_;
 };
 
 }  // namespace capnsplice

@@ -220,7 +220,7 @@ class Sender {
   SenderStats stats() const;
 
  private:
-  std::shared_ptr<detail::SenderCore> core_;  // shared: the pool holds a weak reference
+  std::shared_ptr<detail::SenderCore> core_;  // shared: messages being built hold weak references
 };
 
 }  // namespace capnsplice
