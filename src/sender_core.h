@@ -1,4 +1,5 @@
-// The sender's machinery behind capnsplice::Sender (internal).
+// The sender's machinery behind capnsplice::Sender (internal): sender_core.cc takes
+// messages into the queue, sender_writes.cc writes the queue into the pipe.
 //
 // Messages are queued as entries of one gather list and written by flush(): a run of
 // consecutive messages sharing a write method goes out in one system call.

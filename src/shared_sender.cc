@@ -6,7 +6,6 @@
 
 #include "capnsplice.capnp.h"
 #include "capnsplice/error.h"
-#include "pooled_message_builder.h"
 
 namespace capnsplice::detail {
 
@@ -175,10 +174,10 @@ bool SharedSender::retire_arena_if_idle(std::size_t keep_bytes) {
 
 void SharedSender::free(const ArenaBlock& block) { current_arena()->free(block); }
 
-std::uint64_t SharedSender::describe(PooledMessageBuilder& builder, std::vector<ArenaBlock> blocks,
+std::uint64_t SharedSender::describe(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+                                     std::vector<ArenaBlock> blocks,
                                      capnp::MessageBuilder& descriptor, Deadline deadline,
                                      const FlushQueued& flush_queued) {
-  auto segments = builder.segments_for_output();
   std::vector<std::pair<std::uint64_t, std::uint64_t>> places;  // offset, words
   places.reserve(segments.size());
   try {

@@ -23,8 +23,6 @@
 
 namespace capnsplice::detail {
 
-class PooledMessageBuilder;
-
 /// The sending half: arena allocation and message descriptors.
 class SharedSender final : public Trimmable {
  public:
@@ -82,11 +80,12 @@ class SharedSender final : public Trimmable {
   /// Gives back a block of a message that was dropped unsent.
   void free(const ArenaBlock& block);
 
-  /// Moves every segment of `builder` into the arena (copying those that are not there
-  /// yet), holds them under a new message id, and builds the descriptor into
-  /// `descriptor`. Returns the id.
-  /// Copying waits for arena room like allocate().
-  std::uint64_t describe(PooledMessageBuilder& builder, std::vector<ArenaBlock> blocks,
+  /// Moves every one of a message's `segments` into the arena (copying those that are
+  /// not in its `blocks` yet), holds them under a new message id, and builds the
+  /// descriptor into `descriptor`. Returns the id. Copying waits for arena room like
+  /// allocate().
+  std::uint64_t describe(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+                         std::vector<ArenaBlock> blocks,
                          capnp::MessageBuilder& descriptor, Deadline deadline,
                          const FlushQueued& flush_queued);
 
