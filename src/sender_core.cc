@@ -158,7 +158,6 @@ bool SenderCore::queue(OutgoingMessage& message, Deadline room_deadline) {
   // be copied rather than spliced.
   const bool foreign = built->pool() != pool_;
   const bool shared = !foreign && built->in_shared_memory();
-  if (!foreign && !shared && shared_) shared_->retire_idle_arena();
   auto segments = built->segments_for_output();
   {
     std::lock_guard lock(mutex_);

@@ -225,10 +225,10 @@ bool SendArena::lost_by_peer() const {
   return lost_by_peer_;
 }
 
-bool SendArena::idle_past_keep(std::size_t keep_bytes, std::chrono::nanoseconds now,
-                               std::chrono::nanoseconds idle_for) const {
+bool SendArena::idle_and_resident(std::chrono::nanoseconds now,
+                                  std::chrono::nanoseconds idle_for) const {
   std::lock_guard lock(mutex_);
-  return blocks_in_use_ == 0 && footprint_ > keep_bytes && now - idle_since_ >= idle_for;
+  return blocks_in_use_ == 0 && footprint_ > 0 && now - idle_since_ >= idle_for;
 }
 
 std::size_t SendArena::footprint() const {

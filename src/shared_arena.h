@@ -86,7 +86,8 @@ bool room_for_a_peers_arena() noexcept;
 /// run on every send.
 std::chrono::nanoseconds coarse_now() noexcept;
 
-/// How often a sender or receiver looks for an idle arena to let go of, at most.
+/// How often a receiver looks for an idle arena to let go of, at most (senders leave it
+/// to the trimmer thread, idle_trimmer.h).
 inline constexpr std::chrono::milliseconds kIdleArenaCheckInterval{10};
 
 /// One allocation in an arena: where it is, for the descriptor.
@@ -161,10 +162,9 @@ class SendArena {
   void mark_lost_by_peer() noexcept;
   bool lost_by_peer() const;
 
-  /// True when the arena is idle, has been since `idle_for` before `now` (coarse_now())
-  /// and keeps more pages resident than `keep_bytes`: nothing is coming to reuse them.
-  bool idle_past_keep(std::size_t keep_bytes, std::chrono::nanoseconds now,
-                      std::chrono::nanoseconds idle_for) const;
+  /// True when the arena is idle, has been since `idle_for` before `now` (coarse_now()),
+  /// and keeps pages resident: nothing is coming to reuse them.
+  bool idle_and_resident(std::chrono::nanoseconds now, std::chrono::nanoseconds idle_for) const;
 
  private:
   using Allocator = boost::interprocess::basic_managed_external_buffer<

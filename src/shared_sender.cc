@@ -141,30 +141,22 @@ std::optional<ArenaBlock> SharedSender::allocate_more(std::size_t bytes) {
   return arena_ ? arena_->allocate(bytes, /*zeroed=*/false) : std::nullopt;
 }
 
-void SharedSender::retire_idle_arena() {
-  if (!has_arena_.load(std::memory_order_relaxed)) return;
-  const std::chrono::nanoseconds now = coarse_now();
-  if (now.count() < next_idle_check_ns_.load(std::memory_order_relaxed)) return;
-  next_idle_check_ns_.store((now + kIdleArenaCheckInterval).count(), std::memory_order_relaxed);
-  retire_arena_if_idle(keep_bytes_);
-}
-
 bool SharedSender::trim_if_idle() noexcept {
   try {
-    return retire_arena_if_idle(0);
+    return retire_arena_if_idle();
   } catch (...) {
     return true;  // the link failed: try again later (a broken link shows up on sends)
   }
 }
 
-bool SharedSender::retire_arena_if_idle(std::size_t keep_bytes) {
+bool SharedSender::retire_arena_if_idle() {
   if (!has_arena_.load(std::memory_order_relaxed)) return false;
   if (!arena_is_ours()) return false;  // the parent's arena: not this process's to retire
   link_->pump(Deadline::immediate());  // take in what the reader released
   std::shared_ptr<SendArena> retired;  // unmapped after the lock: that takes a while
   std::lock_guard lock(mutex_);
   if (!arena_) return false;
-  if (!arena_->idle_past_keep(keep_bytes, coarse_now(), idle_retire_after_)) return true;
+  if (!arena_->idle_and_resident(coarse_now(), idle_retire_after_)) return true;
   // Idle: nothing held or being built refers to it, so no descriptor names it again.
   link_->send_retire(arena_->id());
   retired = std::move(arena_);

@@ -65,12 +65,6 @@ class SharedSender final : public Trimmable {
   /// call) or the checks for starting a new message; empty when there is no room now.
   std::optional<ArenaBlock> allocate_more(std::size_t bytes);
 
-  /// Drops the arena if it has been idle for SenderOptions::arena_idle_retire_after with
-  /// more than arena_keep_bytes resident, and tells the peer (ControlLink::send_retire).
-  /// Called on every send; looks at most every kIdleArenaCheckInterval (a coarse clock
-  /// read otherwise, nothing at all before the first arena).
-  void retire_idle_arena();
-
   /// Drops the arena once it has been idle (nothing held or being built) for
   /// SenderOptions::arena_idle_retire_after, whatever its footprint, and tells the peer:
   /// an idle channel keeps no arena pages. Called by the trimmer thread, which takes in
@@ -107,9 +101,9 @@ class SharedSender final : public Trimmable {
   SendArena* arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced, Deadline deadline);
   /// The current arena, which every live block is in (none before the first allocation).
   std::shared_ptr<SendArena> current_arena() const;
-  /// Drops the arena if it has been idle for idle_retire_after_ with more than
-  /// `keep_bytes` resident, and tells the peer. Returns whether this end still has one.
-  bool retire_arena_if_idle(std::size_t keep_bytes);
+  /// Drops the arena if it has been idle for idle_retire_after_, whatever its footprint,
+  /// and tells the peer. Returns whether this end still has one.
+  bool retire_arena_if_idle();
   /// False in a fork() child whose inherited arena is its parent's.
   bool arena_is_ours() const noexcept {
     return !has_arena_.load(std::memory_order_relaxed) ||
@@ -130,7 +124,6 @@ class SharedSender final : public Trimmable {
   /// a sender without an arena (fork_with_channel) makes its own.
   std::atomic<std::uint64_t> arena_generation_{0};
   std::atomic<bool> has_arena_{false};                     // arena_ is set
-  std::atomic<std::int64_t> next_idle_check_ns_{0};        // coarse_now() for the next look
   mutable std::mutex mutex_;  // guards the arena, its replacement and the ids
   std::shared_ptr<SendArena> arena_;
   std::uint32_t next_arena_id_ = 1;
