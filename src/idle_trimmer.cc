@@ -42,13 +42,19 @@ class TrimRegistry {
   }
 
   void remove(Trimmable& item) {
-    std::lock_guard lock(mutex_);
-    items_.erase(std::remove(items_.begin(), items_.end(), &item), items_.end());
+    std::unique_lock lock(mutex_);
+    erase(items_, &item);
+    erase(pass_, &item);
+    trimmed_.wait(lock, [&] { return trimming_ != &item; });
     item.scheduled_in_.store(0, std::memory_order_relaxed);
   }
 
  private:
   TrimRegistry() = default;
+
+  static void erase(std::vector<Trimmable*>& list, Trimmable* item) {
+    list.erase(std::remove(list.begin(), list.end(), item), list.end());
+  }
 
   [[noreturn]] void run() {
     std::unique_lock lock(mutex_);
@@ -58,15 +64,27 @@ class TrimRegistry {
       const auto next_look = std::chrono::steady_clock::now() + kTrimCheckInterval;
       while (wake_.wait_until(lock, next_look) != std::cv_status::timeout) {
       }
-      // Items leave the list here and in their destructors (remove(), under this lock),
-      // so every pointer on it is alive while the lock is held.
-      auto done = std::remove_if(items_.begin(), items_.end(), [](Trimmable* item) {
-        if (item->trim_if_idle()) return false;
-        // Release: what trim_if_idle() did happens before a destructor that sees 0.
-        item->scheduled_in_.store(0, std::memory_order_release);
-        return true;
-      });
-      items_.erase(done, items_.end());
+      // One item at a time, and without the lock while it trims: giving memory back
+      // takes a while (unmapping an arena ~70 ms per GiB), and a channel that wakes up
+      // meanwhile takes the lock to schedule itself. `trimming_` keeps the item alive:
+      // its destructor waits in remove() until it is done.
+      pass_.swap(items_);
+      while (!pass_.empty()) {
+        Trimmable* item = pass_.back();
+        pass_.pop_back();
+        trimming_ = item;
+        lock.unlock();
+        const bool keep = item->trim_if_idle();
+        lock.lock();
+        trimming_ = nullptr;
+        trimmed_.notify_all();
+        if (keep) {
+          items_.push_back(item);
+        } else {
+          // Release: what trim_if_idle() did happens before a destructor that sees 0.
+          item->scheduled_in_.store(0, std::memory_order_release);
+        }
+      }
     }
   }
 
@@ -75,20 +93,35 @@ class TrimRegistry {
   // items schedule themselves again: their generation is the parent's). The condition
   // variable is made anew: the child's copy still counts the parent's waiting thread,
   // and glibc's notify then waits for it for ever.
-  static void before_fork() noexcept { instance().mutex_.lock(); }
+  // The trimmer may hold an item's locks while it trims: fork() waits for that to end,
+  // so the child inherits none of them locked.
+  static void before_fork() noexcept {
+    TrimRegistry& registry = instance();
+    registry.mutex_.lock();
+    while (registry.trimming_ != nullptr) {
+      std::unique_lock lock(registry.mutex_, std::adopt_lock);
+      registry.trimmed_.wait(lock);
+      lock.release();
+    }
+  }
   static void after_fork_in_parent() noexcept { instance().mutex_.unlock(); }
   static void after_fork_in_child() noexcept {
     TrimRegistry& registry = instance();
     registry.items_.clear();
+    registry.pass_.clear();
     registry.thread_started_ = false;
-    // Made over the copy without destroying it (that could wait for the waiter too).
+    // Made over the copies without destroying them (that could wait for the waiter too).
     new (&registry.wake_) std::condition_variable();
+    new (&registry.trimmed_) std::condition_variable();
     registry.mutex_.unlock();
   }
 
   std::mutex mutex_;
   std::condition_variable wake_;
-  std::vector<Trimmable*> items_;
+  std::condition_variable trimmed_;  // trimming_ changed
+  std::vector<Trimmable*> items_;    // scheduled, waiting for the next pass
+  std::vector<Trimmable*> pass_;     // this pass's items still to look at
+  Trimmable* trimming_ = nullptr;    // the item being looked at, without the lock
   bool thread_started_ = false;
 };
 

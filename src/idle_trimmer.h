@@ -28,8 +28,8 @@ inline constexpr std::chrono::milliseconds kTrimCheckInterval{250};
 
 /// Something that holds memory it can give back once idle.
 ///
-/// Lock order: the trimmer calls trim_if_idle() with the registry's lock held, so an item
-/// never calls schedule() while holding a lock that trim_if_idle() takes.
+/// The trimmer calls trim_if_idle() without the registry's lock, one item at a time;
+/// unschedule() waits for a call in progress, so an item is alive while it runs.
 class Trimmable {
  public:
   Trimmable() = default;

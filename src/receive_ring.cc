@@ -40,7 +40,7 @@ std::uint64_t ReceiveRing::oldest_leased_or(std::uint64_t parse) {
 }
 
 std::uint64_t ReceiveRing::start_read(std::uint64_t parse, std::uint64_t head) {
-  schedule();  // before the lock, which the trimmer takes with its own held
+  schedule();
   std::lock_guard lock(mutex_);
   parse_ = parse;
   head_ = head;

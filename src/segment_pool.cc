@@ -72,7 +72,7 @@ bool SegmentPool::oldest_chunk_in_flight() const {
 Chunk SegmentPool::allocate(std::size_t min_bytes, bool greedy, Deadline deadline,
                             const FlushQueued& flush_queued) {
   min_bytes = round_up(std::max<std::size_t>(min_bytes, kWordBytes), kWordBytes);
-  schedule();  // before the lock: the trimmer takes it with its own held
+  schedule();
   std::unique_lock lock(mutex_);
   if (min_bytes > capacity_ / 2) {
     // Too large for the ring. Let earlier large messages the reader has finished with

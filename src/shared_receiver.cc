@@ -25,7 +25,7 @@ SharedReceiver::SharedReceiver(std::shared_ptr<ControlLink> link, const ReceiveL
 }
 
 std::shared_ptr<ReceiveArena> SharedReceiver::arena(std::uint32_t id) {
-  schedule();  // before the lock, which the trimmer takes with its own held
+  schedule();
   std::lock_guard lock(arenas_mutex_);
   // A sender names only its latest arena: it moves to the next one once nothing in the
   // old one is held, that is once every message of it was read and dropped here.

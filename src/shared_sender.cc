@@ -82,7 +82,7 @@ std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
   // A caller that may not wait at all builds in the pool instead (the message then takes
   // the pipe): see SegmentPool::allocate.
   const bool never_wait = deadline.expired();
-  schedule();  // before the lock, which the trimmer takes with its own held
+  schedule();
   for (;;) {
     link_->pump(Deadline::immediate());  // take in what the reader released
     std::size_t held, held_bytes, in_use, capacity;
