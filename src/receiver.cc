@@ -201,13 +201,11 @@ std::optional<ReceivedMessage> ReceiverCore::take_buffered() {
     }
     if (own_->have < own_->needed) return std::nullopt;
     auto state = std::make_unique<ReceivedMessageState>();
-    state->ring = ring_;
-    state->own_buffer = std::move(own_->buffer);
+    const auto& own = state->memory.emplace<OwnFrameBuffer>(ring_, std::move(own_->buffer));
     FrameProbe probe = own_->probe;
     own_.reset();
     ++stats_.own_buffer_messages;
-    const std::byte* frame = state->own_buffer.data();
-    return make_message(std::move(state), frame, probe);
+    return make_message(std::move(state), own.data(), probe);
   }
 
   const std::size_t available = static_cast<std::size_t>(head_ - parse_);
@@ -215,8 +213,7 @@ std::optional<ReceivedMessage> ReceiverCore::take_buffered() {
   const FrameProbe probe = probe_at(ring_->at(parse_), available);
   if (probe.header_complete && available >= probe.bytes_needed) {
     auto state = std::make_unique<ReceivedMessageState>();
-    state->ring = ring_;
-    state->lease_id = ring_->lease(parse_, parse_ + probe.bytes_needed);
+    state->memory.emplace<RingLease>(ring_, ring_->lease(parse_, parse_ + probe.bytes_needed));
     const std::byte* frame = ring_->at(parse_);
     parse_ += probe.bytes_needed;
     return make_message(std::move(state), frame, probe);

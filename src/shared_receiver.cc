@@ -163,9 +163,7 @@ void SharedReceiver::open_descriptor(kj::ArrayPtr<const capnp::word> descriptor_
       std::min<std::uint64_t>(words, arena->capacity() / sizeof(capnp::word));
   state.segments = kj::arrayPtr(slots, places.size());
   state.frame_bytes = words * sizeof(capnp::word);
-  state.shared_arena = std::move(arena);
-  state.shared_link = link_;
-  state.shared_id = root.getId();
+  state.memory.emplace<SharedArenaView>(std::move(arena), link_, root.getId());
 
   // The traversal limit follows the message: it guards against amplification, not size.
   capnp::ReaderOptions options;
