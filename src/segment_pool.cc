@@ -164,6 +164,7 @@ bool SegmentPool::try_ring(std::size_t wanted, bool greedy, Chunk& out) {
   // this one is in flight.
   const std::size_t size = greedy ? std::max(wanted, std::min(run, greedy_limit_)) : wanted;
   chunks_.push_back({head_, head_ + size, size, 0, State::building});
+  ++building_chunks_;
   out.data = ring_.data() + head_ % capacity_;
   out.bytes = size;
   out.id = first_id_ + chunks_.size() - 1;
@@ -230,7 +231,9 @@ void SegmentPool::release(const Chunk& chunk) {
   RingChunk& ring = ring_chunk(chunk.id);
   zero_dirty(ring);
   ring.state = State::free;
+  --building_chunks_;
   reclaim(last_consumed_);
+  use_huge_pages_once_streaming();
 }
 
 void SegmentPool::release_after(const Chunk& chunk, std::uint64_t stream_end) {
@@ -244,6 +247,10 @@ void SegmentPool::release_after(const Chunk& chunk, std::uint64_t stream_end) {
   ring.state = State::in_flight;
   ring.stream_end = stream_end;
   spliced_since_query_ += ring.end - ring.begin;
+  --building_chunks_;
+  // A batching stream always has messages queued when it allocates; the moment its
+  // last queued message went into the pipe is when the ring can be re-faulted.
+  use_huge_pages_once_streaming();
 }
 
 void SegmentPool::reclaim(std::uint64_t consumed) {
@@ -283,18 +290,13 @@ void SegmentPool::reclaim(std::uint64_t consumed) {
 }
 
 bool SegmentPool::builder_holds_memory() const {
-  return std::any_of(chunks_.begin(), chunks_.end(),
-                     [](const RingChunk& chunk) { return chunk.state == State::building; }) ||
+  return building_chunks_ != 0 ||
          std::any_of(dedicated_.begin(), dedicated_.end(),
                      [](const auto& block) { return !block->in_flight; });
 }
 
 bool SegmentPool::discard_ring() {
-  if (!ring_ || std::any_of(chunks_.begin(), chunks_.end(), [](const RingChunk& chunk) {
-        return chunk.state == State::building;
-      })) {
-    return false;
-  }
+  if (!ring_ || building_chunks_ != 0) return false;
   ring_.discard(0, capacity_);
   for (RingChunk& chunk : chunks_) chunk.dirty_bytes = 0;
   touched_bytes_ = 0;

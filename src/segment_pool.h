@@ -168,6 +168,9 @@ class SegmentPool final : public Trimmable {
   /// requests and replies starts over at the ring's beginning whenever it is empty and
   /// keeps to its first pages; a stream runs through the whole ring.
   std::uint64_t touched_bytes_ = 0;
+  /// Ring chunks being built or queued to be written (State::building): their bytes
+  /// must not be discarded.
+  std::size_t building_chunks_ = 0;
   bool huge_pages_ = false;
   IdleClock idle_;
   const std::shared_ptr<ReaderProgress> progress_;
