@@ -28,20 +28,28 @@ struct Pipe {
   detail::DescriptorFacts write_facts;
 };
 
+/// Which ends of a new pipe are non-blocking. A sender's write end is, for send timeouts.
+/// A read end another program may take stays blocking (a plain Cap'n Proto reader); the
+/// read end of a Receiver need not be (it reads with SPLICE_F_NONBLOCK and waits in
+/// poll), and a pipe whose ends are both non-blocking comes from one pipe2() call.
+enum class NonBlocking { none, write_end, both_ends };
+
 /// A pipe at the kernel's default capacity: its sender raises it when traffic needs it
-/// (pipe_capacity.h). The read end stays blocking (a plain Cap'n Proto reader may take
-/// it); the write end is made non-blocking when `sender_here`, for send timeouts.
-Pipe make_pipe(const ChannelOptions& options, bool sender_here) {
+/// (pipe_capacity.h).
+Pipe make_pipe(const ChannelOptions& options, NonBlocking nonblocking) {
   int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) throw_system_error(context_of(options.name, "create"), "pipe2");
+  const int flags = O_CLOEXEC | (nonblocking == NonBlocking::both_ends ? O_NONBLOCK : 0);
+  if (::pipe2(fds, flags) != 0) throw_system_error(context_of(options.name, "create"), "pipe2");
   Pipe pipe{UniqueFd(fds[0]), UniqueFd(fds[1]), {}, {}};
-  // pipe2 left no status flag set: O_NONBLOCK is all there is to set, nothing to read.
-  if (sender_here && ::fcntl(fds[1], F_SETFL, O_NONBLOCK) != 0) {
+  // pipe2 left no other status flag set: O_NONBLOCK is all there is to set, nothing to read.
+  if (nonblocking == NonBlocking::write_end && ::fcntl(fds[1], F_SETFL, O_NONBLOCK) != 0) {
     throw_system_error(context_of(options.name, "create"), "fcntl(O_NONBLOCK)");
   }
   detail::shrink_new_pipe(fds[1], options.pipe_bytes);
-  pipe.read_facts = {O_RDONLY, true, false, 0};
-  pipe.write_facts = {O_WRONLY | (sender_here ? O_NONBLOCK : 0), true, true, options.pipe_bytes};
+  const int read_flag = nonblocking == NonBlocking::both_ends ? O_NONBLOCK : 0;
+  const int write_flag = nonblocking != NonBlocking::none ? O_NONBLOCK : 0;
+  pipe.read_facts = {O_RDONLY | read_flag, true, false, 0};
+  pipe.write_facts = {O_WRONLY | write_flag, true, true, options.pipe_bytes};
   return pipe;
 }
 
@@ -101,8 +109,10 @@ Channel Channel::from_fds(UniqueFd receive_fd, UniqueFd send_fd, const ChannelOp
 }
 
 std::pair<Channel, Channel> Channel::pair(const ChannelOptions& options) {
-  Pipe a_to_b = make_pipe(options, /*sender_here=*/true);
-  Pipe b_to_a = make_pipe(options, /*sender_here=*/true);
+  // Both ends are Channels here: their read ends may be non-blocking as well (one pipe2
+  // each, no fcntl).
+  Pipe a_to_b = make_pipe(options, NonBlocking::both_ends);
+  Pipe b_to_a = make_pipe(options, NonBlocking::both_ends);
   // Both ends are here: their control socket pair is made when one first needs it, and
   // a pair that never sends a large message holds only its pipes (control_pair.h).
   auto control = std::make_shared<detail::ControlPair>();
@@ -117,9 +127,9 @@ std::pair<Channel, Channel> Channel::pair(const ChannelOptions& options) {
 }
 
 std::pair<Channel, RemoteEnd> Channel::pair_with_remote_end(const ChannelOptions& options) {
-  Pipe to_remote = make_pipe(options, /*sender_here=*/true);
+  Pipe to_remote = make_pipe(options, NonBlocking::write_end);
   // The remote end stays blocking (RemoteEnd); a child that adopts it sets its own flag.
-  Pipe from_remote = make_pipe(options, /*sender_here=*/false);
+  Pipe from_remote = make_pipe(options, NonBlocking::none);
   auto [local_control, remote_control] = make_control_pair(options);
   RemoteEnd remote{std::move(to_remote.read_end), std::move(from_remote.write_end),
                    std::move(remote_control)};

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -80,6 +81,22 @@ TEST_CASE("a Channel::pair() at rest holds 4 descriptors, and still 4 after smal
   CHECK(error_from([&a = a] { a.receive_for(1ms); }).code() == ErrorCode::Timeout);
   CHECK(error_from([&b = b] { b.receive_for(1ms); }).code() == ErrorCode::Timeout);
   CHECK(descriptors() - before == 4);
+}
+
+TEST_CASE("a Channel::pair() makes its pipes close-on-exec and non-blocking at both ends") {
+  // Both ends are Channels, which read with SPLICE_F_NONBLOCK and wait in poll: each pipe
+  // comes from one pipe2(O_CLOEXEC | O_NONBLOCK), with no fcntl after it.
+  auto [a, b] = Channel::pair();
+  for (const int fd : {a.receive_fd(), a.sender().fd(), b.receive_fd(), b.sender().fd()}) {
+    REQUIRE(fd >= 0);
+    CHECK((::fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0);
+    CHECK((::fcntl(fd, F_GETFL) & O_NONBLOCK) != 0);
+  }
+  // The remote end of pair_with_remote_end() stays blocking, for a plain Cap'n Proto peer.
+  auto [local, remote] = Channel::pair_with_remote_end();
+  CHECK((::fcntl(remote.receive_fd.get(), F_GETFL) & O_NONBLOCK) == 0);
+  CHECK((::fcntl(remote.send_fd.get(), F_GETFL) & O_NONBLOCK) == 0);
+  CHECK((::fcntl(local.sender().fd(), F_GETFL) & O_NONBLOCK) != 0);
 }
 
 TEST_CASE("a pair makes its control link when the first large message needs it, then both "

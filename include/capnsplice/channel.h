@@ -44,10 +44,11 @@ struct RemoteEnd {
 
 class Channel {
  public:
-  /// Two connected ends: 4 descriptors, the two pipes, all close-on-exec. The control
-  /// socket pair of the shared-memory path (2 more) is made when an end first sends a
-  /// message that takes it (SenderOptions::shared_memory_threshold_bytes), and before
-  /// any fork(), so that an end handed to a forked child keeps the path. Each
+  /// Two connected ends: 4 descriptors, the two pipes, all close-on-exec and non-blocking
+  /// (both ends are Channels; for a plain Cap'n Proto peer, pair_with_remote_end()). The
+  /// control socket pair of the shared-memory path (2 more) is made when an end first
+  /// sends a message that takes it (SenderOptions::shared_memory_threshold_bytes), and
+  /// before any fork(), so that an end handed to a forked child keeps the path. Each
   /// pipe starts at the kernel's default capacity; its sender raises it once to
   /// options.pipe_bytes when traffic needs it (SenderStats::pipe_bytes).
   static std::pair<Channel, Channel> pair(const ChannelOptions& options = {});
