@@ -5,7 +5,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <string>
+#include <string_view>
+
 #include "capnsplice/error.h"
+#include "channel_context.h"
 #include "channel_maker.h"
 #include "control_link.h"
 #include "control_pair.h"
@@ -16,8 +20,8 @@ namespace capnsplice {
 
 namespace {
 
-std::string context_of(const std::string& name, const char* operation) {
-  return "channel '" + name + "': " + operation;
+std::string context_of(const std::string& name, std::string_view operation) {
+  return detail::channel_context(name, operation);
 }
 
 /// A pipe capnsplice made, and what is known of its ends without asking the kernel.
@@ -115,14 +119,15 @@ std::pair<Channel, Channel> Channel::pair(const ChannelOptions& options) {
   Pipe b_to_a = make_pipe(options, NonBlocking::both_ends);
   // Both ends are here: their control socket pair is made when one first needs it, and
   // a pair that never sends a large message holds only its pipes (control_pair.h).
-  auto control = std::make_shared<detail::ControlPair>();
-  const std::string context = context_of(options.name, "control");
+  auto control = std::make_shared<detail::ControlPair>(options.name);
+  auto link_a = std::make_shared<detail::ControlLink>(control, 0);
+  auto link_b = std::make_shared<detail::ControlLink>(std::move(control), 1);
   Channel a = detail::ChannelMaker::make(std::move(b_to_a.read_end), b_to_a.read_facts,
                                          std::move(a_to_b.write_end), a_to_b.write_facts, options,
-                                         std::make_shared<detail::ControlLink>(control, 0, context));
+                                         std::move(link_a));
   Channel b = detail::ChannelMaker::make(std::move(a_to_b.read_end), a_to_b.read_facts,
                                          std::move(b_to_a.write_end), b_to_a.write_facts, options,
-                                         std::make_shared<detail::ControlLink>(control, 1, context));
+                                         std::move(link_b));
   return {std::move(a), std::move(b)};
 }
 

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "capnsplice/error.h"
+#include "channel_context.h"
 #include "control_pair.h"
 #include "control_record.h"
 #include "pipe_io.h"
@@ -53,14 +54,18 @@ UniqueFd take_descriptor(msghdr& message) {
 ControlLink::ControlLink(UniqueFd socket, std::string context)
     : socket_(std::move(socket)), context_(std::move(context)) {}
 
-ControlLink::ControlLink(std::shared_ptr<ControlPair> pair, int side, std::string context)
-    : pair_(std::move(pair)), side_(side), context_(std::move(context)) {}
+ControlLink::ControlLink(std::shared_ptr<ControlPair> pair, int side)
+    : pair_(std::move(pair)), side_(side) {}
 
 ControlLink::~ControlLink() {
   if (pair_) pair_->close(side_);
 }
 
 int ControlLink::fd() const noexcept { return pair_ ? pair_->fd(side_) : socket_.get(); }
+
+std::string ControlLink::context() const {
+  return pair_ ? channel_context(pair_->name(), "control") : context_;
+}
 
 bool ControlLink::send_record_locked(std::uint32_t kind, std::uint32_t arena,
                                      std::uint64_t value, int fd) {
@@ -97,7 +102,7 @@ bool ControlLink::send_record_locked(std::uint32_t kind, std::uint32_t arena,
         send_broken_ = true;
         return true;
       default:
-        throw_system_error(context_, "sendmsg (control link)");
+        throw_system_error(context(), "sendmsg (control link)");
     }
   }
 }
@@ -139,11 +144,11 @@ void ControlLink::send_arena(std::uint32_t arena_id, std::uint64_t capacity, int
   constexpr std::chrono::seconds kLongest{5};
   if (deadline.is_never() || deadline.remaining() > kLongest) deadline = Deadline::after(kLongest);
   if (pair_ && !pair_->make()) {  // peer_accepts_shared() made it: only a broken pair fails
-    throw Error(ErrorCode::Timeout, context_, "the control link could not be made");
+    throw Error(ErrorCode::Timeout, context(), "the control link could not be made");
   }
   while (!send_record_locked(kArena, arena_id, capacity, memfd)) {
     if (wait_for(fd(), POLLOUT, deadline) == WaitResult::timed_out) {
-      throw Error(ErrorCode::Timeout, context_,
+      throw Error(ErrorCode::Timeout, context(),
                   "the peer does not read its control link; the arena was not sent");
     }
   }
@@ -223,7 +228,7 @@ std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_i
     return {std::move(unclaimed_arena_.memfd), unclaimed_arena_.capacity};
   }
   if (arena_id == lost_arena_) {
-    throw Error(ErrorCode::SystemError, context_,
+    throw Error(ErrorCode::SystemError, context(),
                 "the peer's shared-memory arena " + std::to_string(arena_id) + " " +
                     lost_arena_why_ + ": its messages cannot be read; the peer was asked for a "
                     "new arena",
@@ -238,7 +243,7 @@ std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_i
   } else {
     why = "which the peer had not sent when it sent the descriptor";
   }
-  throw Error(ErrorCode::ProtocolViolation, context_,
+  throw Error(ErrorCode::ProtocolViolation, context(),
               "a shared-memory message names arena " + std::to_string(arena_id) + ", " + why);
 }
 
@@ -282,7 +287,7 @@ void ControlLink::pump_locked(Deadline deadline) {
         peer_gone_ = true;
         return;
       }
-      if (errno != EAGAIN) throw_system_error(context_, "recvmsg (control link)");
+      if (errno != EAGAIN) throw_system_error(context(), "recvmsg (control link)");
       if (waited || deadline.expired()) return;
       waited = true;
       if (wait_for(socket, POLLIN, deadline) == WaitResult::timed_out) return;

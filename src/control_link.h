@@ -34,13 +34,14 @@
 
 #include <atomic>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 
 #include "capnsplice/deadline.h"
 #include "capnsplice/unique_fd.h"
+#include "lazy_deque.h"
 
 namespace capnsplice::detail {
 
@@ -68,7 +69,7 @@ class ControlLink {
 
   /// End `side` (0 or 1) of `pair`, whose socket is made when either end first needs it
   /// (control_pair.h): until then this link has nothing to read and sends nothing.
-  ControlLink(std::shared_ptr<ControlPair> pair, int side, std::string context);
+  ControlLink(std::shared_ptr<ControlPair> pair, int side);
   ~ControlLink();
 
   ControlLink(const ControlLink&) = delete;
@@ -160,6 +161,9 @@ class ControlLink {
     std::uint64_t capacity = 0;
   };
 
+  /// What errors are prefixed with: the context given, or for a lazy pair's link
+  /// "channel 'name': control", made only then.
+  std::string context() const;
   void pump_locked(Deadline deadline);
   /// Files an Arena record: keeps `memfd` when `arena_id` is newer than any before,
   /// closing the descriptor of an older arena not taken yet.
@@ -174,7 +178,7 @@ class ControlLink {
   UniqueFd socket_;                   // without `pair_`
   std::shared_ptr<ControlPair> pair_;  // lazy: the socket is pair_->fd(side_)
   const int side_ = 0;
-  const std::string context_;
+  const std::string context_;  // without `pair_`
   std::mutex mutex_;
   bool peer_accepts_shared_ = false;
   bool announcement_unsent_ = false;  // announce_accepts_shared() found the link full
@@ -189,7 +193,7 @@ class ControlLink {
   std::atomic<bool> releases_overflowed_{false};  // written under `mutex_`
   ReceivedArena unclaimed_arena_;               // of latest_arena_; no memfd once taken
   std::weak_ptr<SendArena> send_arena_;
-  std::deque<std::pair<std::uint32_t, std::uint64_t>> unsent_releases_;
+  LazyDeque<std::pair<std::uint32_t, std::uint64_t>> unsent_releases_;
 };
 
 }  // namespace capnsplice::detail

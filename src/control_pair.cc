@@ -4,6 +4,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <utility>
+
 namespace capnsplice::detail {
 
 /// Every ControlPair alive in this process, for the pthread_atfork handler: a fork()
@@ -49,7 +51,9 @@ struct ControlPairRegistry {
   }
 };
 
-ControlPair::ControlPair() { ControlPairRegistry::get().add(this); }
+ControlPair::ControlPair(std::string name) : name_(std::move(name)) {
+  ControlPairRegistry::get().add(this);
+}
 
 ControlPair::~ControlPair() {
   ControlPairRegistry::get().remove(this);

@@ -18,13 +18,14 @@
 #include <array>
 #include <atomic>
 #include <mutex>
+#include <string>
 
 namespace capnsplice::detail {
 
 class ControlPair {
  public:
-  /// A pair not made yet.
-  ControlPair();
+  /// A pair not made yet, of the channel `name` (for its links' error messages).
+  explicit ControlPair(std::string name);
   ~ControlPair();
 
   ControlPair(const ControlPair&) = delete;
@@ -54,11 +55,16 @@ class ControlPair {
   /// Makes the pair unless an end is gone, and then never lazily again (before fork()).
   void make_for_fork() noexcept;
 
+  /// The channel's name. Its links say "channel 'name': control" only in an error: a
+  /// pair that never fails makes no such string.
+  const std::string& name() const noexcept { return name_; }
+
  private:
   friend struct ControlPairRegistry;
 
   bool make_locked();
 
+  const std::string name_;
   mutable std::mutex mutex_;
   std::array<std::atomic<int>, 2> fds_{-1, -1};  // written under `mutex_`
   std::array<bool, 2> announced_{false, false};

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <string>
 #include <thread>
@@ -45,7 +46,10 @@ class ReceiverCore {
                                           : 4 * (limits.max_message_bytes / sizeof(capnp::word));
     reader_options_.nestingLimit = limits.nesting_limit;
     require_access_mode(facts, /*for_writing=*/false, context_);
-    if (link) shared_.emplace(std::move(link), options_.limits, context_);
+    if (link) {
+      SharedReceiver::announce(*link);
+      link_ = std::move(link);
+    }
   }
 
   /// A receive() blocked in another thread would go on in freed memory: wake it (it
@@ -158,7 +162,7 @@ class ReceiverCore {
   /// descriptors) are accepted only with a control link to follow them.
   FrameProbe probe_at(const std::byte* frame, std::size_t available) const {
     return probe_frame(frame, available, options_.limits, context_,
-                       shared_ ? MarkedFrames::accepted : MarkedFrames::refused);
+                       link_ ? MarkedFrames::accepted : MarkedFrames::refused);
   }
   std::optional<ReceivedMessage> take_buffered();
   ReadOutcome read_more();
@@ -183,8 +187,13 @@ class ReceiverCore {
   std::shared_ptr<ReceiveRing> ring_;
   std::uint64_t parse_ = 0;  // start of the next frame
   std::uint64_t head_ = 0;   // end of the bytes read
-  std::optional<OwnFrame> own_;
-  std::optional<SharedReceiver> shared_;  // with a control link: follows descriptors
+  /// Only while a frame is assembled outside the ring (large ones): a pointer, not the
+  /// frame, in every receiver (Channel::pair() makes two per pair).
+  std::unique_ptr<OwnFrame> own_;
+  std::shared_ptr<ControlLink> link_;  // with it, marked frames are accepted
+  /// Follows the descriptors of marked frames; made with the first one (most channel
+  /// ends never receive one, and Channel::pair() makes two ends per pair).
+  std::unique_ptr<SharedReceiver> shared_;
   bool end_of_stream_ = false;
   bool drained_ = false;       // the last read found the pipe empty
   bool emptied_pipe_ = false;  // the last read found it empty or took all there was
@@ -235,9 +244,10 @@ ReceivedMessage ReceiverCore::make_message(std::unique_ptr<ReceivedMessageState>
   ++stats_.messages;
   stats_.bytes += probe.bytes_needed;
   if (probe.marked) {
-    // A shared-memory descriptor (only accepted with `shared_`): the message itself is
+    // A shared-memory descriptor (only accepted with `link_`): the message itself is
     // in the peer's arena, and the descriptor's bytes go back when `state` goes.
     auto shared_state = std::make_unique<ReceivedMessageState>();
+    if (!shared_) shared_ = std::make_unique<SharedReceiver>(link_, options_.limits, context_);
     shared_->open(state->segments[1], *shared_state);
     ++stats_.shared_messages;
     return ReceivedMessage(std::move(shared_state));
@@ -248,7 +258,7 @@ ReceivedMessage ReceiverCore::make_message(std::unique_ptr<ReceivedMessageState>
 
 void ReceiverCore::start_own_frame(const FrameProbe& probe) {
   // probe_frame() has checked the sizes against the limits: `needed` is bounded.
-  own_.emplace(OwnFrame{});  // clang refuses a bare emplace() of this nested struct
+  own_ = std::make_unique<OwnFrame>();
   own_->probe = probe;
   try {
     grow_own_frame(probe.bytes_needed);

@@ -16,13 +16,15 @@ constexpr std::uint64_t kLargestArena = std::uint64_t{1} << 40;
 
 }  // namespace
 
-SharedReceiver::SharedReceiver(std::shared_ptr<ControlLink> link, const ReceiveLimits& limits,
-                               std::string context)
-    : link_(std::move(link)), limits_(limits), context_(std::move(context)) {
+void SharedReceiver::announce(ControlLink& link) {
   if (shared_memory_unavailable_reason().empty() && room_for_a_peers_arena()) {
-    link_->announce_accepts_shared();
+    link.announce_accepts_shared();
   }
 }
+
+SharedReceiver::SharedReceiver(std::shared_ptr<ControlLink> link, const ReceiveLimits& limits,
+                               std::string context)
+    : link_(std::move(link)), limits_(limits), context_(std::move(context)) {}
 
 std::shared_ptr<ReceiveArena> SharedReceiver::arena(std::uint32_t id) {
   schedule();

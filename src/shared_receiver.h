@@ -22,7 +22,13 @@ namespace capnsplice::detail {
 /// The receiving half: opens the messages that marked frames describe.
 class SharedReceiver final : public Trimmable {
  public:
-  /// Announces on `link` that this end reads shared-memory messages.
+  /// Tells the peer on `link` that this end reads shared-memory messages, when this
+  /// process can (memfd arenas, and address space for a peer's arena). The receiver does
+  /// it when it is made; the SharedReceiver itself comes with the first marked frame, so
+  /// a channel end that never receives one does not hold it.
+  static void announce(ControlLink& link);
+
+  /// Follows the descriptors that come through `link` (after announce()).
   SharedReceiver(std::shared_ptr<ControlLink> link, const ReceiveLimits& limits,
                  std::string context);
   ~SharedReceiver() { unschedule(); }

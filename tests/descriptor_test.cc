@@ -8,9 +8,11 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -97,6 +99,39 @@ TEST_CASE("a Channel::pair() makes its pipes close-on-exec and non-blocking at b
   CHECK((::fcntl(remote.receive_fd.get(), F_GETFL) & O_NONBLOCK) == 0);
   CHECK((::fcntl(remote.send_fd.get(), F_GETFL) & O_NONBLOCK) == 0);
   CHECK((::fcntl(local.sender().fd(), F_GETFL) & O_NONBLOCK) != 0);
+}
+
+TEST_CASE("an end that never sent answers for its sender, and one made on first use serves "
+          "builders on several threads") {
+  auto [a, b] = Channel::pair();
+  // The sender's machinery is made by the first call that needs it; until then it still
+  // has its descriptor and nothing queued.
+  CHECK(a.sender().fd() >= 0);
+  CHECK(a.unsent_bytes() == 0);
+  CHECK_FALSE(a.sender().has_queued());
+  CHECK(a.sender().written_messages() == 0);
+  CHECK(a.sender().stats().messages == 0);
+
+  // Builders on four threads at once make it once; one thread sends.
+  std::array<std::optional<OutgoingMessage>, 4> built;
+  std::vector<std::thread> builders;
+  for (std::size_t i = 0; i < built.size(); ++i) {
+    builders.emplace_back([&built, &b = b, i] {
+      built[i].emplace(b.new_message());
+      built[i]->init_root<test::Blob>().setSeq(i);
+    });
+  }
+  for (std::thread& builder : builders) builder.join();
+  for (auto& message : built) b.send(std::move(*message));
+  for (std::uint64_t seq = 0; seq < built.size(); ++seq) {
+    CHECK(a.receive(Deadline::after(10s)).root<test::Blob>().getSeq() == seq);
+  }
+  CHECK(b.sender().written_messages() == built.size());
+
+  // Closing a sender that never sent gives its reader the end of the stream.
+  a.close_sending();
+  CHECK_FALSE(b.try_receive().has_value());
+  CHECK(b.at_end());
 }
 
 TEST_CASE("a pair makes its control link when the first large message needs it, then both "

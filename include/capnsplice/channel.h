@@ -50,7 +50,8 @@ class Channel {
   /// sends a message that takes it (SenderOptions::shared_memory_threshold_bytes), and
   /// before any fork(), so that an end handed to a forked child keeps the path. Each
   /// pipe starts at the kernel's default capacity; its sender raises it once to
-  /// options.pipe_bytes when traffic needs it (SenderStats::pipe_bytes).
+  /// options.pipe_bytes when traffic needs it (SenderStats::pipe_bytes). An end's sending
+  /// machinery (pools, counters) is made by its first send, or any call that needs it.
   static std::pair<Channel, Channel> pair(const ChannelOptions& options = {});
 
   /// One end as a Channel, the other as raw descriptors for another process. The remote

@@ -53,6 +53,7 @@ namespace detail {
 class SenderCore;
 class ControlLink;
 struct DescriptorFacts;
+struct LazySenderCore;
 }
 
 /// What try_send() did with a message.
@@ -117,6 +118,9 @@ class Sender {
   /// Used by Channel: `link` is the end's control link, which enables the shared-memory
   /// path for large messages. `facts` (null: probed) describes `fd`, for a pipe the
   /// channel made itself: asking the kernel again would cost system calls per channel.
+  /// With `facts`, only the access mode is checked here, and the sender's machinery (its
+  /// pools, shared-memory sender, counters) is made by the first call that needs it:
+  /// most ends of a host's pairs never send, or not for a while.
   Sender(UniqueFd fd, SenderOptions options, std::string context,
          std::shared_ptr<detail::ControlLink> link, const detail::DescriptorFacts* facts = nullptr);
   Sender(Sender&&) noexcept;
@@ -220,7 +224,14 @@ class Sender {
   SenderStats stats() const;
 
  private:
-  std::shared_ptr<detail::SenderCore> core_;  // shared: messages being built hold weak references
+  /// The core, made unless it is (any thread).
+  detail::SenderCore& core() const;
+  /// The core if it is made, else null: for the looks that need not make it.
+  detail::SenderCore* made_core() const noexcept;
+
+  std::unique_ptr<detail::LazySenderCore> lazy_;  // what makes the core, when made lazily
+  /// Shared: messages being built hold weak references. Written once, by core().
+  mutable std::shared_ptr<detail::SenderCore> core_;
 };
 
 }  // namespace capnsplice
