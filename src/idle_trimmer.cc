@@ -43,9 +43,10 @@ class TrimRegistry {
 
   void remove(Trimmable& item) {
     std::unique_lock lock(mutex_);
+    // Wait first: a trim in progress that returns "keep" puts the item back on the list.
+    trimmed_.wait(lock, [&] { return trimming_ != &item; });
     erase(items_, &item);
     erase(pass_, &item);
-    trimmed_.wait(lock, [&] { return trimming_ != &item; });
     item.scheduled_in_.store(0, std::memory_order_relaxed);
   }
 

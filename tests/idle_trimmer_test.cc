@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <optional>
 #include <thread>
 
 #include "idle_trimmer.h"
@@ -100,4 +101,45 @@ TEST_CASE("destroying an item waits for its trim in progress, and only for that"
   CHECK(destroyed.wait_for(std::chrono::milliseconds(500)) == std::future_status::timeout);
   destroyed.get();
   CHECK(trim_done_when_destroyed.load());
+}
+
+/// Set when the trimmer looks at a KeepingItem after its destructor ran.
+std::atomic<bool> looked_at_after_destruction{false};
+
+TEST_CASE("an item destroyed while its trim is in progress is never looked at again, even when "
+          "that trim asked for another look",
+          "[trimmer]") {
+  /// Asks for another look every time; its first trim takes 1 s.
+  class KeepingItem final : public Trimmable {
+   public:
+    ~KeepingItem() {
+      unschedule();
+      destroyed_.store(true);
+    }
+    bool trim_if_idle() noexcept override {
+      if (destroyed_.load()) looked_at_after_destruction.store(true);
+      if (!entered_.exchange(true)) std::this_thread::sleep_for(std::chrono::seconds(1));
+      return true;
+    }
+    void schedule_now() { schedule(); }
+    bool entered() const { return entered_.load(); }
+
+   private:
+    std::atomic<bool> entered_{false};
+    std::atomic<bool> destroyed_{false};
+  };
+
+  // The storage outlives the item, so a look at the destroyed item reads its flag rather
+  // than freed memory (AddressSanitizer would also report that).
+  std::optional<KeepingItem> item;
+  item.emplace();
+  item->schedule_now();
+  const auto give_up = Clock::now() + std::chrono::seconds(10);
+  while (!item->entered() && Clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  REQUIRE(item->entered());
+  item.reset();  // waits for the trim, which asks to stay on the list
+  std::this_thread::sleep_for(4 * capnsplice::detail::kTrimCheckInterval);
+  CHECK_FALSE(looked_at_after_destruction.load());
 }
