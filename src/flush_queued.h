@@ -2,10 +2,9 @@
 //
 // A sender's queued messages hold pool chunks and arena blocks that come back only once
 // they are written. A builder whose pool or arena is full therefore has the queue written
-// before it waits for the reader: the builder holds this function, and hands it to the
-// pool or arena it allocates from. It refers to the sender weakly, so a builder may
-// outlive its sender (the call then writes nothing), and it is two words that copy
-// without an allocation, as a std::function holding a weak_ptr would not.
+// before it waits for the reader: the builder finds this function in the sender's
+// BuildingMemory, and hands it to the pool or arena it allocates from. It refers to the
+// sender weakly, so a builder may outlive its sender (the call then writes nothing).
 #pragma once
 
 #include <memory>
@@ -20,7 +19,7 @@ class FlushQueued {
   FlushQueued() = default;
 
   /// Calls `(owner->*Flush)(deadline)` while `owner` lives, e.g.
-  /// `FlushQueued::of<&SenderCore::flush_queued>(weak_from_this())`.
+  /// `FlushQueued::of<&SenderCore::flush_queued>(std::weak_ptr<SenderCore>(core))`.
   template <auto Flush, typename Owner>
   static FlushQueued of(std::weak_ptr<Owner> owner) {
     FlushQueued result;

@@ -9,7 +9,6 @@
 #include <thread>
 #include <vector>
 
-#include "shared_arena.h"  // fork_generation()
 
 namespace capnsplice::detail {
 
@@ -126,8 +125,7 @@ class TrimRegistry {
   bool thread_started_ = false;
 };
 
-void Trimmable::schedule() noexcept {
-  if (scheduled_in_.load(std::memory_order_relaxed) == fork_generation() + 1) return;
+void Trimmable::add_to_list() noexcept {
   try {
     TrimRegistry::instance().add(*this);
   } catch (...) {

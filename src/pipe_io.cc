@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <pthread.h>
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -19,29 +18,6 @@
 #include "capnsplice/unique_fd.h"
 
 namespace capnsplice::detail {
-
-SigpipeGuard::SigpipeGuard() noexcept {
-  sigset_t block;
-  sigemptyset(&block);
-  sigaddset(&block, SIGPIPE);
-  pthread_sigmask(SIG_BLOCK, &block, &previous_mask_);
-  was_blocked_ = sigismember(&previous_mask_, SIGPIPE) == 1;
-}
-
-SigpipeGuard::~SigpipeGuard() {
-  if (was_blocked_) return;  // The caller blocks SIGPIPE itself; leave its pending set alone.
-  if (broken_pipe_) {
-    // EPIPE raised a thread-directed SIGPIPE that is now pending: take it before
-    // unblocking, or it would be delivered (and kill the process) on unblock.
-    sigset_t pipe_only;
-    sigemptyset(&pipe_only);
-    sigaddset(&pipe_only, SIGPIPE);
-    const timespec no_wait{0, 0};
-    while (sigtimedwait(&pipe_only, nullptr, &no_wait) < 0 && errno == EINTR) {
-    }
-  }
-  pthread_sigmask(SIG_SETMASK, &previous_mask_, nullptr);
-}
 
 void IovCursor::advance(std::size_t bytes) noexcept {
   while (bytes > 0 && count > 0) {

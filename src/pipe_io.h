@@ -13,28 +13,9 @@
 #include <string_view>
 
 #include "capnsplice/deadline.h"
+#include "sigpipe_guard.h"
 
 namespace capnsplice::detail {
-
-/// Blocks SIGPIPE in the calling thread while alive, swallows the SIGPIPE that a
-/// write to a reader-less pipe raised, and restores the thread's mask. The process's
-/// signal dispositions are never touched. Costs two system calls; hold one guard
-/// around a whole batch of writes, not one per write.
-class SigpipeGuard {
- public:
-  SigpipeGuard() noexcept;
-  ~SigpipeGuard();
-  SigpipeGuard(const SigpipeGuard&) = delete;
-  SigpipeGuard& operator=(const SigpipeGuard&) = delete;
-
-  /// Records that a write failed with EPIPE, so a SIGPIPE is pending to swallow.
-  void saw_broken_pipe() noexcept { broken_pipe_ = true; }
-
- private:
-  sigset_t previous_mask_;
-  bool was_blocked_ = false;
-  bool broken_pipe_ = false;
-};
 
 /// How bytes go into the pipe.
 enum class WriteMethod {

@@ -16,19 +16,15 @@ constexpr std::size_t kArenaSegmentFloor = std::size_t{64} * 1024;
 }  // namespace
 
 PooledMessageBuilder::PooledMessageBuilder(
-    std::shared_ptr<SegmentPool> segment_pool, std::shared_ptr<SegmentPool> data_pool,
-    std::shared_ptr<SharedSender> shared, FlushQueued flush_queued,
+    std::shared_ptr<const BuildingMemory> memory,
     std::optional<std::chrono::nanoseconds> allocation_timeout,
     std::optional<Deadline> allocation_deadline)
-    : segment_pool_(std::move(segment_pool)),
-      data_pool_(std::move(data_pool)),
-      shared_(std::move(shared)),
-      flush_queued_(std::move(flush_queued)),
+    : memory_(std::move(memory)),
       allocation_timeout_(allocation_timeout),
       allocation_deadline_(allocation_deadline) {}
 
 PooledMessageBuilder::~PooledMessageBuilder() noexcept(false) {
-  for (const ArenaBlock& block : arena_blocks_) shared_->free(block);  // never sent
+  for (const ArenaBlock& block : arena_blocks_) memory_->shared->free(block);  // never sent
   if (released_) return;
   // Dropped without being sent: the chunks were never handed to the kernel.
   try {
@@ -40,13 +36,14 @@ PooledMessageBuilder::~PooledMessageBuilder() noexcept(false) {
 }
 
 Chunk PooledMessageBuilder::allocate_from(SegmentPool& pool, std::size_t bytes, bool greedy) {
-  return pool.allocate(bytes, greedy, allocation_deadline(), flush_queued_);
+  return pool.allocate(bytes, greedy, allocation_deadline(), memory_->flush_queued);
 }
 
 std::optional<ArenaBlock> PooledMessageBuilder::allocate_shared(std::size_t bytes, bool zeroed) {
-  if (!shared_ || !shared_->wants(bytes)) return std::nullopt;
+  SharedSender* shared = memory_->shared.get();
+  if (shared == nullptr || !shared->wants(bytes)) return std::nullopt;
   std::optional<ArenaBlock> block =
-      shared_->allocate(bytes, zeroed, allocation_deadline(), flush_queued_);
+      shared->allocate(bytes, zeroed, allocation_deadline(), memory_->flush_queued);
   if (block) arena_blocks_.push_back(*block);
   return block;
 }
@@ -55,7 +52,7 @@ kj::ArrayPtr<capnp::word> PooledMessageBuilder::allocateSegment(unsigned minimum
   const std::size_t requested = std::size_t{minimumSize} * sizeof(capnp::word);
   // The root segment stays in the pool (so an empty message never needs the arena)
   // unless every segment goes to the arena; then segments get room to grow in.
-  const bool everything = shared_ && shared_->everything();
+  const bool everything = memory_->shared && memory_->shared->everything();
   if (!chunks_.empty() || everything) {
     const std::size_t bytes = everything ? std::max(requested, kArenaSegmentFloor) : requested;
     if (auto block = allocate_shared(bytes, /*zeroed=*/true)) {
@@ -66,8 +63,8 @@ kj::ArrayPtr<capnp::word> PooledMessageBuilder::allocateSegment(unsigned minimum
   const bool first = chunks_.empty();
   const std::size_t front = first ? kTableRoomBytes : 0;
   Chunk chunk =
-      allocate_from(*segment_pool_, std::size_t{minimumSize} * sizeof(capnp::word) + front, true);
-  chunks_.push_back({chunk, segment_pool_.get(), front, 0, true});
+      allocate_from(*memory_->segments, std::size_t{minimumSize} * sizeof(capnp::word) + front, true);
+  chunks_.push_back({chunk, memory_->segments.get(), front, 0, true});
   // Segment sizes travel as 32-bit word counts.
   const std::size_t words = std::min<std::size_t>((chunk.bytes - front) / sizeof(capnp::word),
                                                   std::numeric_limits<std::uint32_t>::max());
@@ -90,8 +87,8 @@ capnp::Orphan<capnp::Data> PooledMessageBuilder::allocate_data(std::size_t bytes
     memory = kj::arrayPtr(start, bytes);
     return orphanage.referenceExternalData(capnp::Data::Reader(start, bytes));
   }
-  Chunk chunk = allocate_from(*data_pool_, padded, false);
-  chunks_.push_back({chunk, data_pool_.get(), 0, chunk.bytes, false});
+  Chunk chunk = allocate_from(*memory_->data, padded, false);
+  chunks_.push_back({chunk, memory_->data.get(), 0, chunk.bytes, false});
   // The padding is visible on the wire: it must be zero.
   std::memset(chunk.data + bytes, 0, padded - bytes);
   auto* start = reinterpret_cast<kj::byte*>(chunk.data);
@@ -113,8 +110,8 @@ std::byte* PooledMessageBuilder::first_segment_start() const noexcept {
 }
 
 std::byte* PooledMessageBuilder::allocate_table(std::size_t bytes) {
-  Chunk chunk = allocate_from(*segment_pool_, bytes, false);
-  chunks_.push_back({chunk, segment_pool_.get(), 0, bytes, false});
+  Chunk chunk = allocate_from(*memory_->segments, bytes, false);
+  chunks_.push_back({chunk, memory_->segments.get(), 0, bytes, false});
   return chunk.data;
 }
 

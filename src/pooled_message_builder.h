@@ -29,18 +29,26 @@ namespace capnsplice::detail {
 
 class SharedSender;
 
+/// What one sender's messages are built from. The sender makes it once and each of its
+/// builders shares it: one reference count to take per message, not one per pool.
+struct BuildingMemory {
+  std::shared_ptr<SegmentPool> segments;  // Cap'n Proto segments, kept zeroed
+  std::shared_ptr<SegmentPool> data;      // allocate_data() buffers, not zeroed
+  std::shared_ptr<SharedSender> shared;   // large requests; null without a control link
+  /// What a full pool or arena has write before it waits for the reader.
+  FlushQueued flush_queued;
+};
+
 class PooledMessageBuilder final : public capnp::MessageBuilder {
  public:
   /// Room for the table of a message of up to 30 segments.
   static constexpr std::size_t kTableRoomBytes = 128;
 
-  /// `shared` (may be null) takes requests large enough for the shared-memory path.
-  /// A request for memory waits for room until `allocation_deadline`, or when that is
-  /// empty for `allocation_timeout` (empty: as long as it takes); before it waits, a full
-  /// pool or arena has `flush_queued` write the sender's queue.
-  PooledMessageBuilder(std::shared_ptr<SegmentPool> segment_pool,
-                       std::shared_ptr<SegmentPool> data_pool,
-                       std::shared_ptr<SharedSender> shared, FlushQueued flush_queued,
+  /// `memory.shared` (may be null) takes requests large enough for the shared-memory
+  /// path. A request for memory waits for room until `allocation_deadline`, or when that
+  /// is empty for `allocation_timeout` (empty: as long as it takes); before it waits, a
+  /// full pool or arena has `memory.flush_queued` write the sender's queue.
+  PooledMessageBuilder(std::shared_ptr<const BuildingMemory> memory,
                        std::optional<std::chrono::nanoseconds> allocation_timeout,
                        std::optional<Deadline> allocation_deadline = std::nullopt);
   ~PooledMessageBuilder() noexcept(false) override;
@@ -71,7 +79,8 @@ class PooledMessageBuilder final : public capnp::MessageBuilder {
   /// The pools may reuse every chunk once the reader has consumed `stream_end` bytes.
   void release_chunks_after(std::uint64_t stream_end);
 
-  const std::shared_ptr<SegmentPool>& pool() const noexcept { return segment_pool_; }
+  /// What the message is built from: tells a sender whether it built the message.
+  const BuildingMemory* memory() const noexcept { return memory_.get(); }
 
   /// True when part of the message lives in the shared-memory arena: it must go by the
   /// shared-memory path.
@@ -94,10 +103,7 @@ class PooledMessageBuilder final : public capnp::MessageBuilder {
   /// An arena block of `bytes` when the request goes by shared memory, else empty.
   std::optional<ArenaBlock> allocate_shared(std::size_t bytes, bool zeroed);
 
-  std::shared_ptr<SegmentPool> segment_pool_;
-  std::shared_ptr<SegmentPool> data_pool_;
-  std::shared_ptr<SharedSender> shared_;
-  FlushQueued flush_queued_;
+  const std::shared_ptr<const BuildingMemory> memory_;
   Deadline allocation_deadline() const noexcept {
     return allocation_deadline_ ? *allocation_deadline_ : Deadline::after(allocation_timeout_);
   }

@@ -129,7 +129,8 @@ void RendezvousListener::admit_waiting_clients(const std::string& context) {
     }
 
     ChannelOptions channel_options = options_.channel;
-    channel_options.name += ":" + std::to_string(peer.pid);
+    channel_options.name += ':';
+    channel_options.name += std::to_string(peer.pid);
     auto [channel, remote] = Channel::pair_with_remote_end(channel_options);
     try {
       detail::send_handover(client.get(), /*accepted=*/true, {},

@@ -303,8 +303,7 @@ bool SegmentPool::discard_ring() {
   return true;
 }
 
-void SegmentPool::use_huge_pages_once_streaming() {
-  if (huge_pages_ || touched_bytes_ < capacity_ / 4 * 3) return;
+void SegmentPool::move_ring_to_huge_pages() {
   // Faulted in again at once as huge pages, rather than left for khugepaged to collapse
   // some time later: zeroing 4 MiB once costs about what 1 ms of the stream does.
   if (!discard_ring()) return;

@@ -144,7 +144,11 @@ class SegmentPool final : public Trimmable {
   /// zeros again, so no chunk is dirty any more. Returns whether it did.
   bool discard_ring();
   /// A ring that builders wrote three quarters of belongs to a stream: huge pages.
-  void use_huge_pages_once_streaming();
+  /// Asked on every allocation and release, so the test is inline.
+  void use_huge_pages_once_streaming() {
+    if (!huge_pages_ && touched_bytes_ >= capacity_ / 4 * 3) move_ring_to_huge_pages();
+  }
+  void move_ring_to_huge_pages();
   void zero_dirty(RingChunk& chunk);
   /// Clears the first `dirty_bytes` at `data` (when this pool keeps memory zeroed).
   void clear(std::byte* data, std::size_t& dirty_bytes) const;

@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "sender_core.h"
+#include "sigpipe_guard.h"
 
 namespace capnsplice {
 
@@ -42,10 +43,11 @@ Sender::Sender(UniqueFd fd, SenderOptions options, std::string context)
 
 Sender::Sender(UniqueFd fd, SenderOptions options, std::string context,
                std::shared_ptr<detail::ControlLink> link, const detail::DescriptorFacts* facts) {
+  if (options.sigpipe == SigpipeSafety::process_ignores) detail::require_sigpipe_ignored(context);
   if (facts == nullptr) {
     // The descriptor is asked about now, so that one that cannot be written fails here.
-    core_ = std::make_shared<detail::SenderCore>(std::move(fd), options, std::move(context),
-                                                 std::move(link), nullptr);
+    core_ = detail::SenderCore::make(std::move(fd), options, std::move(context), std::move(link),
+                                     nullptr);
     return;
   }
   detail::require_access_mode(*facts, /*for_writing=*/true, context);
@@ -58,20 +60,24 @@ Sender& Sender::operator=(Sender&&) noexcept = default;
 Sender::~Sender() = default;
 
 detail::SenderCore& Sender::core() const {
-  if (lazy_) {
-    std::call_once(lazy_->once, [this] {
-      detail::LazySenderCore& lazy = *lazy_;
-      // Out of memory, the call that needed the core throws, and the next one tries again
-      // (the context and link are copied for that; a descriptor the failed constructor
-      // had taken is closed, and that end then says it is closed for sending).
-      core_ = std::make_shared<detail::SenderCore>(std::move(lazy.fd), lazy.options,
-                                                   lazy.context, lazy.link, &lazy.facts);
-      lazy.link.reset();  // the core holds it where it needs it, as an eager one does
-      lazy.context = std::string();
-      lazy.made.store(true, std::memory_order_release);
-    });
-  }
+  // Every send passes here, so the made flag comes first and the making is out of line:
+  // a std::call_once costs a hundred instructions even once done (a tenth of a 64 B send).
+  if (lazy_ && !lazy_->made.load(std::memory_order_acquire)) make_core();
   return *core_;
+}
+
+[[gnu::noinline]] void Sender::make_core() const {
+  std::call_once(lazy_->once, [this] {
+    detail::LazySenderCore& lazy = *lazy_;
+    // Out of memory, the call that needed the core throws, and the next one tries again
+    // (the context and link are copied for that; a descriptor the failed constructor
+    // had taken is closed, and that end then says it is closed for sending).
+    core_ = detail::SenderCore::make(std::move(lazy.fd), lazy.options, lazy.context, lazy.link,
+                                     &lazy.facts);
+    lazy.link.reset();  // the core holds it where it needs it, as an eager one does
+    lazy.context = std::string();
+    lazy.made.store(true, std::memory_order_release);
+  });
 }
 
 detail::SenderCore* Sender::made_core() const noexcept {

@@ -44,30 +44,52 @@ std::size_t frame_bytes(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segm
   return bytes;
 }
 
+/// The pools (and, with a control link and a shared-memory path, the arena) a core's
+/// messages are built from; make() adds the flush.
+std::shared_ptr<BuildingMemory> make_building_memory(const SenderOptions& options,
+                                                     const std::shared_ptr<ReaderProgress>& progress,
+                                                     const std::string& context,
+                                                     std::shared_ptr<ControlLink> link) {
+  auto memory = std::make_shared<BuildingMemory>();
+  // With a shared-memory path, an object of at least its threshold must not fit in a pool
+  // segment: it then asks for a segment of its own, which goes there.
+  memory->segments = std::make_shared<SegmentPool>(
+      options.pool_bytes, progress, context, SegmentPool::Zeroing::zeroed,
+      link && options.path == SendPath::automatic ? options.shared_memory_threshold_bytes : 0);
+  memory->data = std::make_shared<SegmentPool>(options.data_pool_bytes, progress, context,
+                                               SegmentPool::Zeroing::unzeroed);
+  const bool shared_path =
+      options.path == SendPath::shared_memory ||
+      (options.path == SendPath::automatic && options.shared_memory_threshold_bytes != 0);
+  if (link && shared_path) {
+    memory->shared = std::make_shared<SharedSender>(std::move(link), progress, options, context);
+  }
+  return memory;
+}
+
 }  // namespace
 
-SenderCore::SenderCore(UniqueFd fd, SenderOptions options, std::string context,
+std::shared_ptr<SenderCore> SenderCore::make(UniqueFd fd, SenderOptions options,
+                                             std::string context,
+                                             std::shared_ptr<ControlLink> link,
+                                             const DescriptorFacts* facts) {
+  auto core = std::make_shared<SenderCore>(MadeByMake(), std::move(fd), options,
+                                           std::move(context), std::move(link), facts);
+  core->memory_->flush_queued =
+      FlushQueued::of<&SenderCore::flush_queued>(std::weak_ptr<SenderCore>(core));
+  return core;
+}
+
+SenderCore::SenderCore(MadeByMake, UniqueFd fd, SenderOptions options, std::string context,
                        std::shared_ptr<ControlLink> link, const DescriptorFacts* facts)
     : fd_(std::move(fd)),
       options_(options),
       context_(std::move(context)),
       facts_(facts != nullptr ? *facts : probe_descriptor(fd_.get(), context_)),
       progress_(std::make_shared<ReaderProgress>(fd_.get(), context_)),
-      pool_(std::make_shared<SegmentPool>(
-          options.pool_bytes, progress_, context_, SegmentPool::Zeroing::zeroed,
-          // With a shared-memory path, an object of at least its threshold must not fit
-          // in a pool segment: it then asks for a segment of its own, which goes there.
-          link && options.path == SendPath::automatic ? options.shared_memory_threshold_bytes : 0)),
-      data_pool_(std::make_shared<SegmentPool>(options.data_pool_bytes, progress_, context_,
-                                               SegmentPool::Zeroing::unzeroed)) {
+      memory_(make_building_memory(options_, progress_, context_, std::move(link))) {
   require_access_mode(facts_, /*for_writing=*/true, context_);
   if (facts_.pipe && facts_.raisable) capacity_ = PipeCapacity::raisable(facts_.pipe_bytes);
-  const bool shared_path =
-      options_.path == SendPath::shared_memory ||
-      (options_.path == SendPath::automatic && options_.shared_memory_threshold_bytes != 0);
-  if (link && shared_path) {
-    shared_ = std::make_shared<SharedSender>(std::move(link), progress_, options_, context_);
-  }
 }
 
 SenderCore::~SenderCore() {
@@ -84,12 +106,8 @@ SenderCore::~SenderCore() {
 }
 
 OutgoingMessage SenderCore::new_message(std::optional<Deadline> deadline) {
-  return OutgoingMessage(std::make_unique<PooledMessageBuilder>(
-      pool_, data_pool_, shared_, flusher(), options_.send_timeout, deadline));
-}
-
-FlushQueued SenderCore::flusher() {
-  return FlushQueued::of<&SenderCore::flush_queued>(weak_from_this());
+  return OutgoingMessage(
+      std::make_unique<PooledMessageBuilder>(memory_, options_.send_timeout, deadline));
 }
 
 WriteMethod SenderCore::choose_method(std::size_t frame_bytes) const noexcept {
@@ -133,12 +151,12 @@ SenderStats SenderCore::stats() const {
     result.pipe_raise_refused = capacity_.refused();
   }
   result.vmsplice_aliases_pages = vmsplice_aliases_pages();
-  result.shared_memory_available = shared_ && shared_->available();
-  if (shared_) {
-    result.arena_bytes_in_use = shared_->arena_bytes_in_use();
-    result.arenas_created = shared_->arenas_created();
+  if (const SharedSender* shared = memory_->shared.get()) {
+    result.shared_memory_available = shared->available();
+    result.arena_bytes_in_use = shared->arena_bytes_in_use();
+    result.arenas_created = shared->arenas_created();
   }
-  for (const auto* pool : {pool_.get(), data_pool_.get()}) {
+  for (const auto* pool : {memory_->segments.get(), memory_->data.get()}) {
     const PoolStats stats = pool->stats();
     result.dedicated_allocations += stats.dedicated_allocations;
     result.waits_for_reader += stats.waits_for_reader;
@@ -156,7 +174,7 @@ bool SenderCore::queue(OutgoingMessage& message, Deadline room_deadline) {
   PooledMessageBuilder* built = message.builder_.get();
   // Built in another sender's pool, which cannot see this pipe's progress: the bytes must
   // be copied rather than spliced.
-  const bool foreign = built->pool() != pool_;
+  const bool foreign = built->memory() != memory_.get();
   const bool shared = !foreign && built->in_shared_memory();
   auto segments = built->segments_for_output();
   {
@@ -244,8 +262,8 @@ bool SenderCore::send_shared(std::unique_ptr<PooledMessageBuilder> message, Dead
   // (not in a pool chunk), and `message` gives its pool chunks back only after the write.
   DescriptorBuilder descriptor(message->segments_for_output().size());
   const std::uint64_t id =
-      shared_->describe(message->segments_for_output(), message->take_arena_blocks(),
-                        descriptor.message(), deadline, flusher());
+      memory_->shared->describe(message->segments_for_output(), message->take_arena_blocks(),
+                                descriptor.message(), deadline, memory_->flush_queued);
   return write_copy_now(descriptor.marked_frame(), std::move(message), id, deadline);
 }
 
@@ -264,7 +282,7 @@ bool SenderCore::write_copy_now(kj::ArrayPtr<const kj::ArrayPtr<const capnp::wor
   write_segment_table(segments, table);
 
   std::lock_guard lock(mutex_);
-  if (!fd_ && shared_id) shared_->abandon(*shared_id);  // nothing will name its blocks
+  if (!fd_ && shared_id) memory_->shared->abandon(*shared_id);  // nothing will name its blocks
   ensure_open();
   // `segments` may be the caller's to reuse, or on its stack, once this returns: queue
   // behind the batch, write by copy, and keep a copy of what the pipe did not take.

@@ -19,12 +19,13 @@
 //
 // Data flows one way; nothing below calls back into the sender:
 //
-//   SenderCore ──owns──> SegmentPool (segments), SegmentPool (data), SharedSender
-//        │                    │                                          │
+//   SenderCore ──owns──> BuildingMemory: SegmentPool (segments), SegmentPool (data),
+//        │                    │          SharedSender, FlushQueued (a weak "write what
+//        │                    │          is queued" of this core)        │
 //        └─ reports written ──┴─────────> ReaderProgress <─── asks ──────┘
 //                                    (fd, bytes written, FIONREAD)
-//   OutgoingMessage ──> PooledMessageBuilder ──> the pools and SharedSender, handing
-//                       them FlushQueued, a weak "write what is queued" of this core
+//   OutgoingMessage ──> PooledMessageBuilder ──shares──> BuildingMemory, and hands the
+//                       pools and SharedSender its FlushQueued as it allocates
 #pragma once
 
 #include <sys/uio.h>
@@ -49,16 +50,24 @@
 
 namespace capnsplice::detail {
 
-class SenderCore final : public std::enable_shared_from_this<SenderCore> {
+class SenderCore final {
  public:
   /// `link` (may be null) is the channel end's control link; with it, large messages can
   /// take the shared-memory path.
   /// `facts` (null: probed here) describes `fd`; a raisable pipe gets a PipeCapacity.
-  /// Made by std::make_shared only: the messages it hands out flush it through a weak
+  /// A core lives in a shared_ptr: the messages it hands out flush it through a weak
   /// reference (flush_queued.h).
-  SenderCore(UniqueFd fd, SenderOptions options, std::string context,
-             std::shared_ptr<ControlLink> link = nullptr,
-             const DescriptorFacts* facts = nullptr);
+  static std::shared_ptr<SenderCore> make(UniqueFd fd, SenderOptions options,
+                                          std::string context,
+                                          std::shared_ptr<ControlLink> link = nullptr,
+                                          const DescriptorFacts* facts = nullptr);
+
+  /// make() only (std::make_shared needs a public constructor).
+  struct MadeByMake {
+    explicit MadeByMake() = default;
+  };
+  SenderCore(MadeByMake, UniqueFd fd, SenderOptions options, std::string context,
+             std::shared_ptr<ControlLink> link, const DescriptorFacts* facts);
   ~SenderCore();
 
   /// `deadline`: how long building may wait for pool or arena room; empty: send_timeout
@@ -113,8 +122,6 @@ class SenderCore final : public std::enable_shared_from_this<SenderCore> {
     std::vector<std::byte> own_bytes{};
   };
 
-  /// flush_queued() for the pools and arena that build this sender's messages.
-  FlushQueued flusher();
   WriteMethod choose_method(std::size_t frame_bytes) const noexcept;
   void ensure_open() const;
   /// Whether a frame of `bytes` may join the queue; writes what the pipe takes (until
@@ -162,9 +169,9 @@ class SenderCore final : public std::enable_shared_from_this<SenderCore> {
   const DescriptorFacts facts_;
   /// Bytes written into the pipe, and how far its reader got: what the pools ask.
   const std::shared_ptr<ReaderProgress> progress_;
-  std::shared_ptr<SegmentPool> pool_;       // Cap'n Proto segments, kept zeroed
-  std::shared_ptr<SegmentPool> data_pool_;  // buffers from allocate_data(), not zeroed
-  std::shared_ptr<SharedSender> shared_;    // null without a control link
+  /// The pools and arena its messages are built from, shared with their builders; its
+  /// flush_queued is set by make(), before any message is.
+  const std::shared_ptr<BuildingMemory> memory_;
 
   mutable std::mutex mutex_;  // guards everything below and the descriptor's use
   std::vector<iovec> gather_;

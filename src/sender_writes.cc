@@ -30,7 +30,8 @@ bool SenderCore::flush_queued(Deadline deadline) {
 bool SenderCore::write_queue_locked(Deadline deadline) {
   if (queued_.empty()) return true;
   ensure_open();
-  SigpipeGuard guard;  // one pair of mask changes for the whole batch
+  SigpipeGuard guard(options_.sigpipe);  // one for the whole batch
+  if (guard.masked()) ++stats_.sigpipe_masked_batches;
   std::size_t done = 0;
   IovCursor cursor{gather_.data(), gather_.size()};
   bool complete = true;
@@ -140,7 +141,7 @@ void SenderCore::retire(QueuedFrame& frame, std::uint64_t stream_end) {
 void SenderCore::abandon_queue(std::size_t first_unwritten) {
   for (std::size_t i = first_unwritten; i < queued_.size(); ++i) {
     QueuedFrame& frame = queued_[i];
-    if (frame.shared_id) shared_->abandon(*frame.shared_id);
+    if (frame.shared_id) memory_->shared->abandon(*frame.shared_id);
     if (!frame.builder) continue;
     const bool referenced_by_pipe =
         i == first_unwritten && partial_bytes_ != 0 && frame.method == WriteMethod::vmsplice;

@@ -1,7 +1,6 @@
 #include "shared_arena.h"
 
 #include <fcntl.h>
-#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -71,16 +70,6 @@ std::chrono::nanoseconds coarse_now() noexcept {
   return std::chrono::seconds(now.tv_sec) + std::chrono::nanoseconds(now.tv_nsec);
 }
 
-namespace {
-std::atomic<std::uint64_t> fork_count{0};
-void count_fork() noexcept { fork_count.fetch_add(1, std::memory_order_relaxed); }
-}  // namespace
-
-std::uint64_t fork_generation() noexcept {
-  static const bool registered = ::pthread_atfork(nullptr, nullptr, count_fork) == 0;
-  static_cast<void>(registered);
-  return fork_count.load(std::memory_order_relaxed);
-}
 
 bool room_for_a_peers_arena() noexcept {
   // Once per process: asked per receiver it cost every Channel::pair() two system calls.

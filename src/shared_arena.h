@@ -54,6 +54,7 @@
 #include <vector>
 
 #include "capnsplice/unique_fd.h"
+#include "fork_generation.h"
 #include "mapped_memory.h"
 
 namespace capnsplice::detail {
@@ -69,11 +70,6 @@ inline constexpr const char* kDisableSharedMemoryVariable = "CAPNSPLICE_DISABLE_
 /// does not use it, so large messages take the pipe: slower, never wrong.
 const std::string& shared_memory_unavailable_reason();
 
-/// 0 in a process that never forked from one using capnsplice, one more in each fork()
-/// child (pthread_atfork, registered on the first call). An arena's allocator lives in
-/// the shared pages and takes no lock across processes: a sender made in another
-/// generation must not allocate there, or a parent and its forked child corrupt it.
-std::uint64_t fork_generation() noexcept;
 
 /// Whether this process has the address space to map a peer's arena of the default size
 /// with its guard zones (ReceiveArena: 18 GiB reserved, no memory). Probed once per

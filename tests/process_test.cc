@@ -13,6 +13,7 @@
 #include "capnsplice/handshake.h"
 #include "support/blob.h"
 #include "support/process_support.h"
+#include "support/signal_disposition.h"
 
 namespace {
 
@@ -47,21 +48,6 @@ class ChildEndRecorder {
   static inline volatile std::sig_atomic_t code_ = 0;
   static inline volatile std::sig_atomic_t status_ = 0;
   static inline volatile std::sig_atomic_t pid_ = 0;
-  struct sigaction previous_ {};
-};
-
-/// Sets the disposition of `signal` for the lifetime of the object.
-class SignalDisposition {
- public:
-  SignalDisposition(int signal, void (*handler)(int)) : signal_(signal) {
-    struct sigaction action {};
-    action.sa_handler = handler;
-    REQUIRE(::sigaction(signal, &action, &previous_) == 0);
-  }
-  ~SignalDisposition() { ::sigaction(signal_, &previous_, nullptr); }
-
- private:
-  int signal_;
   struct sigaction previous_ {};
 };
 

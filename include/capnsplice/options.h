@@ -50,6 +50,22 @@ enum class SendPath {
   shared_memory,
 };
 
+/// How a sender keeps a write into a pipe whose reader has gone from killing the process
+/// with SIGPIPE. Either way the send fails with PeerClosed, and the library never
+/// changes the process's signal dispositions.
+enum class SigpipeSafety {
+  /// Before each batch of writes, ask the kernel whether the process ignores SIGPIPE (one
+  /// system call); if it does not, block SIGPIPE in the writing thread around the batch
+  /// and take the signal a broken pipe raised (two system calls, and the question is not
+  /// asked again for a second). Safe whatever the process does with SIGPIPE, when.
+  automatic,
+  /// The application ignores SIGPIPE (`signal(SIGPIPE, SIG_IGN)`, as most servers do) and
+  /// keeps it ignored: writes cost no system call for it. Checked when the sender is
+  /// made (InvalidArgument if SIGPIPE is not ignored then); setting SIGPIPE back to its
+  /// default later lets a reader that dies kill the process.
+  process_ignores,
+};
+
 /// Options of the sending side of a channel.
 struct SenderOptions {
   /// Page-aligned pool the sender builds messages in. Kept small on purpose: a pool
@@ -107,6 +123,8 @@ struct SenderOptions {
   /// pipe. A message that would start above it is refused (SendStatus::queue_full,
   /// Overloaded) and stays the caller's; one message larger than the bound alone is taken.
   std::size_t max_unsent_bytes = 16 * MiB;
+  /// How writes stay safe from SIGPIPE (see SigpipeSafety).
+  SigpipeSafety sigpipe = SigpipeSafety::automatic;
 };
 
 /// Options of the receiving side of a channel.
@@ -176,6 +194,10 @@ struct ChannelOptions {
   }
   ChannelOptions& with_max_unsent_bytes(std::size_t value) {
     sender.max_unsent_bytes = value;
+    return *this;
+  }
+  ChannelOptions& with_sigpipe(SigpipeSafety value) {
+    sender.sigpipe = value;
     return *this;
   }
   ChannelOptions& with_max_message_bytes(std::size_t value) {

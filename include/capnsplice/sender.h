@@ -29,8 +29,9 @@
 // another pipe or socket moves the page references with them, so a vmspliced message
 // could be overwritten while still in flight downstream: use SendPath::copy there.
 //
-// A closed peer is an Error with code PeerClosed, never a SIGPIPE death; the
-// process's signal dispositions are left alone.
+// A closed peer is an Error with code PeerClosed, never a SIGPIPE death (unless the
+// application chose SigpipeSafety::process_ignores and then stopped ignoring SIGPIPE);
+// the process's signal dispositions are left alone.
 //
 // Threads: one thread sends at a time. Messages may be built on other threads.
 #pragma once
@@ -77,6 +78,10 @@ struct SenderStats {
   /// System calls that put frame bytes into the pipe (writev or vmsplice): a batch of
   /// messages written together counts once.
   std::uint64_t writes = 0;
+  /// Batches of writes around which SIGPIPE was blocked in the writing thread (one or
+  /// two more system calls each): only when the process does not ignore SIGPIPE
+  /// (SigpipeSafety).
+  std::uint64_t sigpipe_masked_batches = 0;
   std::uint64_t copied_messages = 0;
   std::uint64_t spliced_messages = 0;
   std::uint64_t dedicated_allocations = 0;  ///< requests the pool's ring could not serve
@@ -226,6 +231,8 @@ class Sender {
  private:
   /// The core, made unless it is (any thread).
   detail::SenderCore& core() const;
+  /// Makes the core of a lazy sender, once (any thread).
+  void make_core() const;
   /// The core if it is made, else null: for the looks that need not make it.
   detail::SenderCore* made_core() const noexcept;
 
