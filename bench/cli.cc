@@ -128,7 +128,10 @@ Each measurement forks a fresh sender and receiver process (peak RSS is per
 measurement), warms them up, releases both from a start barrier and times the
 receiver's last message on CLOCK_MONOTONIC. Every message is a Chunk whose Data
 payload the sender fills completely and whose seq and first/middle/last payload
-bytes the receiver checks.
+bytes the receiver checks. Where the kernel lets it (root), each side's system calls
+from the release to its last message are counted (perf, raw_syscalls:sys_enter) and
+printed per message: CSV metrics syscalls_per_message_sender / _receiver (throughput)
+and syscalls_per_round_trip_pinger / _answerer (rtt).
 
 Workloads:
   throughput  one-way stream; payload GB/s (10^9 bytes) and messages/s
@@ -195,8 +198,9 @@ Transports (ratios in the tables are against capnp-socketpair):
     print_wrapped(out, transport.name, transport.description);
   }
   out << R"(
-Busy-poll (+spin) rows exist for every transport with a receive to spin on; memcpy
-has neither a round trip nor busy-poll (it is one thread copying a buffer).
+Busy-poll (+spin) rows exist for every transport with a receive to spin on; shm-spin
+has only those (it always spins); memcpy has neither a round trip nor busy-poll (it is
+one thread copying a buffer).
 Output: a progress line on stderr, markdown tables on stdout.
 Exit status: 0; 1 when a measurement failed (the report lists it under Failures: a
 child that fails, hangs past the timeout or dies is killed and reported, never waited

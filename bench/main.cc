@@ -59,7 +59,8 @@ std::vector<const Transport*> selected_transports(const CommandLine& line) {
 
 /// Whether `transport` has round-trip rows in `wait` mode.
 bool runs_round_trip(const Transport& transport, WaitMode wait) {
-  return transport.supports_round_trip && (wait == WaitMode::block || transport.supports_spin);
+  if (!transport.supports_round_trip) return false;
+  return wait == WaitMode::spin ? transport.supports_spin : !transport.only_spins;
 }
 
 /// Throughput jobs size by size (so a table row is measured close together in time),

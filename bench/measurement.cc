@@ -24,6 +24,7 @@ struct SideReport {
   double rtt_p50_us, rtt_p99_us, rtt_p999_us;
   double one_way_p50_us, one_way_p99_us;
   long peak_rss_kib;
+  std::int64_t system_calls;  // from the release to the end of the run; -1: not counted
   char paths[160];
   char error[480];
 };
@@ -61,8 +62,10 @@ void record_error(SideReport& report, const std::string& text) {
   std::snprintf(report.error, sizeof report.error, "%s", text.c_str());
 }
 
-void record_outcome(SideReport& report, const WorkloadOutcome& outcome, const std::string& paths) {
+void record_outcome(SideReport& report, const WorkloadOutcome& outcome, const std::string& paths,
+                    std::int64_t system_calls) {
   std::snprintf(report.paths, sizeof report.paths, "%s", paths.c_str());
+  report.system_calls = system_calls;
   report.messages = outcome.messages;
   report.last_message_ns = outcome.last_message_at.time_since_epoch().count();
   report.rtt_p50_us = outcome.rtt_p50_us;
@@ -117,8 +120,9 @@ std::string supervise(const MeasurementSpec& spec, Link& link, StartBarrier& bar
         auto sender = link.open(Side::a);
         auto receiver = link.open(Side::b);
         const WorkloadOutcome outcome = run_in_one_thread(*sender, *receiver, spec.plan, barrier);
-        record_outcome(reports[Side::a], outcome, sender->paths_taken());
-        record_outcome(reports[Side::b], outcome, receiver->paths_taken());
+        // One process does both sides: its system calls belong to neither alone.
+        record_outcome(reports[Side::a], outcome, sender->paths_taken(), -1);
+        record_outcome(reports[Side::b], outcome, receiver->paths_taken(), -1);
       });
     }));
   } else {
@@ -128,9 +132,10 @@ std::string supervise(const MeasurementSpec& spec, Link& link, StartBarrier& bar
         return report_to_parent(reports[side], [&] {
           auto endpoint = link.open(side);
           const WorkloadOutcome outcome = run_side(side, *endpoint, spec.plan, barrier);
+          const std::int64_t system_calls = barrier.system_calls_since_release();
           const std::string paths = endpoint->paths_taken();
           endpoint.reset();  // tear down inside the measurement: errors there count too
-          record_outcome(reports[side], outcome, paths);
+          record_outcome(reports[side], outcome, paths, system_calls);
         });
       }));
     }
@@ -183,6 +188,14 @@ MeasurementResult summarise(const MeasurementSpec& spec, SharedReportsMapping& r
       result.throughput_gbps = result.messages_per_s * spec.plan.payload_bytes / 1e9;
     }
   }
+  // Per message of the stream, or per round trip / large message.
+  const auto per_message = [&](const SideReport& side) {
+    return side.system_calls < 0 || result.messages == 0
+               ? -1.0
+               : static_cast<double>(side.system_calls) / static_cast<double>(result.messages);
+  };
+  result.system_calls_per_message_a = per_message(a);
+  result.system_calls_per_message_b = per_message(b);
   result.ok = result.messages > 0;
   if (!result.ok) result.error = "no message was counted";
   return result;

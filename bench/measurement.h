@@ -36,6 +36,10 @@ struct MeasurementResult {
   double peak_rss_a_mib = 0;  ///< side A: sender / pinger
   double peak_rss_b_mib = 0;  ///< side B: receiver / answerer
   std::string paths_a;        ///< Endpoint::paths_taken() of side A
+  /// System calls of each side after the start, per message (per round trip for round
+  /// trips), counted by the kernel (syscall_counter.h); -1 where they could not be.
+  double system_calls_per_message_a = -1;
+  double system_calls_per_message_b = -1;
 };
 
 MeasurementResult run_measurement(const MeasurementSpec& spec);

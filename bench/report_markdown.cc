@@ -72,6 +72,36 @@ void print_paths(std::ostream& out, const Results& results, const ReportLayout& 
   print_table(out, "payload", columns, size_labels(layout.throughput_sizes), cells);
 }
 
+/// "0.52 / 1.03": each side's system calls, or "–" where they were not counted.
+std::string side_pair(const Results& results, const std::string& row, std::size_t size,
+                      const char* side_a_metric, const char* side_b_metric) {
+  const auto a = results.find(row, size, side_a_metric);
+  const auto b = results.find(row, size, side_b_metric);
+  if (!a || !b) return "–";
+  return format_significant(*a) + " / " + format_significant(*b);
+}
+
+/// Rows × sizes of system calls per message, sides side by side; nothing if none counted.
+void print_system_calls(std::ostream& out, const Results& results, const std::string& title,
+                        const std::vector<std::string>& rows, const std::vector<std::size_t>& sizes,
+                        const char* side_a_metric, const char* side_b_metric) {
+  std::vector<std::vector<std::string>> cells;
+  bool any = false;
+  for (const std::string& row_name : rows) {
+    std::vector<std::string>& row = cells.emplace_back();
+    for (std::size_t size : sizes) {
+      row.push_back(side_pair(results, row_name, size, side_a_metric, side_b_metric));
+      any = any || row.back() != "–";
+    }
+  }
+  if (!any) return;
+  out << "\n## " << title
+      << " (counted by the kernel: perf's raw_syscalls:sys_enter in each side's process, "
+         "every thread, from the start to the last message; +spin rows are mostly the "
+         "polls of busy waiting)\n\n";
+  print_table(out, "transport", size_labels(sizes), rows, cells);
+}
+
 void print_round_trip(std::ostream& out, const Results& results, const ReportLayout& layout) {
   out << "\n## Round trip, µs (ratio to " << kBaselineTransport
       << " in the same mode; lower is better; +spin = busy-poll)\n\n";
@@ -298,8 +328,16 @@ void print_markdown(std::ostream& out, const Results& results, const ReportLayou
   if (layout.throughput) {
     print_throughput(out, results, layout);
     print_paths(out, results, layout);
+    print_system_calls(out, results, "System calls per message in the throughput runs: sender / receiver",
+                       layout.transports, layout.throughput_sizes,
+                       metric::kSyscallsPerMessageSender, metric::kSyscallsPerMessageReceiver);
   }
-  if (layout.round_trip && !layout.round_trip_rows.empty()) print_round_trip(out, results, layout);
+  if (layout.round_trip && !layout.round_trip_rows.empty()) {
+    print_round_trip(out, results, layout);
+    print_system_calls(out, results, "System calls per round trip: pinger / answerer",
+                       layout.round_trip_rows, layout.round_trip_sizes,
+                       metric::kSyscallsPerRoundTripPinger, metric::kSyscallsPerRoundTripAnswerer);
+  }
   if (layout.rss) print_rss(out, results, layout);
   if (layout.large_messages && !layout.large_message_transports.empty()) {
     print_large_messages(out, results, layout);

@@ -28,6 +28,12 @@ inline constexpr const char* kOneWayLatencyEvictedP99 = "one_way_latency_evicted
 inline constexpr const char* kPeakRss = "peak_rss_mib";
 inline constexpr const char* kPeakRssSender = "peak_rss_sender_mib";
 inline constexpr const char* kPeakRssReceiver = "peak_rss_receiver_mib";
+/// System calls per message of each side of a stream, and per round trip of each side
+/// of a ping-pong, counted by the kernel (syscall_counter.h).
+inline constexpr const char* kSyscallsPerMessageSender = "syscalls_per_message_sender";
+inline constexpr const char* kSyscallsPerMessageReceiver = "syscalls_per_message_receiver";
+inline constexpr const char* kSyscallsPerRoundTripPinger = "syscalls_per_round_trip_pinger";
+inline constexpr const char* kSyscallsPerRoundTripAnswerer = "syscalls_per_round_trip_answerer";
 }  // namespace metric
 
 /// The name of a transport's busy-poll rows: "capnsplice+spin".

@@ -34,6 +34,20 @@ double median_of(std::vector<MeasurementResult>& runs,
   return values[values.size() / 2];
 }
 
+/// Each side's system calls per message (median of the runs), where they were counted.
+void record_system_calls(const std::string& name, std::size_t bytes,
+                         std::vector<MeasurementResult>& runs, const char* side_a_metric,
+                         const char* side_b_metric, Results& results) {
+  const double a = median_of(runs, [](const MeasurementResult& r) {
+    return r.system_calls_per_message_a;
+  });
+  const double b = median_of(runs, [](const MeasurementResult& r) {
+    return r.system_calls_per_message_b;
+  });
+  if (a >= 0) results.add(name, bytes, side_a_metric, a);
+  if (b >= 0) results.add(name, bytes, side_b_metric, b);
+}
+
 void record(const Job& job, std::vector<MeasurementResult>& runs, Results& results) {
   const std::string name = job.row_name();
   const std::size_t bytes = job.payload_bytes;
@@ -42,6 +56,8 @@ void record(const Job& job, std::vector<MeasurementResult>& runs, Results& resul
     results.add(name, bytes, metric::kRttP50, run.rtt_p50_us);
     results.add(name, bytes, metric::kRttP99, run.rtt_p99_us);
     results.add(name, bytes, metric::kRttP999, run.rtt_p999_us);
+    record_system_calls(name, bytes, runs, metric::kSyscallsPerRoundTripPinger,
+                        metric::kSyscallsPerRoundTripAnswerer, results);
     return;
   }
   if (job.workload == Workload::large_message) {
@@ -63,6 +79,8 @@ void record(const Job& job, std::vector<MeasurementResult>& runs, Results& resul
     receiver = std::max(receiver, run.peak_rss_b_mib);
   }
   if (!runs.front().paths_a.empty()) results.add_paths(name, bytes, runs.front().paths_a);
+  record_system_calls(name, bytes, runs, metric::kSyscallsPerMessageSender,
+                      metric::kSyscallsPerMessageReceiver, results);
   results.add(name, bytes, metric::kPeakRss, std::max(sender, receiver));
   results.add(name, bytes, metric::kPeakRssSender, sender);
   results.add(name, bytes, metric::kPeakRssReceiver, receiver);

@@ -41,6 +41,9 @@ StartBarrier::~StartBarrier() {
 void StartBarrier::enter_child() {
   close_fd(ready_read_);
   close_fd(go_write_);
+  // Opened before the transport starts any thread of its own (zmq's I/O threads,
+  // capnsplice's trimmer), so that those count too; the warm-up is subtracted at the go.
+  system_calls_ = SyscallCounter::start();
 }
 
 void StartBarrier::arrive_and_wait() {
@@ -51,6 +54,14 @@ void StartBarrier::arrive_and_wait() {
   while ((got = ::read(go_read_, &go, 1)) < 0 && errno == EINTR) {
   }
   if (got != 1) ::_exit(3);  // the parent gave up on this measurement or died
+  if (system_calls_) system_calls_at_release_ = system_calls_->count();
+}
+
+std::int64_t StartBarrier::system_calls_since_release() const {
+  if (!system_calls_ || !system_calls_at_release_) return -1;
+  const std::optional<std::uint64_t> now = system_calls_->count();
+  if (!now) return -1;
+  return static_cast<std::int64_t>(*now - *system_calls_at_release_);
 }
 
 void StartBarrier::enter_parent() {

@@ -6,9 +6,12 @@
 // the child exits instead of running.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <span>
 
 #include "child_process.h"
+#include "syscall_counter.h"
 
 namespace bench {
 
@@ -24,6 +27,10 @@ class StartBarrier {
   void enter_child();
   /// Reports "warmed up" and blocks until the parent releases everyone.
   void arrive_and_wait();
+  /// System calls this child made since the parent released it, by the thread that
+  /// entered the child and every thread started after that; -1 where the kernel does
+  /// not let it count (syscall_counter.h).
+  std::int64_t system_calls_since_release() const;
 
   // --- In the parent ---
   /// Closes the children's ends in the parent; call once every child is forked.
@@ -37,6 +44,8 @@ class StartBarrier {
  private:
   int ready_read_ = -1, ready_write_ = -1;
   int go_read_ = -1, go_write_ = -1;
+  std::optional<SyscallCounter> system_calls_;  // in a child, from enter_child() on
+  std::optional<std::uint64_t> system_calls_at_release_;
 };
 
 }  // namespace bench

@@ -104,6 +104,9 @@ struct Transport {
   /// False where busy-polling has no meaning (the round-trip workload then runs
   /// only in blocking mode).
   bool supports_spin = true;
+  /// True for a transport that always busy-polls (shm-spin): its round trip runs only as
+  /// the "+spin" row.
+  bool only_spins = false;
   /// True for the memcpy ceiling: both sides run in one thread of one process.
   bool in_one_process = false;
   /// False for transports that have no round trip to measure (memcpy).

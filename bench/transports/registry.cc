@@ -16,6 +16,7 @@ Transport capnp_pipe_transport();
 Transport boost_mq_transport();
 Transport zmq_ipc_transport();
 Transport raw_pipe_transport();
+Transport shared_memory_spin_transport();
 Transport memcpy_transport();
 
 const std::vector<Transport>& all_transports() {
@@ -30,6 +31,7 @@ const std::vector<Transport>& all_transports() {
       boost_mq_transport(),
       zmq_ipc_transport(),
       raw_pipe_transport(),
+      shared_memory_spin_transport(),
       memcpy_transport(),
   };
   return table;
