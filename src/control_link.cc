@@ -10,6 +10,7 @@
 #include "channel_context.h"
 #include "control_pair.h"
 #include "control_record.h"
+#include "doorbell.h"
 #include "pipe_io.h"
 #include "shared_arena.h"
 
@@ -20,6 +21,7 @@ namespace {
 using control_record::kAcceptsShared;
 using control_record::kArena;
 using control_record::kArenaLost;
+using control_record::kDoorbell;
 using control_record::kRelease;
 using control_record::kRetire;
 using control_record::Record;
@@ -173,6 +175,18 @@ void ControlLink::send_release(std::uint32_t arena_id, std::uint64_t message_id)
   }
 }
 
+bool ControlLink::offer_doorbell(int memfd) {
+  std::lock_guard lock(mutex_);
+  if (pair_ && !pair_->make()) return false;
+  return send_record_locked(kDoorbell, 0, kDoorbellBytes, memfd);
+}
+
+UniqueFd ControlLink::take_doorbell() {
+  std::lock_guard lock(mutex_);
+  if (!doorbell_filed_) pump_locked(Deadline::immediate());
+  return std::move(unclaimed_doorbell_);
+}
+
 void ControlLink::send_retire(std::uint32_t arena_id) noexcept {
   std::lock_guard lock(mutex_);
   try {
@@ -317,6 +331,12 @@ void ControlLink::pump_locked(Deadline deadline) {
             break;
           }
           file_arena_locked(record.arena, record.value, std::move(received));
+          break;
+        case kDoorbell:
+          if (received && !doorbell_filed_) {  // a later one closes at the end of the turn
+            unclaimed_doorbell_ = std::move(received);
+            doorbell_filed_ = true;
+          }
           break;
         case kArenaLost:
           if (auto arena = send_arena_.lock(); arena && arena->id() == record.arena) {

@@ -13,6 +13,9 @@
 //                                                       descriptor did not reach me, or I
 //                                                       could not map it)": make a new
 //                                                       one once this one is idle
+//   Doorbell        -      page bytes     the memfd    "I bump this counter after every
+//                                                       write": a spinning receiver may
+//                                                       watch it (doorbell.h)
 //
 // A sender uses the shared-memory path only after its peer said AcceptsShared, so a
 // peer that ignores this socket (plain Cap'n Proto on the pipes) never sees a
@@ -27,7 +30,8 @@
 // The peer is not trusted to keep to this. A link keeps the descriptor of at most one
 // Arena record, the latest, until it is taken: a record with a higher id replaces it
 // (the replaced descriptor is closed at once), one whose id is not higher is dropped,
-// and every other descriptor is closed the moment it arrives (whatever the record,
+// and the descriptor of the first Doorbell record, until it is taken (later ones are
+// closed on arrival); every other descriptor is closed the moment it arrives (whatever the record,
 // however many per record). One pump takes at most kMaxRecordsPerPump records: a flood
 // of records costs neither descriptors nor an unbounded wait.
 #pragma once
@@ -100,6 +104,11 @@ class ControlLink {
     return releases_overflowed_.load(std::memory_order_relaxed);
   }
 
+  /// Offers the peer this end's doorbell (doorbell.h), making a lazy pair's socket. Never
+  /// waits: false when the link cannot take the record now (the caller offers again
+  /// later). Throws SystemError when the socket cannot be made or written.
+  bool offer_doorbell(int memfd);
+
   /// Tells the peer that no descriptor will name `arena_id` again. Best effort, like
   /// send_release: a peer that misses it keeps the arena mapped until the next one.
   void send_retire(std::uint32_t arena_id) noexcept;
@@ -132,6 +141,10 @@ class ControlLink {
   /// when `arena_id` is an older arena, the latest one already taken, or one the peer
   /// has not sent, and SystemError (EMFILE, ENOMEM) for one this end lost (lose_arena).
   std::pair<UniqueFd, std::uint64_t> take_arena(std::uint32_t arena_id);
+
+  /// The memfd of the peer's doorbell, once (reads what is pending, never waits; invalid
+  /// when none came). Only the first doorbell the peer offers is kept.
+  UniqueFd take_doorbell();
 
   /// The highest arena id the peer announced so far (0: none), as of the last pump.
   /// Lock-free, so a receiver can check each message against it.
@@ -192,6 +205,8 @@ class ControlLink {
   std::atomic<std::uint32_t> retired_arena_{0};  // written under `mutex_`
   std::atomic<bool> releases_overflowed_{false};  // written under `mutex_`
   ReceivedArena unclaimed_arena_;               // of latest_arena_; no memfd once taken
+  UniqueFd unclaimed_doorbell_;                 // the first Doorbell record's, until taken
+  bool doorbell_filed_ = false;                 // one came: later ones are closed
   std::weak_ptr<SendArena> send_arena_;
   LazyDeque<std::pair<std::uint32_t, std::uint64_t>> unsent_releases_;
 };

@@ -15,6 +15,7 @@ enum Kind : std::uint32_t {
   kRelease = 3,
   kRetire = 4,
   kArenaLost = 5,
+  kDoorbell = 6,  ///< carries the doorbell's memfd (doorbell.h)
 };
 
 /// One SOCK_SEQPACKET packet, in the host's byte order (both ends are on one host).

@@ -41,6 +41,9 @@ class ReceiveWake {
   /// Makes an interrupt pending and wakes the receive waiting, if any. Any thread.
   void interrupt() noexcept;
 
+  /// Whether a wait would end at once (an interrupt pending, or closing). Lock-free.
+  bool should_stop() const noexcept { return pending_.load() || closing_.load(); }
+
   /// True once when an interrupt is pending: the receive reports it.
   bool take_interrupt() noexcept { return pending_.exchange(false); }
 

@@ -14,6 +14,7 @@
 
 #include "capnsplice/error.h"
 #include "capnsplice/frame.h"
+#include "doorbell_watch.h"
 #include "pipe_io.h"
 #include "receive_wake.h"
 #include "received_message_state.h"
@@ -34,7 +35,8 @@ class ReceiverCore {
                std::shared_ptr<ControlLink> link, const DescriptorFacts* known)
       : fd_(std::move(fd)),
         options_(options),
-        context_(std::move(context)) {
+        context_(std::move(context)),
+        doorbell_(options_.doorbell, link) {
     // A pipe end the channel made is known; any other descriptor is asked once.
     const DescriptorFacts facts = known != nullptr ? *known : probe_descriptor(fd_.get(), context_);
     splice_reads_ = reads_by_splice(facts);
@@ -70,11 +72,26 @@ class ReceiverCore {
       // After a read found the pipe empty (a try_receive() that returned nothing), wait
       // first: poll() answers at once if bytes came since, and saves the empty read that
       // a receive() after a drained try_receive() would otherwise make again.
-      if (!drained_ && read_more() != ReadOutcome::would_block) continue;
+      // With the peer's doorbell quiet, that read would fail too: skip it.
+      if (!drained_ && !doorbell_.quiet() && read_more() != ReadOutcome::would_block) continue;
       if (shared_) shared_->release_retired();  // nothing to read: a good time to free
-      switch (wake_.wait(fd_.get(), options_.spin_before_block, deadline, context_)) {
+      std::chrono::nanoseconds spin = options_.spin_before_block;
+      if (doorbell_.quiet()) {
+        // Spin on memory, then sleep in the kernel at once (which also sees bytes from a
+        // writer that does not ring).
+        if (doorbell_.spin_until_rung(spin, deadline, [this] { return wake_.should_stop(); })) {
+          ++stats_.doorbell_looks;
+          drained_ = false;
+          continue;
+        }
+        spin = std::chrono::nanoseconds(0);
+      } else {
+        doorbell_.look_for_it(context_);
+      }
+      switch (wake_.wait(fd_.get(), spin, deadline, context_)) {
         case WaitResult::ready:
-          drained_ = false;  // read again
+          drained_ = false;  // read again, even with the doorbell quiet (another writer)
+          doorbell_.forget_quiet();
           break;
         case WaitResult::timed_out:
           throw Error(ErrorCode::Timeout, context_, "no message arrived before the deadline");
@@ -99,6 +116,10 @@ class ReceiverCore {
   std::optional<ReceivedMessage> try_receive() {
     const CallInProgress call(callers_);
     if (auto message = take_buffered()) return message;
+    if (doorbell_.quiet_for_busy_poll()) {  // nothing new: no system call
+      ++stats_.doorbell_looks;
+      return std::nullopt;
+    }
     // One read takes at most kMaxReadBytes: go on while bytes come, so that an empty
     // result means nothing more is ready, even for a frame larger than one read.
     while (!end_of_stream_ && read_more() == ReadOutcome::data) {
@@ -108,6 +129,7 @@ class ReceiverCore {
     // A clean end of stream is an answer, not a failure: at_end() says which it was.
     if (end_of_stream_ && !at_end()) throw_end_of_stream();
     if (shared_) shared_->release_retired();
+    doorbell_.look_for_it(context_);
     return std::nullopt;
   }
 
@@ -130,7 +152,11 @@ class ReceiverCore {
   }
 
   int fd() const noexcept { return fd_.get(); }
-  ReceiverStats stats() const { return stats_; }
+  ReceiverStats stats() const {
+    ReceiverStats result = stats_;
+    result.doorbell = doorbell_.active();
+    return result;
+  }
 
  private:
   enum class ReadOutcome { data, end_of_stream, would_block };
@@ -197,6 +223,7 @@ class ReceiverCore {
   bool end_of_stream_ = false;
   bool drained_ = false;       // the last read found the pipe empty
   bool emptied_pipe_ = false;  // the last read found it empty or took all there was
+  DoorbellWatch doorbell_;     // the peer's, with ReceiverOptions::doorbell
   ReceiverStats stats_;
 };
 
@@ -340,16 +367,23 @@ ReceiverCore::ReadOutcome ReceiverCore::read_more() {
     }
   }
   length = std::min(length, kMaxReadBytes);
+  doorbell_.before_read();
   if (poll_before_read_ &&
       wait_for(fd_.get(), POLLIN, Deadline::immediate()) == WaitResult::timed_out) {
     emptied_pipe_ = true;
+    doorbell_.after_read(/*emptied=*/true);
+    ++stats_.empty_reads;
     return ReadOutcome::would_block;
   }
   const long got = read_some(fd_.get(), splice_reads_, target, length, context_);
   drained_ = got < 0;
   // A pipe read returns what is there up to the length asked: less means it is empty now.
   emptied_pipe_ = got < 0 || static_cast<std::size_t>(got) < length;
-  if (got < 0) return ReadOutcome::would_block;
+  doorbell_.after_read(emptied_pipe_ && got != 0);
+  if (got < 0) {
+    ++stats_.empty_reads;
+    return ReadOutcome::would_block;
+  }
   if (got == 0) {
     end_of_stream_ = true;
     return ReadOutcome::end_of_stream;

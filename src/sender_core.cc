@@ -87,7 +87,8 @@ SenderCore::SenderCore(MadeByMake, UniqueFd fd, SenderOptions options, std::stri
       context_(std::move(context)),
       facts_(facts != nullptr ? *facts : probe_descriptor(fd_.get(), context_)),
       progress_(std::make_shared<ReaderProgress>(fd_.get(), context_)),
-      memory_(make_building_memory(options_, progress_, context_, std::move(link))) {
+      memory_(make_building_memory(options_, progress_, context_, link)),
+      doorbell_link_(options_.doorbell ? std::move(link) : nullptr) {
   require_access_mode(facts_, /*for_writing=*/true, context_);
   if (facts_.pipe && facts_.raisable) capacity_ = PipeCapacity::raisable(facts_.pipe_bytes);
 }
@@ -147,6 +148,7 @@ SenderStats SenderCore::stats() const {
   {
     std::lock_guard lock(mutex_);
     result = stats_;
+    result.doorbell = doorbell_ && !doorbell_link_;
     result.pipe_bytes = facts_.pipe ? capacity_.bytes(fd_.get()) : 0;
     result.pipe_raise_refused = capacity_.refused();
   }

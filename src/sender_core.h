@@ -40,6 +40,7 @@
 #include "capnsplice/outgoing_message.h"
 #include "capnsplice/sender.h"
 #include "capnsplice/unique_fd.h"
+#include "doorbell.h"
 #include "pipe_capacity.h"
 #include "pipe_io.h"
 #include "pooled_message_builder.h"
@@ -157,6 +158,10 @@ class SenderCore final {
   void update_counts_locked() noexcept;
   /// Keeps the watcher's EPOLLOUT registration in step with the queue.
   void update_watch_locked() noexcept;
+  /// Makes the doorbell and offers it to the peer, until the link took it; gives up
+  /// (no doorbell, SenderStats::doorbell false) when either fails for another reason
+  /// than a full link.
+  void offer_doorbell_locked() noexcept;
   /// Why the descriptor was closed: what a later send is told.
   enum class ClosedBy { caller, peer, cut };
   void close_locked(ClosedBy why);
@@ -172,8 +177,11 @@ class SenderCore final {
   /// The pools and arena its messages are built from, shared with their builders; its
   /// flush_queued is set by make(), before any message is.
   const std::shared_ptr<BuildingMemory> memory_;
+  /// With SenderOptions::doorbell: the link to offer the doorbell on, until it took it.
+  std::shared_ptr<ControlLink> doorbell_link_;
 
   mutable std::mutex mutex_;  // guards everything below and the descriptor's use
+  std::unique_ptr<DoorbellWriter> doorbell_;  // made by the first write that offers it
   std::vector<iovec> gather_;
   std::vector<QueuedFrame> queued_;
   std::size_t queued_bytes_ = 0;

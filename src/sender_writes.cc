@@ -30,6 +30,7 @@ bool SenderCore::flush_queued(Deadline deadline) {
 bool SenderCore::write_queue_locked(Deadline deadline) {
   if (queued_.empty()) return true;
   ensure_open();
+  if (doorbell_link_) offer_doorbell_locked();
   SigpipeGuard guard(options_.sigpipe);  // one for the whole batch
   if (guard.masked()) ++stats_.sigpipe_masked_batches;
   std::size_t done = 0;
@@ -66,6 +67,17 @@ bool SenderCore::write_queue_locked(Deadline deadline) {
   return complete;
 }
 
+void SenderCore::offer_doorbell_locked() noexcept {
+  try {
+    if (!doorbell_) doorbell_ = DoorbellWriter::make(context_);
+    if (!doorbell_link_->offer_doorbell(doorbell_->memfd().get())) return;  // full: later
+    doorbell_->memfd().reset();  // the mapping keeps the page
+  } catch (const Error&) {
+    doorbell_.reset();  // out of descriptors or memory, a broken link: no doorbell
+  }
+  doorbell_link_.reset();
+}
+
 bool SenderCore::write_run(std::size_t& done, Deadline deadline, SigpipeGuard& guard,
                            IovCursor& cursor) {
   const WriteMethod method = queued_[done].method;
@@ -89,6 +101,7 @@ bool SenderCore::write_run(std::size_t& done, Deadline deadline, SigpipeGuard& g
     }
     ++stats_.writes;
     const std::uint64_t stream_end = progress_->wrote(written);
+    if (doorbell_) doorbell_->rang(written);
     run.advance(written);
     // A short write filled the pipe: raising it now lets the next write go on at once.
     const bool raised = offered_whole && !run.empty() && capacity_.raise(fd_.get());

@@ -32,6 +32,10 @@
 //                       parent has read them, a message (seq 2), a descriptor naming
 //                       arena 5, one naming arena 4
 //
+//   doorbell-flood      200 Doorbell records, each with a descriptor (every other one with
+//                       two), the first an unsealed memfd of the wrong size; once the
+//                       parent has read them all, messages 0, 1 and 2
+//
 // Like a capnsplice sender, the arena modes announce a new arena only after the parent
 // took the one before: a receiver that reads a newer announcement before the message in
 // the older arena rightly refuses that message.
@@ -75,6 +79,7 @@ using capnsplice::kChildSendFd;
 
 using capnsplice::detail::control_record::kAcceptsShared;
 using capnsplice::detail::control_record::kArena;
+using capnsplice::detail::control_record::kDoorbell;
 using capnsplice::detail::control_record::Record;
 
 constexpr std::size_t kArenaBytes = 1 << 20;
@@ -361,6 +366,17 @@ int run(const std::string& mode) {
     write_descriptor(1, first.words);
   } else if (mode == "arena-stale") {
     announce_stale_arenas();
+  } else if (mode == "doorbell-flood") {
+    const int unsealed = make_arena(F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+    for (int i = 0; i < 200; ++i) {
+      if (i % 2 == 0) {
+        send_record(kDoorbell, 0, 4096, {unsealed});
+      } else {
+        send_record(kDoorbell, 0, 4096, {unsealed, unsealed});
+      }
+    }
+    wait_until_records_read();
+    for (std::uint64_t seq = 0; seq < 3; ++seq) write_message(seq);
   } else if (mode == "write-arena") {
     attack_arena();
   } else {

@@ -314,3 +314,25 @@ TEST_CASE("a receiver cannot write the sender's arena through the memfd it is se
   CHECK_THAT(attempts, Catch::Contains("fallocate(FALLOC_FL_PUNCH_HOLE): refused"));
   CHECK_THAT(attempts, Catch::Contains("write() through /proc/self/fd reopened O_RDWR: refused"));
 }
+
+TEST_CASE("doorbell records that carry no sealed page, or come after the first, cost no "
+          "descriptors and leave the receiver polling the pipe") {
+  Child peer = spawn({.program = CAPNSPLICE_HOSTILE_PEER,
+                      .arguments = {"doorbell-flood"},
+                      .channel = ChannelOptions().with_name("doorbell-flood").with_doorbell()});
+  make_thread_wake_fd();
+  const int fds_before = open_fd_count();
+  // The peer writes its messages only once this end has read all 200 records (300
+  // descriptors), which a receiver that wants a doorbell does while it waits.
+  std::vector<std::uint64_t> seqs;
+  const auto give_up = std::chrono::steady_clock::now() + kPatientReceive;
+  while (seqs.size() < 3 && std::chrono::steady_clock::now() < give_up) {
+    if (auto message = peer.channel.try_receive()) {
+      REQUIRE(blob_intact(message->root<test::Blob>()));
+      seqs.push_back(message->root<test::Blob>().getSeq());
+    }
+  }
+  CHECK(seqs == std::vector<std::uint64_t>{0, 1, 2});
+  CHECK_FALSE(peer.channel.receiver().stats().doorbell);  // the first was refused
+  CHECK(open_fd_count() <= fds_before);
+}

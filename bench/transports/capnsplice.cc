@@ -205,4 +205,13 @@ Transport capnsplice_shm_transport() {
                               });
 }
 
+Transport capnsplice_doorbell_transport() {
+  return capnsplice_transport(
+      "capnsplice-doorbell",
+      "capnsplice defaults with ChannelOptions::with_doorbell(): a receiver that spins (+spin, "
+      "or the 100 us before a blocking receive sleeps) watches a counter in shared memory "
+      "that the peer's sender bumps after each write, instead of polling the pipe",
+      [](capnsplice::ChannelOptions& options) { options.with_doorbell(); });
+}
+
 }  // namespace bench

@@ -11,6 +11,7 @@ Transport capnsplice_send_transport();
 Transport capnsplice_copy_transport();
 Transport capnsplice_vmsplice_transport();
 Transport capnsplice_shm_transport();
+Transport capnsplice_doorbell_transport();
 Transport capnp_socketpair_transport();
 Transport capnp_pipe_transport();
 Transport boost_mq_transport();
@@ -26,6 +27,7 @@ const std::vector<Transport>& all_transports() {
       capnsplice_copy_transport(),
       capnsplice_vmsplice_transport(),
       capnsplice_shm_transport(),
+      capnsplice_doorbell_transport(),
       capnp_socketpair_transport(),
       capnp_pipe_transport(),
       boost_mq_transport(),

@@ -125,6 +125,13 @@ struct SenderOptions {
   std::size_t max_unsent_bytes = 16 * MiB;
   /// How writes stay safe from SIGPIPE (see SigpipeSafety).
   SigpipeSafety sigpipe = SigpipeSafety::automatic;
+  /// Ring a doorbell after every write: a counter in a page of shared memory, offered to
+  /// the peer over the control link with the first write, so that a peer receiver that
+  /// spins (ReceiverOptions::doorbell) watches memory instead of asking the kernel. Costs
+  /// a page, the control link's two descriptors (made then if not yet) and an atomic add
+  /// per write; off by default, as most channels do not spin. Needs a capnsplice peer
+  /// (a control link): with none it does nothing.
+  bool doorbell = false;
 };
 
 /// Options of the receiving side of a channel.
@@ -136,6 +143,12 @@ struct ReceiverOptions {
   /// this long: a reply that comes back within it costs no wake-up (tens of µs here).
   /// An idle receiver sleeps after this and uses no CPU. Zero: block at once.
   std::chrono::nanoseconds spin_before_block = std::chrono::microseconds(100);
+  /// Spin on the peer's doorbell (SenderOptions::doorbell) when it offers one: the spin of
+  /// a blocking receive, and try_receive() when the pipe was empty and nothing rang since,
+  /// cost no system call (try_receive() still reads the pipe once every 1024 such looks,
+  /// for writers that do not ring and for the end of the stream). Until a doorbell came,
+  /// looks for one on the control link at most once a millisecond while it waits.
+  bool doorbell = false;
   ReceiveLimits limits;
 };
 
@@ -208,6 +221,13 @@ struct ChannelOptions {
   ChannelOptions& with_spin_before_block(std::chrono::nanoseconds value) {
     sender.spin_before_block = value;
     receiver.spin_before_block = value;
+    return *this;
+  }
+  /// Both directions ring a doorbell and spin on the peer's (the two `doorbell` fields):
+  /// for ends that busy-poll or answer within spin_before_block.
+  ChannelOptions& with_doorbell(bool value = true) {
+    sender.doorbell = value;
+    receiver.doorbell = value;
     return *this;
   }
   ChannelOptions& with_max_segments(std::uint32_t value) {

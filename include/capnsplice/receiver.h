@@ -42,6 +42,12 @@ struct ReceiverStats {
   std::uint64_t messages = 0;
   std::uint64_t bytes = 0;           ///< frame bytes, segment tables included
   std::uint64_t reads = 0;           ///< read system calls that returned data
+  std::uint64_t empty_reads = 0;     ///< read system calls that found the pipe empty
+  /// Looks at the pipe answered by the peer's doorbell alone, without a system call
+  /// (ReceiverOptions::doorbell): empty try_receive() calls and spins that saw a ring.
+  std::uint64_t doorbell_looks = 0;
+  /// Whether this receiver watches the peer's doorbell.
+  bool doorbell = false;
   std::uint64_t own_buffer_messages = 0;  ///< frames that did not fit in the ring
   std::uint64_t shared_messages = 0;      ///< read in place from the peer's arena
 };

@@ -82,6 +82,8 @@ struct SenderStats {
   /// two more system calls each): only when the process does not ignore SIGPIPE
   /// (SigpipeSafety).
   std::uint64_t sigpipe_masked_batches = 0;
+  /// Whether this sender rings a doorbell its peer was offered (SenderOptions::doorbell).
+  bool doorbell = false;
   std::uint64_t copied_messages = 0;
   std::uint64_t spliced_messages = 0;
   std::uint64_t dedicated_allocations = 0;  ///< requests the pool's ring could not serve

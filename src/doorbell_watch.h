@@ -1,0 +1,106 @@
+// What a receiver keeps of its peer's doorbell (internal; the doorbell: doorbell.h).
+//
+// The receiver tells the watch about every read of the pipe; the watch then knows when
+// the pipe was last found empty and what the counter said just before that read. Until
+// the counter moves, nothing new came from the ringing sender, so a receive that would
+// spin watches the counter and skips the read that would fail, and try_receive() answers
+// "nothing" without a system call (but for one read in kDoorbellTrustedLooks).
+//
+//   read begins ── seen = counter ──> read returns less than asked (pipe empty)
+//        quiet() == (counter == seen): no write of the ringing sender since
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "capnsplice/deadline.h"
+#include "doorbell.h"
+
+namespace capnsplice::detail {
+
+class ControlLink;
+
+class DoorbellWatch {
+ public:
+  /// `wanted` (ReceiverOptions::doorbell) and a link: looks for the peer's doorbell.
+  DoorbellWatch(bool wanted, std::shared_ptr<ControlLink> link);
+  ~DoorbellWatch();
+  DoorbellWatch(const DoorbellWatch&) = delete;
+  DoorbellWatch& operator=(const DoorbellWatch&) = delete;
+
+  /// Whether it watches a doorbell.
+  bool active() const noexcept { return reader_ != nullptr; }
+
+  /// Takes the peer's doorbell from the link if it came, at most once a millisecond and
+  /// only while one is wanted and none is watched. A doorbell that is not one (a hostile
+  /// or broken peer) or that cannot be mapped ends the search: the receiver polls the
+  /// pipe as without (ReceiverStats::doorbell stays false).
+  void look_for_it(std::string_view context) noexcept {
+    if (link_) look_on_link(context);
+  }
+
+  /// Call right before each read of the pipe.
+  void before_read() noexcept {
+    if (reader_) before_read_ = reader_->value();
+  }
+  /// Call after it: `emptied` when the read returned less than it asked (the pipe is
+  /// empty now), not at the end of the stream.
+  void after_read(bool emptied) noexcept {
+    seen_ = before_read_;
+    seen_valid_ = reader_ != nullptr && emptied;
+  }
+
+  /// The pipe is readable although the doorbell did not ring (a writer that does not
+  /// ring it): quiet() is false until the next read.
+  void forget_quiet() noexcept { seen_valid_ = false; }
+
+  /// The pipe was found empty and the doorbell has not rung since.
+  bool quiet() const noexcept { return seen_valid_ && reader_->value() == seen_; }
+
+  /// quiet(), but false once every kDoorbellTrustedLooks calls that would have been
+  /// true: a busy poll then reads for real, for writers that do not ring and the end of
+  /// the stream.
+  bool quiet_for_busy_poll() noexcept {
+    return quiet() && ++trusted_looks_ % kDoorbellTrustedLooks != 0;
+  }
+
+  /// After quiet(): watches the counter until it rings (true), or `spin` or `deadline`
+  /// passes, or `stop` (an interrupt) says so (false). Yields the core now and then, for
+  /// a peer that shares it.
+  template <class Stop>
+  bool spin_until_rung(std::chrono::nanoseconds spin, Deadline deadline, Stop stop) const;
+
+ private:
+  void look_on_link(std::string_view context) noexcept;
+  static void yield_now() noexcept;
+
+  std::shared_ptr<ControlLink> link_;  // while a doorbell is still wanted
+  std::unique_ptr<DoorbellReader> reader_;
+  std::chrono::steady_clock::time_point next_look_{};
+  std::uint64_t before_read_ = 0;
+  std::uint64_t seen_ = 0;
+  bool seen_valid_ = false;
+  std::uint32_t trusted_looks_ = 0;
+};
+
+template <class Stop>
+bool DoorbellWatch::spin_until_rung(std::chrono::nanoseconds spin, Deadline deadline,
+                                    Stop stop) const {
+  if (spin.count() <= 0 || deadline.expired()) return !quiet();
+  const auto until = std::chrono::steady_clock::now() + spin;
+  for (std::uint32_t looks = 1;; ++looks) {
+    if (reader_->value() != seen_) return true;
+    if (stop()) return false;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (looks % 64 == 0) {  // a clock read costs more than a look
+      if (std::chrono::steady_clock::now() >= until || deadline.expired()) return false;
+      if (looks % 256 == 0) yield_now();
+    }
+  }
+}
+
+}  // namespace capnsplice::detail
