@@ -187,6 +187,17 @@ UniqueFd ControlLink::take_doorbell() {
   return std::move(unclaimed_doorbell_);
 }
 
+void ControlLink::want_doorbell() noexcept {
+  std::lock_guard lock(mutex_);
+  doorbell_wanted_ = true;
+}
+
+void ControlLink::refuse_doorbells() noexcept {
+  std::lock_guard lock(mutex_);
+  doorbell_wanted_ = false;
+  unclaimed_doorbell_.reset();
+}
+
 void ControlLink::send_retire(std::uint32_t arena_id) noexcept {
   std::lock_guard lock(mutex_);
   try {
@@ -333,7 +344,7 @@ void ControlLink::pump_locked(Deadline deadline) {
           file_arena_locked(record.arena, record.value, std::move(received));
           break;
         case kDoorbell:
-          if (received && !doorbell_filed_) {  // a later one closes at the end of the turn
+          if (received && doorbell_wanted_ && !doorbell_filed_) {  // a later one closes at the end of the turn
             unclaimed_doorbell_ = std::move(received);
             doorbell_filed_ = true;
           }

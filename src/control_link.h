@@ -30,8 +30,8 @@
 // The peer is not trusted to keep to this. A link keeps the descriptor of at most one
 // Arena record, the latest, until it is taken: a record with a higher id replaces it
 // (the replaced descriptor is closed at once), one whose id is not higher is dropped,
-// and the descriptor of the first Doorbell record, until it is taken (later ones are
-// closed on arrival); every other descriptor is closed the moment it arrives (whatever the record,
+// and, while a receiver wants one, the descriptor of the first Doorbell record until it
+// is taken (later ones are closed on arrival); every other descriptor is closed the moment it arrives (whatever the record,
 // however many per record). One pump takes at most kMaxRecordsPerPump records: a flood
 // of records costs neither descriptors nor an unbounded wait.
 #pragma once
@@ -146,6 +146,11 @@ class ControlLink {
   /// when none came). Only the first doorbell the peer offers is kept.
   UniqueFd take_doorbell();
 
+  /// A receiver of this end wants the peer's doorbell: until this (and after
+  /// refuse_doorbells()), a Doorbell record's descriptor is closed on arrival.
+  void want_doorbell() noexcept;
+  void refuse_doorbells() noexcept;
+
   /// The highest arena id the peer announced so far (0: none), as of the last pump.
   /// Lock-free, so a receiver can check each message against it.
   std::uint32_t latest_arena() const noexcept {
@@ -207,6 +212,7 @@ class ControlLink {
   ReceivedArena unclaimed_arena_;               // of latest_arena_; no memfd once taken
   UniqueFd unclaimed_doorbell_;                 // the first Doorbell record's, until taken
   bool doorbell_filed_ = false;                 // one came: later ones are closed
+  bool doorbell_wanted_ = false;                // want_doorbell() and no refuse_doorbells()
   std::weak_ptr<SendArena> send_arena_;
   LazyDeque<std::pair<std::uint32_t, std::uint64_t>> unsent_releases_;
 };

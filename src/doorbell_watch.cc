@@ -8,7 +8,9 @@
 namespace capnsplice::detail {
 
 DoorbellWatch::DoorbellWatch(bool wanted, std::shared_ptr<ControlLink> link)
-    : link_(wanted ? std::move(link) : nullptr) {}
+    : link_(wanted ? std::move(link) : nullptr) {
+  if (link_) link_->want_doorbell();
+}
 
 DoorbellWatch::~DoorbellWatch() = default;
 
@@ -21,10 +23,16 @@ void DoorbellWatch::look_on_link(std::string_view context) noexcept {
     if (!memfd) return;  // not yet
     reader_ = DoorbellReader::map(std::move(memfd), context);
     seen_valid_ = false;  // nothing is known until the next read
-  } catch (const Error&) {
+  } catch (...) {
     // Not a doorbell, no memory for it, or a broken link: poll the pipe, as without.
   }
+  link_->refuse_doorbells();  // one that comes later is closed on arrival
   link_.reset();
+}
+
+void DoorbellWatch::missed() noexcept {
+  seen_valid_ = false;
+  if (++misses_ >= kMaxMisses) reader_.reset();
 }
 
 void DoorbellWatch::yield_now() noexcept { ::sched_yield(); }

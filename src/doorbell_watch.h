@@ -3,8 +3,16 @@
 // The receiver tells the watch about every read of the pipe; the watch then knows when
 // the pipe was last found empty and what the counter said just before that read. Until
 // the counter moves, nothing new came from the ringing sender, so a receive that would
-// spin watches the counter and skips the read that would fail, and try_receive() answers
-// "nothing" without a system call (but for one read in kDoorbellTrustedLooks).
+// spin watches the counter and skips the read that would fail, and try_receive_spinning()
+// answers "nothing" without a system call (but for one read in kDoorbellTrustedLooks).
+//
+// A writer that does not ring (a raw write() to the pipe, a copy of the sender forked
+// before its first write: it made a doorbell of its own, which the receiver never took)
+// shows as bytes the doorbell did not announce: the pipe polled readable, or a read that
+// the doorbell said was useless found bytes (missed()). A sender interrupted between its
+// write and its ring looks the same, rarely; kMaxMisses of them among kMissWindow reads
+// stop the watch (ReceiverStats::doorbell turns false), and the receiver polls the pipe
+// as without a doorbell.
 //
 //   read begins ── seen = counter ──> read returns less than asked (pipe empty)
 //        quiet() == (counter == seen): no write of the ringing sender since
@@ -21,6 +29,10 @@
 namespace capnsplice::detail {
 
 class ControlLink;
+
+/// Misses (see above) that stop the watch, when they come within this many reads.
+inline constexpr std::uint32_t kMaxMisses = 8;
+inline constexpr std::uint32_t kMissWindow = 1024;
 
 class DoorbellWatch {
  public:
@@ -50,21 +62,19 @@ class DoorbellWatch {
   void after_read(bool emptied) noexcept {
     seen_ = before_read_;
     seen_valid_ = reader_ != nullptr && emptied;
+    if (++reads_ % kMissWindow == 0) misses_ = 0;
   }
 
-  /// The pipe is readable although the doorbell did not ring (a writer that does not
-  /// ring it): quiet() is false until the next read.
-  void forget_quiet() noexcept { seen_valid_ = false; }
+  /// There were bytes in the pipe while quiet() said none came from the ringing sender:
+  /// quiet() is false until the next read, and kMaxMisses of them stop the watch.
+  void missed() noexcept;
 
   /// The pipe was found empty and the doorbell has not rung since.
   bool quiet() const noexcept { return seen_valid_ && reader_->value() == seen_; }
 
-  /// quiet(), but false once every kDoorbellTrustedLooks calls that would have been
-  /// true: a busy poll then reads for real, for writers that do not ring and the end of
-  /// the stream.
-  bool quiet_for_busy_poll() noexcept {
-    return quiet() && ++trusted_looks_ % kDoorbellTrustedLooks != 0;
-  }
+  /// After quiet() said so: true once every kDoorbellTrustedLooks calls, when a busy poll
+  /// reads for real (for writers that do not ring, and the end of the stream).
+  bool time_for_a_real_read() noexcept { return ++trusted_looks_ % kDoorbellTrustedLooks == 0; }
 
   /// After quiet(): watches the counter until it rings (true), or `spin` or `deadline`
   /// passes, or `stop` (an interrupt) says so (false). Yields the core now and then, for
@@ -83,6 +93,8 @@ class DoorbellWatch {
   std::uint64_t seen_ = 0;
   bool seen_valid_ = false;
   std::uint32_t trusted_looks_ = 0;
+  std::uint32_t reads_ = 0;
+  std::uint32_t misses_ = 0;
 };
 
 template <class Stop>

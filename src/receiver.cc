@@ -66,6 +66,10 @@ class ReceiverCore {
 
   ReceivedMessage receive(Deadline deadline) {
     const CallInProgress call(callers_);
+    // False once a ring was followed by a read that found nothing (a counter that moves
+    // without bytes): this call then sleeps in the kernel instead of spinning again.
+    bool spin_on_doorbell = true;
+    bool rang = false;
     for (;;) {
       if (auto message = take_buffered()) return std::move(*message);
       if (end_of_stream_) throw_end_of_stream();
@@ -73,15 +77,23 @@ class ReceiverCore {
       // first: poll() answers at once if bytes came since, and saves the empty read that
       // a receive() after a drained try_receive() would otherwise make again.
       // With the peer's doorbell quiet, that read would fail too: skip it.
-      if (!drained_ && !doorbell_.quiet() && read_more() != ReadOutcome::would_block) continue;
+      if (!drained_ && !doorbell_.quiet()) {
+        if (read_more() != ReadOutcome::would_block) {
+          rang = false;
+          continue;
+        }
+        if (rang) spin_on_doorbell = false;
+      }
       if (shared_) shared_->release_retired();  // nothing to read: a good time to free
       std::chrono::nanoseconds spin = options_.spin_before_block;
       if (doorbell_.quiet()) {
         // Spin on memory, then sleep in the kernel at once (which also sees bytes from a
         // writer that does not ring).
-        if (doorbell_.spin_until_rung(spin, deadline, [this] { return wake_.should_stop(); })) {
+        if (spin_on_doorbell &&
+            doorbell_.spin_until_rung(spin, deadline, [this] { return wake_.should_stop(); })) {
           ++stats_.doorbell_looks;
           drained_ = false;
+          rang = true;
           continue;
         }
         spin = std::chrono::nanoseconds(0);
@@ -90,8 +102,9 @@ class ReceiverCore {
       }
       switch (wake_.wait(fd_.get(), spin, deadline, context_)) {
         case WaitResult::ready:
-          drained_ = false;  // read again, even with the doorbell quiet (another writer)
-          doorbell_.forget_quiet();
+          // Read again, even with the doorbell quiet: bytes it did not ring for.
+          drained_ = false;
+          if (doorbell_.quiet()) doorbell_.missed();
           break;
         case WaitResult::timed_out:
           throw Error(ErrorCode::Timeout, context_, "no message arrived before the deadline");
@@ -113,16 +126,22 @@ class ReceiverCore {
 
   void interrupt() { wake_.interrupt(); }
 
-  std::optional<ReceivedMessage> try_receive() {
+  /// `spinning`: try_receive_spinning().
+  std::optional<ReceivedMessage> try_receive(bool spinning) {
     const CallInProgress call(callers_);
     if (auto message = take_buffered()) return message;
-    if (doorbell_.quiet_for_busy_poll()) {  // nothing new: no system call
-      ++stats_.doorbell_looks;
-      return std::nullopt;
+    bool trusted_quiet = false;
+    if (spinning && doorbell_.quiet()) {
+      if (!doorbell_.time_for_a_real_read()) {  // nothing new: no system call
+        ++stats_.doorbell_looks;
+        return std::nullopt;
+      }
+      trusted_quiet = true;
     }
     // One read takes at most kMaxReadBytes: go on while bytes come, so that an empty
     // result means nothing more is ready, even for a frame larger than one read.
     while (!end_of_stream_ && read_more() == ReadOutcome::data) {
+      if (std::exchange(trusted_quiet, false)) doorbell_.missed();  // bytes it did not ring for
       if (auto message = take_buffered()) return message;
     }
     if (auto message = take_buffered()) return message;
@@ -425,7 +444,10 @@ Receiver::~Receiver() = default;
 void Receiver::interrupt() { core_->interrupt(); }
 ReceivedMessage Receiver::receive() { return core_->receive(Deadline::never()); }
 ReceivedMessage Receiver::receive(Deadline deadline) { return core_->receive(deadline); }
-std::optional<ReceivedMessage> Receiver::try_receive() { return core_->try_receive(); }
+std::optional<ReceivedMessage> Receiver::try_receive() { return core_->try_receive(false); }
+std::optional<ReceivedMessage> Receiver::try_receive_spinning() {
+  return core_->try_receive(true);
+}
 bool Receiver::has_buffered_message() { return core_->has_buffered_message(); }
 bool Receiver::at_end() const noexcept { return core_->at_end(); }
 bool Receiver::emptied_pipe() const noexcept { return core_->emptied_pipe(); }

@@ -177,11 +177,12 @@ class SenderCore final {
   /// The pools and arena its messages are built from, shared with their builders; its
   /// flush_queued is set by make(), before any message is.
   const std::shared_ptr<BuildingMemory> memory_;
-  /// With SenderOptions::doorbell: the link to offer the doorbell on, until it took it.
-  std::shared_ptr<ControlLink> doorbell_link_;
 
   mutable std::mutex mutex_;  // guards everything below and the descriptor's use
+  /// With SenderOptions::doorbell: the link to offer the doorbell on, until it took it.
+  std::shared_ptr<ControlLink> doorbell_link_;
   std::unique_ptr<DoorbellWriter> doorbell_;  // made by the first write that offers it
+  std::uint32_t doorbell_offers_ = 0;         // offers the link could not take
   std::vector<iovec> gather_;
   std::vector<QueuedFrame> queued_;
   std::size_t queued_bytes_ = 0;

@@ -68,11 +68,18 @@ bool SenderCore::write_queue_locked(Deadline deadline) {
 }
 
 void SenderCore::offer_doorbell_locked() noexcept {
+  // A link that stays full (a peer that never reads it) or a pair that cannot be made
+  // is not asked again on every batch for ever.
+  constexpr std::uint32_t kMaxDoorbellOffers = 64;
   try {
     if (!doorbell_) doorbell_ = DoorbellWriter::make(context_);
-    if (!doorbell_link_->offer_doorbell(doorbell_->memfd().get())) return;  // full: later
-    doorbell_->memfd().reset();  // the mapping keeps the page
-  } catch (const Error&) {
+    if (!doorbell_link_->offer_doorbell(doorbell_->memfd().get())) {
+      if (++doorbell_offers_ < kMaxDoorbellOffers) return;  // full: the next batch
+      doorbell_.reset();
+    } else {
+      doorbell_->memfd().reset();  // the mapping keeps the page
+    }
+  } catch (...) {
     doorbell_.reset();  // out of descriptors or memory, a broken link: no doorbell
   }
   doorbell_link_.reset();

@@ -35,6 +35,8 @@
 //   doorbell-flood      200 Doorbell records, each with a descriptor (every other one with
 //                       two), the first an unsealed memfd of the wrong size; once the
 //                       parent has read them all, messages 0, 1 and 2
+//   ringing-doorbell    a valid doorbell and message 0, then bumps the doorbell's counter
+//                       every 20 us (spinning) without writing anything more
 //
 // Like a capnsplice sender, the arena modes announce a new arena only after the parent
 // took the one before: a receiver that reads a newer announcement before the message in
@@ -58,6 +60,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -197,6 +200,24 @@ BlobArena make_blob_arena(std::uint64_t seq) {
   blob.setChecksum(capnsplice::testing::checksum(blob.initData(100)));
   const auto words = message.getSegmentsForOutput()[0];
   return {make_arena(kSenderSeals, words), words.size()};
+}
+
+/// Offers a valid doorbell (sealed like a capnsplice sender's), writes message 0 and
+/// rings the doorbell every 20 us for ever (spinning) without writing anything more.
+[[noreturn]] void ring_without_writing() {
+  const int fd = ::memfd_create("capnsplice-doorbell", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0 || ::ftruncate(fd, 4096) != 0) ::_exit(5);
+  void* page = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (page == MAP_FAILED || ::fcntl(fd, F_ADD_SEALS, kSenderSeals) != 0) ::_exit(5);
+  send_record(kDoorbell, 0, 4096, {fd});
+  write_message(0);
+  auto* counter = static_cast<volatile std::uint64_t*>(page);
+  for (;;) {  // faster than the parent's spin (100 us): a sleep would take longer here
+    *counter = *counter + 1;
+    const auto next = std::chrono::steady_clock::now() + std::chrono::microseconds(20);
+    while (std::chrono::steady_clock::now() < next) {
+    }
+  }
 }
 
 /// Returns once the parent has read every record sent (unread ones still count against
@@ -377,6 +398,8 @@ int run(const std::string& mode) {
     }
     wait_until_records_read();
     for (std::uint64_t seq = 0; seq < 3; ++seq) write_message(seq);
+  } else if (mode == "ringing-doorbell") {
+    ring_without_writing();
   } else if (mode == "write-arena") {
     attack_arena();
   } else {

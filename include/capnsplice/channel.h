@@ -144,6 +144,11 @@ class Channel {
   /// A message if one is complete now, else empty; never blocks. Empty with at_end()
   /// true once the peer closed its end (Receiver::try_receive).
   std::optional<ReceivedMessage> try_receive() { return receiver_.try_receive(); }
+  /// try_receive() for busy polling, which with a doorbell costs no system call while
+  /// nothing rang; not for event loops (Receiver::try_receive_spinning).
+  std::optional<ReceivedMessage> try_receive_spinning() {
+    return receiver_.try_receive_spinning();
+  }
 
   /// True once the peer closed its sending end and every message it sent was received:
   /// an event loop learns that a peer exited without catching an exception.
