@@ -19,7 +19,7 @@ constexpr int kRequiredSeals = F_SEAL_SHRINK | F_SEAL_FUTURE_WRITE;
 
 }  // namespace
 
-DoorbellPage::~DoorbellPage() { ::munmap(counter_, kDoorbellBytes); }
+DoorbellPage::~DoorbellPage() { ::munmap(counters_, kDoorbellBytes); }
 
 std::unique_ptr<DoorbellWriter> DoorbellWriter::make(std::string_view context) {
   UniqueFd memfd(::memfd_create("capnsplice-doorbell", MFD_CLOEXEC | MFD_ALLOW_SEALING));

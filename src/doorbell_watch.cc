@@ -30,8 +30,9 @@ void DoorbellWatch::look_on_link(std::string_view context) noexcept {
   link_.reset();
 }
 
-void DoorbellWatch::missed() noexcept {
+void DoorbellWatch::missed_unless_rung_since(std::uint64_t seen) noexcept {
   seen_valid_ = false;
+  if (!reader_ || reader_->rings() != seen || reader_->writing() != 0) return;
   if (++misses_ >= kMaxMisses) reader_.reset();
 }
 

@@ -9,10 +9,10 @@
 // A writer that does not ring (a raw write() to the pipe, a copy of the sender forked
 // before its first write: it made a doorbell of its own, which the receiver never took)
 // shows as bytes the doorbell did not announce: the pipe polled readable, or a read that
-// the doorbell said was useless found bytes (missed()). A sender interrupted between its
-// write and its ring looks the same, rarely; kMaxMisses of them among kMissWindow reads
-// stop the watch (ReceiverStats::doorbell turns false), and the receiver polls the pipe
-// as without a doorbell.
+// the doorbell said was useless found bytes, with no ring since the pipe was found empty
+// and no write of the ringing sender in progress (missed_unless_rung_since()).
+// kMaxMisses of them among kMissWindow reads stop the watch (ReceiverStats::doorbell
+// turns false), and the receiver polls the pipe as without a doorbell.
 //
 //   read begins ── seen = counter ──> read returns less than asked (pipe empty)
 //        quiet() == (counter == seen): no write of the ringing sender since
@@ -55,7 +55,7 @@ class DoorbellWatch {
 
   /// Call right before each read of the pipe.
   void before_read() noexcept {
-    if (reader_) before_read_ = reader_->value();
+    if (reader_) before_read_ = reader_->rings();
   }
   /// Call after it: `emptied` when the read returned less than it asked (the pipe is
   /// empty now), not at the end of the stream.
@@ -65,22 +65,38 @@ class DoorbellWatch {
     if (++reads_ % kMissWindow == 0) misses_ = 0;
   }
 
-  /// There were bytes in the pipe while quiet() said none came from the ringing sender:
-  /// quiet() is false until the next read, and kMaxMisses of them stop the watch.
-  void missed() noexcept;
+  /// What the counter said when the pipe was last found empty (while quiet()).
+  std::uint64_t seen() const noexcept { return seen_; }
 
-  /// The pipe was found empty and the doorbell has not rung since.
-  bool quiet() const noexcept { return seen_valid_ && reader_->value() == seen_; }
+  /// There were bytes in the pipe although quiet() said none came, with the counter at
+  /// `seen`: a miss, unless the ringing sender rang since or is writing. quiet() is false
+  /// until the next read; kMaxMisses misses stop the watch.
+  void missed_unless_rung_since(std::uint64_t seen) noexcept;
+
+  /// The pipe was found empty, the doorbell has not rung since and no write is under way.
+  bool quiet() const noexcept {
+    return seen_valid_ && reader_->rings() == seen_ && reader_->writing() == 0;
+  }
+
+  /// The doorbell rang since the pipe was last found empty.
+  bool rang() const noexcept { return reader_ && reader_->rings() != seen_; }
 
   /// After quiet() said so: true once every kDoorbellTrustedLooks calls, when a busy poll
   /// reads for real (for writers that do not ring, and the end of the stream).
   bool time_for_a_real_read() noexcept { return ++trusted_looks_ % kDoorbellTrustedLooks == 0; }
 
-  /// After quiet(): watches the counter until it rings (true), or `spin` or `deadline`
-  /// passes, or `stop` (an interrupt) says so (false). Yields the core now and then, for
+  /// After quiet(): watches the counters until a write begins or rings (true), or `spin`
+  /// or `deadline` passes, or `stop` (an interrupt) says so (false). Yields the core now and then, for
   /// a peer that shares it.
   template <class Stop>
   bool spin_until_rung(std::chrono::nanoseconds spin, Deadline deadline, Stop stop) const;
+
+  /// One look of a spin: lets the other hyperthread of the core run meanwhile.
+  static void pause() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
 
  private:
   void look_on_link(std::string_view context) noexcept;
@@ -103,11 +119,9 @@ bool DoorbellWatch::spin_until_rung(std::chrono::nanoseconds spin, Deadline dead
   if (spin.count() <= 0 || deadline.expired()) return !quiet();
   const auto until = std::chrono::steady_clock::now() + spin;
   for (std::uint32_t looks = 1;; ++looks) {
-    if (reader_->value() != seen_) return true;
+    if (!quiet()) return true;
     if (stop()) return false;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
+    pause();
     if (looks % 64 == 0) {  // a clock read costs more than a look
       if (std::chrono::steady_clock::now() >= until || deadline.expired()) return false;
       if (looks % 256 == 0) yield_now();

@@ -93,7 +93,7 @@ class ReceiverCore {
             doorbell_.spin_until_rung(spin, deadline, [this] { return wake_.should_stop(); })) {
           ++stats_.doorbell_looks;
           drained_ = false;
-          rang = true;
+          rang = doorbell_.rang();  // not a write under way: that may find the pipe empty
           continue;
         }
         spin = std::chrono::nanoseconds(0);
@@ -104,7 +104,7 @@ class ReceiverCore {
         case WaitResult::ready:
           // Read again, even with the doorbell quiet: bytes it did not ring for.
           drained_ = false;
-          if (doorbell_.quiet()) doorbell_.missed();
+          if (doorbell_.quiet()) doorbell_.missed_unless_rung_since(doorbell_.seen());
           break;
         case WaitResult::timed_out:
           throw Error(ErrorCode::Timeout, context_, "no message arrived before the deadline");
@@ -131,9 +131,11 @@ class ReceiverCore {
     const CallInProgress call(callers_);
     if (auto message = take_buffered()) return message;
     bool trusted_quiet = false;
+    const std::uint64_t seen = doorbell_.seen();
     if (spinning && doorbell_.quiet()) {
       if (!doorbell_.time_for_a_real_read()) {  // nothing new: no system call
         ++stats_.doorbell_looks;
+        DoorbellWatch::pause();
         return std::nullopt;
       }
       trusted_quiet = true;
@@ -141,7 +143,7 @@ class ReceiverCore {
     // One read takes at most kMaxReadBytes: go on while bytes come, so that an empty
     // result means nothing more is ready, even for a frame larger than one read.
     while (!end_of_stream_ && read_more() == ReadOutcome::data) {
-      if (std::exchange(trusted_quiet, false)) doorbell_.missed();  // bytes it did not ring for
+      if (std::exchange(trusted_quiet, false)) doorbell_.missed_unless_rung_since(seen);
       if (auto message = take_buffered()) return message;
     }
     if (auto message = take_buffered()) return message;

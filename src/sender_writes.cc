@@ -95,7 +95,12 @@ bool SenderCore::write_run(std::size_t& done, Deadline deadline, SigpipeGuard& g
   while (!run.empty()) {
     // The whole run is offered unless it has more entries than one call takes.
     const bool offered_whole = run.count <= IOV_MAX;
-    const std::size_t written = write_some(fd_.get(), method, run, context_, guard);
+    std::size_t written;
+    {
+      const DoorbellWriter::Write ringing(doorbell_.get());
+      written = write_some(fd_.get(), method, run, context_, guard);
+      ringing.rang(written);
+    }
     if (written == 0) {
       if (capacity_.raise(fd_.get())) continue;  // the first time the pipe is full
       if (deadline.expired() ||
@@ -108,7 +113,6 @@ bool SenderCore::write_run(std::size_t& done, Deadline deadline, SigpipeGuard& g
     }
     ++stats_.writes;
     const std::uint64_t stream_end = progress_->wrote(written);
-    if (doorbell_) doorbell_->rang(written);
     run.advance(written);
     // A short write filled the pipe: raising it now lets the next write go on at once.
     const bool raised = offered_whole && !run.empty() && capacity_.raise(fd_.get());

@@ -1,10 +1,11 @@
-// capnsplice, capnsplice-send, capnsplice-copy, capnsplice-vmsplice, capnsplice-shm: the library
-// under test, with its automatic choice of path and with each path forced (as far as options can
-// force it: the report's "paths" table shows what each sender really did).
+// capnsplice, capnsplice-send, capnsplice-copy, capnsplice-vmsplice, capnsplice-shm,
+// capnsplice-doorbell: the library under test, with its automatic choice of path and with
+// each path forced (as far as options can force it: the report's "paths" table shows what
+// each sender really did), and with the doorbell.
 //
 // The sender builds each Chunk in the channel's pool and sends it; the receiver reads
 // it in place. Blocking mode is receive() (spins for ReceiverOptions::spin_before_block,
-// then sleeps in the kernel); busy-poll mode loops on try_receive().
+// then sleeps in the kernel); busy-poll mode loops on try_receive_spinning().
 #include <capnsplice/channel.h>
 
 #include <algorithm>
@@ -105,7 +106,7 @@ class CapnspliceEndpoint final : public Endpoint {
 
   capnsplice::ReceivedMessage receive_spinning() {
     for (;;) {
-      if (auto message = channel_.try_receive()) return std::move(*message);
+      if (auto message = channel_.try_receive_spinning()) return std::move(*message);
       if (channel_.at_end()) return channel_.receive();  // throws PeerClosed
     }
   }
@@ -167,7 +168,7 @@ Transport capnsplice_automatic_transport() {
       "capnsplice",
       "capnsplice defaults: copy below copy_threshold_bytes, vmsplice above, shared memory "
       "from shared_memory_threshold_bytes; streams are queue()d (the library writes up to "
-      "256 messages per system call); +spin loops on try_receive()",
+      "256 messages per system call); +spin loops on try_receive_spinning()",
       [](capnsplice::ChannelOptions&) {});
 }
 
