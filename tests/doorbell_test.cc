@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <capnp/serialize.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -187,6 +188,41 @@ TEST_CASE("without the option no doorbell is made or watched") {
   CHECK_FALSE(far.receiver().stats().doorbell);
   CHECK(far.receiver().stats().doorbell_looks == 0);
   CHECK(far.receiver().stats().empty_reads >= 100);
+}
+
+}  // namespace
+
+namespace {
+
+TEST_CASE("busy polling round trips between two processes keep the doorbell: a sender "
+          "between its write and its ring is not taken for a writer that does not ring") {
+  auto [near, far] = pair_with_doorbell_rung();
+  constexpr int kRounds = 100'000;
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    { Channel gone = std::move(near); }
+    Random random(7);
+    for (int i = 0; i < kRounds; ++i) {
+      auto request = busy_poll(far);
+      if (!request) ::_exit(2);
+      send_blob(far, request->root<test::Blob>().getSeq(), 64, random);
+    }
+    ::_exit(far.receiver().stats().doorbell ? 0 : 1);
+  }
+  { Channel gone = std::move(far); }
+  Random random(8);
+  for (int i = 0; i < kRounds; ++i) {
+    send_blob(near, i, 64, random);
+    auto reply = busy_poll(near);
+    REQUIRE(reply);
+    REQUIRE(reply->root<test::Blob>().getSeq() == static_cast<std::uint64_t>(i));
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);  // the child's receiver still watches the doorbell
+  CHECK(near.receiver().stats().doorbell);
 }
 
 }  // namespace
