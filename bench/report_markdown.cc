@@ -94,7 +94,12 @@ void print_system_calls(std::ostream& out, const Results& results, const std::st
       any = any || row.back() != "–";
     }
   }
-  if (!any) return;
+  if (!any) {
+    out << "\n(" << title << ": not counted. The kernel's raw_syscalls:sys_enter tracepoint "
+           "needs tracefs mounted (as root: mount -t tracefs nodev /sys/kernel/tracing) and "
+           "perf_event_open allowed.)\n";
+    return;
+  }
   out << "\n## " << title
       << " (counted by the kernel: perf's raw_syscalls:sys_enter in each side's process, "
          "every thread, from the start to the last message; +spin rows are mostly the "
