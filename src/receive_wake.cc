@@ -37,7 +37,7 @@ void drain(int wake_fd) noexcept {
 
 WaitResult ReceiveWake::wait(int fd, std::chrono::nanoseconds spin, Deadline deadline,
                              std::string_view context) {
-  if (pending_.load() || closing_.load()) return WaitResult::interrupted;
+  if (should_stop()) return WaitResult::interrupted;
   const int wake_fd = wake_fd_of_this_thread(context);
   publish(wake_fd);
   // Withdrawn on every way out (a failed poll throws): after that, no write comes.
@@ -48,7 +48,7 @@ WaitResult ReceiveWake::wait(int fd, std::chrono::nanoseconds spin, Deadline dea
   // Looked at after publishing: an interrupt() that came before found no waiter to write
   // to, but its flag is set by now (the lock orders the two).
   for (;;) {
-    if (pending_.load() || closing_.load()) return WaitResult::interrupted;
+    if (should_stop()) return WaitResult::interrupted;
     const WaitResult result = spin_then_wait(fd, POLLIN, spin, deadline, wake_fd);
     if (result != WaitResult::interrupted) return result;
     drain(wake_fd);

@@ -180,6 +180,8 @@ class SenderCore final {
 
   mutable std::mutex mutex_;  // guards everything below and the descriptor's use
   /// With SenderOptions::doorbell: the link to offer the doorbell on, until it took it.
+  /// Declared after memory_: the constructor copies the link into memory_, then moves it
+  /// here.
   std::shared_ptr<ControlLink> doorbell_link_;
   std::unique_ptr<DoorbellWriter> doorbell_;  // made by the first write that offers it
   std::uint32_t doorbell_offers_ = 0;         // offers the link could not take

@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +15,7 @@
 
 #include "capnsplice/error.h"
 #include "capnsplice/options.h"
+#include "sealed_memfd.h"
 
 namespace capnsplice::detail {
 
@@ -29,24 +29,6 @@ struct DescriptorMapping {
   }
 };
 
-/// What a sender seals its arena with, once its own writable mapping exists.
-constexpr int kArenaSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL;
-
-/// What a receiver needs: no SIGBUS from a shrunk file, no way to write the sender's
-/// pages through the descriptor it was given.
-constexpr int kRequiredSeals = F_SEAL_SHRINK | F_SEAL_FUTURE_WRITE;
-
-/// The seals of `required` missing from `seals`, by name.
-std::string missing_seals(int seals, int required) {
-  std::string names;
-  for (auto [seal, name] : {std::pair{F_SEAL_SHRINK, "F_SEAL_SHRINK"},
-                            std::pair{F_SEAL_FUTURE_WRITE, "F_SEAL_FUTURE_WRITE"}}) {
-    if ((required & seal) != 0 && (seals & seal) == 0) {
-      names += (names.empty() ? "" : " | ") + std::string(name);
-    }
-  }
-  return names;
-}
 
 std::string probe_shared_memory() {
   if (const char* disabled = std::getenv(kDisableSharedMemoryVariable);
@@ -55,7 +37,7 @@ std::string probe_shared_memory() {
   }
   UniqueFd file(::memfd_create("capnsplice-probe", MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!file) return std::string("memfd_create failed: ") + std::strerror(errno);
-  if (::fcntl(file.get(), F_ADD_SEALS, kArenaSeals) != 0) {
+  if (::fcntl(file.get(), F_ADD_SEALS, kOwnerSeals) != 0) {
     return std::string("this kernel cannot seal a memfd with F_SEAL_FUTURE_WRITE (Linux 5.1): ") +
            std::strerror(errno);
   }
@@ -110,7 +92,7 @@ SendArena::SendArena(std::uint32_t id, std::size_t capacity, std::string context
                 error.get_native_error());
   }
   // Only now: F_SEAL_FUTURE_WRITE leaves the mapping above writable and no other.
-  if (::fcntl(file_.get(), F_ADD_SEALS, kArenaSeals) != 0) {
+  if (::fcntl(file_.get(), F_ADD_SEALS, kOwnerSeals) != 0) {
     throw_system_error(context_, "fcntl(F_ADD_SEALS) (arena)");
   }
 }
@@ -230,21 +212,12 @@ std::size_t SendArena::footprint() const {
 ReceiveArena::ReceiveArena(std::uint32_t id, UniqueFd file, std::size_t capacity,
                            std::string_view context)
     : id_(id), capacity_(capacity) {
-  struct stat info {};
-  if (::fstat(file.get(), &info) != 0) throw_system_error(context, "fstat (arena)");
-  if (!S_ISREG(info.st_mode) || static_cast<std::size_t>(info.st_size) != capacity ||
-      capacity % page_size() != 0) {
+  if (capacity % page_size() != 0) {
     throw Error(ErrorCode::ProtocolViolation, context,
-                "the peer's shared-memory arena is not a memfd of the announced size (" +
-                    std::to_string(capacity) + " bytes, a whole number of pages)");
+                "the peer announced an arena of " + std::to_string(capacity) +
+                    " bytes, not a whole number of pages");
   }
-  const int seals = ::fcntl(file.get(), F_GET_SEALS);
-  if (seals < 0 || (seals & kRequiredSeals) != kRequiredSeals) {
-    throw Error(ErrorCode::ProtocolViolation, context,
-                "the peer's shared-memory arena lacks " +
-                    missing_seals(seals < 0 ? 0 : seals, kRequiredSeals) +
-                    ", which a capnsplice arena is sealed with");
-  }
+  require_peer_memfd(file.get(), capacity, "arena", context);
   reservation_ = MappedMemory::readable_reservation(arena_reservation_bytes(capacity), context);
   std::byte* at = reservation_.data() + kArenaGuardBytes;
   // Mapped over the middle of the reservation, which alone unmaps it all at once. A

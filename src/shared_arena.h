@@ -22,7 +22,8 @@
 //                                 so it cannot touch the allocator's metadata or a
 //                                 message being built (tests/hostile_peer_test.cc);
 //   F_SEAL_SEAL                   and nobody can change the seals.
-// ReceiveArena refuses an arena without the first and the third (MalformedFrame).
+// ReceiveArena refuses an arena without the first and the third (ProtocolViolation;
+// src/sealed_memfd.h, which the doorbell shares).
 //
 // The write seal also refuses the sender's own hole punching (MADV_REMOVE), so freed
 // arena memory stays resident: an arena's resident size is its high-water mark
@@ -54,7 +55,6 @@
 #include <vector>
 
 #include "capnsplice/unique_fd.h"
-#include "fork_generation.h"
 #include "mapped_memory.h"
 
 namespace capnsplice::detail {

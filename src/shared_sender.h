@@ -17,6 +17,7 @@
 #include "capnsplice/options.h"
 #include "control_link.h"
 #include "flush_queued.h"
+#include "fork_generation.h"
 #include "idle_trimmer.h"
 #include "reader_progress.h"
 #include "shared_arena.h"

@@ -16,6 +16,7 @@
 
 #include "capnsplice/process.h"
 #include "support/blob.h"
+#include "support/cpu_time.h"
 #include "support/process_support.h"
 #include "support/resident_memory.h"
 
@@ -347,12 +348,7 @@ TEST_CASE("a doorbell that rings without bytes does not keep a waiting receive s
     REQUIRE_FALSE(peer.channel.try_receive());
   }
   REQUIRE(peer.channel.receiver().stats().doorbell);
-  const auto cpu_time = [] {
-    timespec now{};
-    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
-    return std::chrono::seconds(now.tv_sec) + std::chrono::nanoseconds(now.tv_nsec);
-  };
-  const auto cpu_before = cpu_time();
+  const auto cpu_before = thread_cpu_time();
   for (int i = 0; i < 10; ++i) {
     // The read finds the pipe empty: the receive starts on a quiet doorbell, which rings
     // 20 us later without a byte.
@@ -360,7 +356,7 @@ TEST_CASE("a doorbell that rings without bytes does not keep a waiting receive s
     const Error error = error_from([&peer] { peer.channel.receive_for(50ms); });
     CHECK(error.code() == ErrorCode::Timeout);
   }
-  const auto cpu_used = cpu_time() - cpu_before;
+  const auto cpu_used = thread_cpu_time() - cpu_before;
   // Spinning through the waits would take most of their 500 ms; each sleeps after one
   // ring that brought nothing.
   CHECK(cpu_used < 100ms);

@@ -1,13 +1,12 @@
 // Waiting costs no CPU: a receiver or poller with nothing to do spins for at most
 // spin_before_block (100 µs by default), then sleeps in the kernel until data, a
 // deadline or an interrupt wakes it.
-#include <time.h>
-
 #include <catch2/catch.hpp>
 #include <chrono>
 
 #include "capnsplice/channel.h"
 #include "capnsplice/poller.h"
+#include "support/cpu_time.h"
 #include "support/error_from.h"
 
 namespace {
@@ -20,12 +19,6 @@ using namespace std::chrono_literals;
 /// instead of sleeping would use nearly all of it.
 constexpr auto kIdleFor = 300ms;
 constexpr auto kCpuAllowed = 15ms;
-
-std::chrono::nanoseconds thread_cpu_time() {
-  timespec now{};
-  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
-  return std::chrono::seconds(now.tv_sec) + std::chrono::nanoseconds(now.tv_nsec);
-}
 
 /// Runs `wait` (which idles for kIdleFor) and checks the CPU this thread used meanwhile.
 template <typename Wait>

@@ -57,7 +57,9 @@ enum class SigpipeSafety {
   /// Before each batch of writes, ask the kernel whether the process ignores SIGPIPE (one
   /// system call); if it does not, block SIGPIPE in the writing thread around the batch
   /// and take the signal a broken pipe raised (two system calls, and the question is not
-  /// asked again for a second). Safe whatever the process does with SIGPIPE, when.
+  /// asked again for a second). Safe whatever the process does with SIGPIPE between
+  /// batches; a thread that sets SIGPIPE back to its default while another thread's batch
+  /// is being written (after its question) leaves that one batch unprotected.
   automatic,
   /// The application ignores SIGPIPE (`signal(SIGPIPE, SIG_IGN)`, as most servers do) and
   /// keeps it ignored: writes cost no system call for it. Checked when the sender is
@@ -128,8 +130,8 @@ struct SenderOptions {
   /// Ring a doorbell after every write: a counter in a page of shared memory, offered to
   /// the peer over the control link with the first write, so that a peer receiver that
   /// spins (ReceiverOptions::doorbell) watches memory instead of asking the kernel. Costs
-  /// a page, the control link's two descriptors (made then if not yet) and an atomic add
-  /// per write; off by default, as most channels do not spin. Needs a capnsplice peer
+  /// a page, the control link's two descriptors (made then if not yet) and three atomic
+  /// operations per write; off by default, as most channels do not spin. Needs a capnsplice peer
   /// (a control link): with none it does nothing.
   bool doorbell = false;
 };
