@@ -138,6 +138,7 @@ void SharedReceiver::open_descriptor(kj::ArrayPtr<const capnp::word> descriptor_
     if (error.code() == ErrorCode::SystemError) link_->send_release(root.getArena(), root.getId());
     throw;
   }
+  schedule();  // again, now that the arena is mapped (see SharedSender::allocate)
   auto* slots = state.segment_slots(places.size());
   std::uint64_t words = 0;
   for (unsigned i = 0; i < places.size(); ++i) {

@@ -87,6 +87,7 @@ std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
     link_->pump(Deadline::immediate());  // take in what the reader released
     std::size_t held, held_bytes, in_use, capacity;
     std::shared_ptr<SendArena> replaced;  // unmapped after the lock: that takes a while
+    std::optional<ArenaBlock> block;
     {
       std::lock_guard lock(mutex_);
       SendArena* made = arena_for_allocation_locked(replaced, deadline);
@@ -101,10 +102,15 @@ std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
       // the reader holds counts, so a message of any size can start while it holds a
       // little (say, the latest state it keeps).
       const bool room = held < kMaxHeldSharedMessages && held_bytes < keep_bytes_ / 2;
-      if (room) {
-        if (auto block = arena.allocate(bytes, zeroed)) return *block;
-      }
+      if (room) block = arena.allocate(bytes, zeroed);
       capacity = arena.capacity();
+    }
+    if (block) {
+      // Again, now that the arena exists: a look of the trimmer since the schedule()
+      // above may have found none, and would not have looked again (an arena that stayed
+      // mapped at both ends for good, found on a starved machine).
+      schedule();
+      return block;
     }
     // Nothing the reader could release: what fills the arena is being built (each
     // object is at most half of it, but one message's objects can add up to more).

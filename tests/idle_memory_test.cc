@@ -131,9 +131,12 @@ TEST_CASE("idle channel ends give back what a burst of traffic faulted in, with 
   const std::size_t bound = at_rest + kPairs * 2 * 64 * KiB;
   const std::size_t after_idle = resident_once_at_most(bound);
   std::printf("%zu pairs: at rest %.1f MiB, peak in the burst %.1f MiB, idle again %.1f MiB "
-              "(+%.1f KiB per pair over rest)\n",
+              "(+%.1f KiB per pair over rest; anonymous %.1f MiB, shared %.1f MiB: arenas and "
+              "rings are shared, pools anonymous)\n",
               kPairs, static_cast<double>(at_rest) / MiB, static_cast<double>(peak) / MiB,
-              static_cast<double>(after_idle) / MiB, per_pair_kib(at_rest, after_idle, kPairs));
+              static_cast<double>(after_idle) / MiB, per_pair_kib(at_rest, after_idle, kPairs),
+              static_cast<double>(status_bytes("RssAnon:")) / MiB,
+              static_cast<double>(status_bytes("RssShmem:")) / MiB);
   if (kUnderSanitizer) return;  // their allocators hold freed memory back (quarantine)
   CHECK(peak > at_rest + 64 * MiB);  // the burst did fault memory in (one pair's arenas)
   CHECK(after_idle <= bound);
