@@ -88,6 +88,7 @@ TEST_CASE("a receive waiting for a reply spins on the doorbell, not on the pipe"
   auto [near, far] = pair_with_doorbell_rung(
       ChannelOptions().with_doorbell().with_spin_before_block(std::chrono::milliseconds(10)));
   constexpr int kRounds = 1000;
+  const ReceiverStats before = far.receiver().stats();  // before the answerer uses `far`
   std::thread answerer([&far = far] {
     Random random(3);
     for (int i = 0; i < kRounds; ++i) {
@@ -96,7 +97,6 @@ TEST_CASE("a receive waiting for a reply spins on the doorbell, not on the pipe"
     }
   });
   Random random(4);
-  const ReceiverStats before = far.receiver().stats();
   for (int i = 0; i < kRounds; ++i) {
     send_blob(near, 100 + i, 64, random);
     auto reply = near.receive_for(10s);
