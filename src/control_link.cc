@@ -12,6 +12,7 @@
 #include "control_record.h"
 #include "doorbell.h"
 #include "pipe_io.h"
+#include "release_ring.h"
 #include "shared_arena.h"
 
 namespace capnsplice::detail {
@@ -23,7 +24,9 @@ using control_record::kArena;
 using control_record::kArenaLost;
 using control_record::kDoorbell;
 using control_record::kRelease;
+using control_record::kReleaseRing;
 using control_record::kRetire;
+using control_record::kWake;
 using control_record::Record;
 
 /// The one descriptor `message` carries, or none. Every descriptor the kernel delivered
@@ -141,19 +144,38 @@ void ControlLink::lose_arena_locked(std::uint32_t arena_id, int error, std::stri
 }
 
 void ControlLink::send_arena(std::uint32_t arena_id, std::uint64_t capacity, int memfd,
-                             Deadline deadline) {
+                             int ring_memfd, Deadline deadline) {
   std::lock_guard lock(mutex_);
   constexpr std::chrono::seconds kLongest{5};
   if (deadline.is_never() || deadline.remaining() > kLongest) deadline = Deadline::after(kLongest);
   if (pair_ && !pair_->make()) {  // peer_accepts_shared() made it: only a broken pair fails
     throw Error(ErrorCode::Timeout, context(), "the control link could not be made");
   }
-  while (!send_record_locked(kArena, arena_id, capacity, memfd)) {
-    if (wait_for(fd(), POLLOUT, deadline) == WaitResult::timed_out) {
-      throw Error(ErrorCode::Timeout, context(),
-                  "the peer does not read its control link; the arena was not sent");
+  const auto send = [&](std::uint32_t kind, std::uint64_t value, int descriptor) {
+    while (!send_record_locked(kind, arena_id, value, descriptor)) {
+      if (wait_for(fd(), POLLOUT, deadline) == WaitResult::timed_out) {
+        throw Error(ErrorCode::Timeout, context(),
+                    "the peer does not read its control link; the arena was not sent");
+      }
     }
+  };
+  // The ring first: the peer takes it with the arena, which it reads after it.
+  if (ring_memfd >= 0) send(kReleaseRing, kReleaseRingBytes, ring_memfd);
+  send(kArena, capacity, memfd);
+}
+
+void ControlLink::send_wake() noexcept {
+  std::lock_guard lock(mutex_);
+  try {
+    static_cast<void>(send_record_locked(kWake, 0, 0, -1));
+  } catch (const Error&) {  // the link is broken: the sender finds the peer gone
   }
+}
+
+UniqueFd ControlLink::take_release_ring(std::uint32_t arena_id) {
+  std::lock_guard lock(mutex_);
+  if (unclaimed_ring_arena_ != arena_id) return {};
+  return std::move(unclaimed_ring_);
 }
 
 void ControlLink::send_release(std::uint32_t arena_id, std::uint64_t message_id) noexcept {
@@ -358,8 +380,21 @@ void ControlLink::pump_locked(Deadline deadline) {
           // SendArena::release() checks the id against what it holds: a forged or
           // repeated record changes nothing.
           if (auto arena = send_arena_.lock(); arena && arena->id() == record.arena) {
-            arena->release(record.value);
+            if (arena->release(record.value)) {
+              releases_received_.store(releases_received_.load(std::memory_order_relaxed) + 1,
+                                       std::memory_order_relaxed);
+            }
           }
+          break;
+        case kReleaseRing:
+          // For an arena not announced yet (its Arena record follows); the latest wins.
+          if (received && record.value == kReleaseRingBytes &&
+              record.arena > latest_arena_.load(std::memory_order_relaxed)) {
+            unclaimed_ring_ = std::move(received);
+            unclaimed_ring_arena_ = record.arena;
+          }
+          break;
+        case kWake:  // it woke the sleeper already; the ring says the rest
           break;
         case kRetire:
           // Only what the peer announced can be retired; an unclaimed descriptor of it

@@ -16,6 +16,11 @@
 //   Doorbell        -      page bytes     the memfd    "I bump this counter after every
 //                                                       write": a spinning receiver may
 //                                                       watch it (doorbell.h)
+//   ReleaseRing     id     page bytes     the memfd    "report releases of arena id's
+//                                                       messages here" (release_ring.h);
+//                                                       sent just before its Arena record
+//   Wake            -      -              -            "I posted a release in the ring
+//                                                       while you slept": nothing else
 //
 // A sender uses the shared-memory path only after its peer said AcceptsShared, so a
 // peer that ignores this socket (plain Cap'n Proto on the pipes) never sees a
@@ -25,13 +30,16 @@
 //
 // Records are small and bounded: a sender holds at most kMaxHeldSharedMessages
 // messages un-released, so Release records always fit in the socket buffer (278
-// records measured with the default 212 KiB) and sending one never has to wait.
+// records measured with the default 212 KiB) and sending one never has to wait. Most
+// releases do not come here at all but through the arena's release ring (release_ring.h);
+// Release records are for a receiver without one, or one that found it full.
 //
 // The peer is not trusted to keep to this. A link keeps the descriptor of at most one
 // Arena record, the latest, until it is taken: a record with a higher id replaces it
 // (the replaced descriptor is closed at once), one whose id is not higher is dropped,
 // and, while a receiver wants one, the descriptor of the first Doorbell record until it
-// is taken (later ones are closed on arrival); every other descriptor is closed the moment it arrives (whatever the record,
+// is taken (later ones are closed on arrival), and the ReleaseRing descriptor of an arena
+// not announced yet (the latest such); every other descriptor is closed the moment it arrives (whatever the record,
 // however many per record). One pump takes at most kMaxRecordsPerPump records: a flood
 // of records costs neither descriptors nor an unbounded wait.
 #pragma once
@@ -89,14 +97,25 @@ class ControlLink {
   /// later pump or release instead; until then the peer sends everything by pipe.
   void announce_accepts_shared();
 
-  /// Sends a sending arena (its memfd) to the peer, waiting for room on the link until
-  /// `deadline` and 5 s at most (a peer that stopped reading its link); then Timeout.
-  void send_arena(std::uint32_t arena_id, std::uint64_t capacity, int memfd, Deadline deadline);
+  /// Sends a sending arena (its memfd) to the peer, after its release ring (`ring_memfd`,
+  /// when not -1), waiting for room on the link until `deadline` and 5 s at most (a peer
+  /// that stopped reading its link); then Timeout.
+  void send_arena(std::uint32_t arena_id, std::uint64_t capacity, int memfd, int ring_memfd,
+                  Deadline deadline);
 
   /// Tells the peer it may free `message_id` in its arena. Never blocks or throws: if
   /// the peer is gone the record is dropped, as nothing is held for a dead peer; past
   /// kMaxUnsentReleases owed, too (releases_overflowed()).
   void send_release(std::uint32_t arena_id, std::uint64_t message_id) noexcept;
+
+  /// Wakes a sender that sleeps until a release is posted in its ring (release_ring.h).
+  /// Best effort, like send_release: a sender that misses it looks again within 1 ms.
+  void send_wake() noexcept;
+
+  /// Release records taken from the peer so far (for SenderStats).
+  std::uint64_t releases_received() const noexcept {
+    return releases_received_.load(std::memory_order_relaxed);
+  }
 
   /// True once more than kMaxUnsentReleases release records could not be sent: the
   /// peer does not read its control link.
@@ -141,6 +160,10 @@ class ControlLink {
   /// when `arena_id` is an older arena, the latest one already taken, or one the peer
   /// has not sent, and SystemError (EMFILE, ENOMEM) for one this end lost (lose_arena).
   std::pair<UniqueFd, std::uint64_t> take_arena(std::uint32_t arena_id);
+
+  /// The memfd of the release ring the peer sent for its arena `arena_id`, once (invalid
+  /// when none came). Call it after take_arena(arena_id), which read the record.
+  UniqueFd take_release_ring(std::uint32_t arena_id);
 
   /// The memfd of the peer's doorbell, once (reads what is pending, never waits; invalid
   /// when none came). Only the first doorbell the peer offers is kept.
@@ -209,8 +232,11 @@ class ControlLink {
   std::atomic<std::uint32_t> latest_arena_{0};  // written under `mutex_`
   std::atomic<std::uint32_t> retired_arena_{0};  // written under `mutex_`
   std::atomic<bool> releases_overflowed_{false};  // written under `mutex_`
+  std::atomic<std::uint64_t> releases_received_{0};  // written under `mutex_`
   ReceivedArena unclaimed_arena_;               // of latest_arena_; no memfd once taken
   UniqueFd unclaimed_doorbell_;                 // the first Doorbell record's, until taken
+  UniqueFd unclaimed_ring_;                     // the latest ReleaseRing record's, until taken
+  std::uint32_t unclaimed_ring_arena_ = 0;      // the arena it is for
   bool doorbell_filed_ = false;                 // one came: later ones are closed
   bool doorbell_wanted_ = false;                // want_doorbell() and no refuse_doorbells()
   std::weak_ptr<SendArena> send_arena_;

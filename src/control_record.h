@@ -15,7 +15,9 @@ enum Kind : std::uint32_t {
   kRelease = 3,
   kRetire = 4,
   kArenaLost = 5,
-  kDoorbell = 6,  ///< carries the doorbell's memfd (doorbell.h)
+  kDoorbell = 6,     ///< carries the doorbell's memfd (doorbell.h)
+  kReleaseRing = 7,  ///< carries an arena's release ring memfd (release_ring.h)
+  kWake = 8,
 };
 
 /// One SOCK_SEQPACKET packet, in the host's byte order (both ends are on one host).

@@ -35,6 +35,7 @@
 #include <string_view>
 
 #include "capnsplice/unique_fd.h"
+#include "sealed_memfd.h"
 
 namespace capnsplice::detail {
 
@@ -56,20 +57,9 @@ struct DoorbellCounters {
   /// the pipe). The same cache line as `rings`: the receiver watches both.
   std::atomic<std::uint64_t> writing;
 };
-static_assert(sizeof(DoorbellCounters) <= 4096);
 
-/// One mapping of a doorbell page; unmapped when destroyed.
-class DoorbellPage {
- public:
-  explicit DoorbellPage(void* address) noexcept
-      : counters_(static_cast<DoorbellCounters*>(address)) {}
-  ~DoorbellPage();
-  DoorbellPage(const DoorbellPage&) = delete;
-  DoorbellPage& operator=(const DoorbellPage&) = delete;
-
- protected:
-  DoorbellCounters* counters_;
-};
+/// One mapping of a doorbell page.
+using DoorbellPage = MemfdPage<DoorbellCounters, kDoorbellBytes>;
 
 /// The sender's side: made lazily, by the first write that finds the option set.
 class DoorbellWriter final : public DoorbellPage {
@@ -81,10 +71,10 @@ class DoorbellWriter final : public DoorbellPage {
   class Write {
    public:
     explicit Write(DoorbellWriter* doorbell) noexcept : doorbell_(doorbell) {
-      if (doorbell_ != nullptr) doorbell_->counters_->writing.fetch_add(1);
+      if (doorbell_ != nullptr) doorbell_->page_->writing.fetch_add(1);
     }
     ~Write() {
-      if (doorbell_ != nullptr) doorbell_->counters_->writing.fetch_sub(1);
+      if (doorbell_ != nullptr) doorbell_->page_->writing.fetch_sub(1);
     }
     Write(const Write&) = delete;
     Write& operator=(const Write&) = delete;
@@ -92,7 +82,7 @@ class DoorbellWriter final : public DoorbellPage {
     /// `bytes` more are in the pipe: after the write, so that a reader that sees the
     /// change finds them.
     void rang(std::size_t bytes) const noexcept {
-      if (doorbell_ != nullptr) doorbell_->counters_->rings.fetch_add(bytes);
+      if (doorbell_ != nullptr) doorbell_->page_->rings.fetch_add(bytes);
     }
 
    private:
@@ -116,8 +106,8 @@ class DoorbellReader final : public DoorbellPage {
   /// kDoorbellBytes, SystemError when the mapping fails.
   static std::unique_ptr<DoorbellReader> map(UniqueFd memfd, std::string_view context);
 
-  std::uint64_t rings() const noexcept { return counters_->rings.load(); }
-  std::uint64_t writing() const noexcept { return counters_->writing.load(); }
+  std::uint64_t rings() const noexcept { return page_->rings.load(); }
+  std::uint64_t writing() const noexcept { return page_->writing.load(); }
 
   using DoorbellPage::DoorbellPage;
 };

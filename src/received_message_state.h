@@ -64,7 +64,7 @@ class SharedArenaView {
       : arena_(std::move(arena)), link_(std::move(link)), message_id_(message_id) {}
   SharedArenaView(SharedArenaView&&) noexcept = default;
   ~SharedArenaView() {
-    if (link_) link_->send_release(arena_->id(), message_id_);
+    if (link_) arena_->report_released(message_id_, *link_);
   }
 
  private:

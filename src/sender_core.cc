@@ -157,6 +157,8 @@ SenderStats SenderCore::stats() const {
     result.shared_memory_available = shared->available();
     result.arena_bytes_in_use = shared->arena_bytes_in_use();
     result.arenas_created = shared->arenas_created();
+    result.shared_releases_by_ring = shared->releases_by_ring();
+    result.shared_releases_by_record = shared->releases_by_record();
   }
   for (const auto* pool : {memory_->segments.get(), memory_->data.get()}) {
     const PoolStats stats = pool->stats();

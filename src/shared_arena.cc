@@ -15,6 +15,7 @@
 
 #include "capnsplice/error.h"
 #include "capnsplice/options.h"
+#include "control_link.h"
 #include "sealed_memfd.h"
 
 namespace capnsplice::detail {
@@ -95,6 +96,10 @@ SendArena::SendArena(std::uint32_t id, std::size_t capacity, std::string context
   if (::fcntl(file_.get(), F_ADD_SEALS, kOwnerSeals) != 0) {
     throw_system_error(context_, "fcntl(F_ADD_SEALS) (arena)");
   }
+  try {
+    ring_ = ReleaseCollector::make(context_);
+  } catch (const Error&) {  // out of descriptors or memory: releases come by the link
+  }
 }
 
 SendArena::~SendArena() = default;
@@ -141,6 +146,29 @@ void SendArena::hold_until_released(std::uint64_t message_id, std::vector<ArenaB
 
 bool SendArena::release(std::uint64_t message_id) {
   std::lock_guard lock(mutex_);
+  return release_locked(message_id);
+}
+
+std::size_t SendArena::collect_releases() {
+  std::lock_guard lock(mutex_);
+  if (!ring_) return 0;
+  // Like a Release record, each id is checked against what is held.
+  std::size_t released = 0;
+  ring_->collect([&](std::uint64_t id) { released += release_locked(id) ? 1 : 0; });
+  return released;
+}
+
+bool SendArena::releases_by_ring() const {
+  std::lock_guard lock(mutex_);
+  return ring_ && ring_->in_use();
+}
+
+bool SendArena::ask_for_wake() {
+  std::lock_guard lock(mutex_);
+  return !ring_ || !ring_->in_use() || ring_->ask_for_wake();
+}
+
+bool SendArena::release_locked(std::uint64_t message_id) {
   auto it = held_.find(message_id);
   if (it == held_.end()) return false;
   for (const ArenaBlock& block : it->second) {
@@ -229,6 +257,27 @@ ReceiveArena::ReceiveArena(std::uint32_t id, UniqueFd file, std::size_t capacity
   }
   data_ = at;
   // The mapping keeps the memory; the descriptor is not needed any more.
+}
+
+void ReceiveArena::attach_release_ring(UniqueFd memfd, std::string_view context) noexcept {
+  if (!memfd) return;
+  try {
+    ring_ = ReleasePoster::map(std::move(memfd), context);
+  } catch (const Error&) {  // the peer gets Release records, as if it had sent no ring
+  }
+}
+
+void ReceiveArena::report_released(std::uint64_t message_id, ControlLink& link) noexcept {
+  switch (ring_ ? ring_->post(message_id) : ReleasePoster::Posted::no_room) {
+    case ReleasePoster::Posted::no_room:
+      link.send_release(id_, message_id);
+      break;
+    case ReleasePoster::Posted::wake_peer:
+      link.send_wake();
+      break;
+    case ReleasePoster::Posted::posted:
+      break;
+  }
 }
 
 std::optional<kj::ArrayPtr<const capnp::word>> ReceiveArena::segment(

@@ -56,8 +56,11 @@
 
 #include "capnsplice/unique_fd.h"
 #include "mapped_memory.h"
+#include "release_ring.h"
 
 namespace capnsplice::detail {
+
+class ControlLink;
 
 /// The environment variable that switches the shared-memory path off in a process
 /// ("1"): large messages then take the pipe, as on a kernel without arenas.
@@ -97,7 +100,9 @@ struct ArenaBlock {
 class SendArena {
  public:
   /// Creates a memfd of `capacity` bytes (sparse: memory is used only when touched),
-  /// maps it and seals it (see above). Throws SystemError naming `context`.
+  /// maps it and seals it (see above), and its release ring (release_ring.h; without one
+  /// when that fails: releases then come by the link alone). Throws SystemError naming
+  /// `context`.
   SendArena(std::uint32_t id, std::size_t capacity, std::string context);
   ~SendArena();
   SendArena(const SendArena&) = delete;
@@ -105,6 +110,27 @@ class SendArena {
 
   std::uint32_t id() const noexcept { return id_; }
   int fd() const noexcept { return file_.get(); }
+
+  /// The release ring's memfd until forget_ring_fd(), or -1 (no ring).
+  int ring_fd() const noexcept { return ring_ ? ring_->memfd().get() : -1; }
+  /// The ring was sent with the arena: its descriptor is not needed any more.
+  void forget_ring_fd() noexcept {
+    if (ring_) ring_->memfd().reset();
+  }
+
+  /// Releases what the receiver posted in the ring since the last call; returns how many
+  /// were held.
+  std::size_t collect_releases();
+
+  /// Whether the receiver reports releases in the ring (it mapped it and keeps to it):
+  /// until then they come by the link, which the sender must read.
+  bool releases_by_ring() const;
+
+  /// Before sleeping on the link until the receiver releases something: with a ring in
+  /// use, asks the receiver for a Wake record with its next post. False when something
+  /// was posted meanwhile: collect instead of sleeping. (Without a ring, releases come as
+  /// records, which wake the sleeper themselves.)
+  bool ask_for_wake();
   std::size_t capacity() const noexcept { return capacity_; }
 
   /// `bytes` of memory (zeroed if `zeroed`), or empty when the arena has no room now.
@@ -168,6 +194,7 @@ class SendArena {
       boost::interprocess::iset_index>;
 
   void free_locked(const ArenaBlock& block);
+  bool release_locked(std::uint64_t message_id);
 
   const std::uint32_t id_;
   const std::size_t capacity_;
@@ -177,6 +204,7 @@ class SendArena {
   mutable std::mutex mutex_;
   Allocator allocator_;
   std::map<std::uint64_t, std::vector<ArenaBlock>> held_;  // message id -> its blocks
+  std::unique_ptr<ReleaseCollector> ring_;  // null: releases come by the link alone
   std::size_t bytes_in_use_ = 0;
   std::size_t held_bytes_ = 0;
   std::size_t blocks_in_use_ = 0;  // held or being built; empty blocks count too
@@ -199,6 +227,15 @@ class ReceiveArena {
   std::uint32_t id() const noexcept { return id_; }
   std::size_t capacity() const noexcept { return capacity_; }
 
+  /// Maps the release ring the peer sent with this arena (ControlLink::take_release_ring);
+  /// one it cannot use (wrong size or seals, no address space) is closed, and releases go
+  /// by the link, as to a peer that sent none.
+  void attach_release_ring(UniqueFd memfd, std::string_view context) noexcept;
+
+  /// Tells the peer it may free `message_id`: in the ring when there is one with room,
+  /// else a Release record on `link`. Never blocks or throws.
+  void report_released(std::uint64_t message_id, ControlLink& link) noexcept;
+
   /// The words at [offset, offset + words * 8) of the arena, or empty when that range
   /// is not inside it or not 8-byte aligned.
   std::optional<kj::ArrayPtr<const capnp::word>> segment(std::uint64_t offset,
@@ -214,6 +251,7 @@ class ReceiveArena {
   /// middle, so unmapping the reservation releases everything in one call.
   MappedMemory reservation_;
   const std::byte* data_ = nullptr;
+  std::unique_ptr<ReleasePoster> ring_;  // null: releases go by the link
 };
 
 /// Bytes of zero pages kept readable on each side of a received arena. A Cap'n Proto

@@ -10,7 +10,10 @@
 //                                                       checks every field, maps the
 //                                                       arena read-only (once), builds a
 //                                                       reader over the arena segments
-//   SendArena::release(id) <-- control link Release <-- ReceivedMessage dropped
+//   SendArena::release(id) <-- the arena's release    <-- ReceivedMessage dropped
+//     (taken in by the next     ring (release_ring.h),
+//     allocation)               or a Release record on
+//                               the control link
 //
 // Arenas are replaced, not kept for ever: pages an arena once used stay resident until
 // it is destroyed (shared_arena.h), so once nothing in it is held or being built and its
@@ -28,7 +31,8 @@
 
 //
 // The parts: shared_descriptor.h (the descriptor), shared_sender.h, shared_receiver.h,
-// shared_arena.h (the arenas), control_link.h (arenas, releases and retirements).
+// shared_arena.h (the arenas), release_ring.h (releases), control_link.h (arenas,
+// retirements, and releases the ring cannot take).
 #pragma once
 
 #include "shared_descriptor.h"

@@ -57,6 +57,8 @@ std::shared_ptr<ReceiveArena> SharedReceiver::arena(std::uint32_t id) {
     }
     throw;
   }
+  // The ring came just before the arena, so take_arena read it too.
+  arena_->attach_release_ring(link_->take_release_ring(id), context_);
   return arena_;
 }
 
@@ -154,7 +156,7 @@ void SharedReceiver::open_descriptor(kj::ArrayPtr<const capnp::word> descriptor_
   }
   // The receive limit holds for every path: a shared message is no exception.
   if (words > limits_.max_message_bytes / sizeof(capnp::word)) {
-    link_->send_release(arena->id(), root.getId());  // nothing here will read it
+    arena->report_released(root.getId(), *link_);  // nothing here will read it
     throw Error(ErrorCode::MessageTooLarge, context_,
                 "shared-memory message of " + std::to_string(words * sizeof(capnp::word)) +
                     " bytes exceeds the limit of " + std::to_string(limits_.max_message_bytes) +

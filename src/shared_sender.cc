@@ -33,6 +33,7 @@ bool SharedSender::wants(std::size_t bytes) {
 SendArena* SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced,
                                                      Deadline deadline) {
   if (arena_ && link_->peer_gone()) arena_->release_all();  // nobody will read what is held
+  if (arena_) collect_releases_locked(*arena_);  // before asking whether it is idle
   // Only an idle arena is replaced: nothing held or being built refers to it, and no
   // descriptor naming it is still to be read (each held message is released only after
   // the reader read its descriptor and dropped the message).
@@ -54,11 +55,14 @@ SendArena* SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>&
     // does not read its link in time gets this request by pipe (a caller's deadline is
     // never spent waiting for the announcement; the next large request tries again).
     try {
-      link_->send_arena(arena->id(), arena->capacity(), arena->fd(), deadline);
+      link_->send_arena(arena->id(), arena->capacity(), arena->fd(), arena->ring_fd(), deadline);
     } catch (const Error& error) {
       if (error.code() != ErrorCode::Timeout) throw;
       return nullptr;
     }
+    arena->forget_ring_fd();
+    ring_seen_ = false;
+    read_link_for_releases_.store(true, std::memory_order_relaxed);
     link_->attach_send_arena(arena);
     ++next_arena_id_;
     replaced = std::exchange(arena_, std::move(arena));
@@ -83,10 +87,12 @@ std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
   // the pipe): see SegmentPool::allocate.
   const bool never_wait = deadline.expired();
   schedule();
+  bool read_link = read_link_for_releases_.load(std::memory_order_relaxed);
   for (;;) {
-    link_->pump(Deadline::immediate());  // take in what the reader released
+    if (read_link) link_->pump(Deadline::immediate());
     std::size_t held, held_bytes, in_use, capacity;
     std::shared_ptr<SendArena> replaced;  // unmapped after the lock: that takes a while
+    std::shared_ptr<SendArena> full;      // the arena to wait on when it has no room
     std::optional<ArenaBlock> block;
     {
       std::lock_guard lock(mutex_);
@@ -103,6 +109,7 @@ std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
       // little (say, the latest state it keeps).
       const bool room = held < kMaxHeldSharedMessages && held_bytes < keep_bytes_ / 2;
       if (room) block = arena.allocate(bytes, zeroed);
+      if (!block) full = arena_;
       capacity = arena.capacity();
     }
     if (block) {
@@ -137,9 +144,24 @@ std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
     // still open: that is PeerClosed, not a wait until the deadline.
     progress_->require_reader();
     // Sleep until the reader releases something, without holding the link's lock
-    // (holding it while waiting deadlocked two soak processes).
-    link_->nap_for_records(deadline);
+    // (holding it while waiting deadlocked two soak processes), and read the link on
+    // waking: what woke it, releases by record, a peer that went.
+    if (full->ask_for_wake()) link_->nap_for_records(deadline);
+    read_link = true;
   }
+}
+
+void SharedSender::collect_releases_locked(SendArena& arena) {
+  const std::size_t released = arena.collect_releases();
+  if (released != 0) {
+    releases_by_ring_.store(releases_by_ring_.load(std::memory_order_relaxed) + released,
+                            std::memory_order_relaxed);
+  }
+  // The link is read on every allocation until the reader took to the ring, and once
+  // more after that: for releases it sent by record before.
+  const bool by_ring = arena.releases_by_ring();
+  read_link_for_releases_.store(!by_ring || !ring_seen_, std::memory_order_relaxed);
+  ring_seen_ = by_ring;
 }
 
 std::optional<ArenaBlock> SharedSender::allocate_more(std::size_t bytes) {
@@ -162,6 +184,7 @@ bool SharedSender::retire_arena_if_idle() {
   std::shared_ptr<SendArena> retired;  // unmapped after the lock: that takes a while
   std::lock_guard lock(mutex_);
   if (!arena_) return false;
+  collect_releases_locked(*arena_);
   if (!arena_->idle_and_resident(coarse_now(), idle_retire_after_)) return true;
   // Idle: nothing held or being built refers to it, so no descriptor names it again.
   link_->send_retire(arena_->id());
@@ -235,6 +258,10 @@ void SharedSender::abandon(std::uint64_t message_id) { current_arena()->release(
 std::uint64_t SharedSender::arena_bytes_in_use() const {
   std::lock_guard lock(mutex_);
   return arena_ ? arena_->bytes_in_use() : 0;
+}
+
+std::uint64_t SharedSender::releases_by_record() const noexcept {
+  return link_->releases_received();
 }
 
 std::uint64_t SharedSender::arenas_created() const {

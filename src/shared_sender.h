@@ -92,9 +92,16 @@ class SharedSender final : public Trimmable {
   /// Arenas made so far: the first, then one per replacement.
   std::uint64_t arenas_created() const;
 
+  /// Messages the reader released through the release ring (release_ring.h), and by a
+  /// Release record on the link.
+  std::uint64_t releases_by_ring() const noexcept {
+    return releases_by_ring_.load(std::memory_order_relaxed);
+  }
+  std::uint64_t releases_by_record() const noexcept;
+
  private:
-  /// The arena to allocate from, made or replaced first when it should be (see
-  /// allocate()). Called with `mutex_` held, and the allocation made before it is let
+  /// The arena to allocate from, with what the reader released taken in, made or
+  /// replaced first when it should be (see allocate()). Called with `mutex_` held, and the allocation made before it is let
   /// go: blocks are made only in the current arena, so a replaced arena stays idle. A
   /// replaced arena is handed to `replaced`, for the caller to let go of after
   /// unlocking (unmapping it takes ~70 ms per GiB).
@@ -105,6 +112,9 @@ class SharedSender final : public Trimmable {
   /// Drops the arena if it has been idle for idle_retire_after_, whatever its footprint,
   /// and tells the peer. Returns whether this end still has one.
   bool retire_arena_if_idle();
+  /// Takes in what the reader posted in `arena`'s ring and decides whether the next
+  /// allocation reads the link too. `mutex_` held.
+  void collect_releases_locked(SendArena& arena);
   /// False in a fork() child whose inherited arena is its parent's.
   bool arena_is_ours() const noexcept {
     return !has_arena_.load(std::memory_order_relaxed) ||
@@ -129,6 +139,10 @@ class SharedSender final : public Trimmable {
   std::shared_ptr<SendArena> arena_;
   std::uint32_t next_arena_id_ = 1;
   std::uint64_t next_message_id_ = 1;
+  bool ring_seen_ = false;  // the current arena's reader took to its ring
+  /// Whether an allocation reads the link before it looks for room (collect_releases_locked).
+  std::atomic<bool> read_link_for_releases_{true};
+  std::atomic<std::uint64_t> releases_by_ring_{0};  // written under `mutex_`
 };
 
 }  // namespace capnsplice::detail

@@ -268,3 +268,45 @@ TEST_CASE("an arena is not retired while the reader holds a message in it") {
   CHECK(mappings_of("capnsplice-arena").empty());
   CHECK(near.sender().stats().arenas_created == 1);
 }
+
+TEST_CASE("a stream of shared-memory messages is released through the ring, without a "
+          "record on the control link") {
+  auto [near, far] = Channel::pair(shared_options());
+  Random random(23);
+  constexpr int kMessages = 300;  // more than the ring's slots and the messages held
+  for (int i = 0; i < kMessages; ++i) {
+    near.send(blob_in_place(near, i, 256 * KiB, random));
+    CHECK(blob_intact(far.receive_as<test::Blob>().root()));
+  }
+  const SenderStats stats = near.sender().stats();
+  CHECK(stats.shared_messages == kMessages);
+  // Each message's release is taken in by a later allocation: all but the last.
+  CHECK(stats.shared_releases_by_ring >= kMessages - 1);
+  CHECK(stats.shared_releases_by_record == 0);
+}
+
+TEST_CASE("a sender waiting for the reader to release a shared message goes on once the "
+          "reader drops one") {
+  // The reader holds as many messages as a sender may: the next send waits for a release.
+  auto [near, far] = Channel::pair(
+      shared_options().with_send_path(SendPath::shared_memory).with_send_timeout(30s));
+  Random random(24);
+  std::vector<ReceivedMessage> held;
+  for (int i = 0; i < 128; ++i) {
+    near.send(blob_in_place(near, i, 64, random));
+    held.push_back(far.receive());
+  }
+  std::atomic<bool> sent{false};
+  std::thread sender([&] {
+    Random more(25);
+    near.send(blob_in_place(near, 128, 64, more));
+    sent = true;
+  });
+  std::this_thread::sleep_for(100ms);
+  CHECK_FALSE(sent.load());  // still waiting
+  held.erase(held.begin());
+  sender.join();  // a wait past the 30 s deadline would have thrown Timeout
+  CHECK(sent.load());
+  CHECK(far.receive_as<test::Blob>()->getSeq() == 128);
+  CHECK(near.sender().stats().shared_releases_by_ring >= 1);
+}

@@ -93,6 +93,11 @@ struct SenderStats {
   /// Shared-memory arenas made: the first, then one for each idle arena replaced because
   /// its footprint passed SenderOptions::arena_keep_bytes.
   std::uint64_t arenas_created = 0;
+  /// Shared-memory messages the reader released through the arena's release ring (a
+  /// write to shared memory), and by a record on the control link (a system call at each
+  /// end; a reader that could not map the ring, or found it full).
+  std::uint64_t shared_releases_by_ring = 0;
+  std::uint64_t shared_releases_by_record = 0;
   /// Whether this kernel's vmsplice maps pages into the pipe (probed once per process:
   /// splice a page, change it, read it back). When it copies instead, every message goes
   /// by writev, which is then no slower, and nothing waits for the reader.
