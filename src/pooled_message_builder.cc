@@ -2,6 +2,7 @@
 
 #include <capnp/any.h>
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -10,9 +11,12 @@
 namespace capnsplice::detail {
 
 namespace {
-/// Arena segments made when every message goes to the arena start this large, so a
-/// message of many small objects does not become one segment per object.
-constexpr std::size_t kArenaSegmentFloor = std::size_t{64} * 1024;
+/// When every message goes to the arena, its first arena segment is at least this large,
+/// and each next one at least as large as all before it (as Cap'n Proto's
+/// MallocMessageBuilder grows): a message of many small objects does not become one
+/// segment per object, and a small message zeroes little (a 64 KiB first segment, zeroed
+/// for every message, cost a 64 B message 20 times what the rest of it did).
+constexpr std::size_t kFirstArenaSegmentBytes = 1024;
 }  // namespace
 
 PooledMessageBuilder::PooledMessageBuilder(
@@ -54,8 +58,11 @@ kj::ArrayPtr<capnp::word> PooledMessageBuilder::allocateSegment(unsigned minimum
   // unless every segment goes to the arena; then segments get room to grow in.
   const bool everything = memory_->shared && memory_->shared->everything();
   if (!chunks_.empty() || everything) {
-    const std::size_t bytes = everything ? std::max(requested, kArenaSegmentFloor) : requested;
+    const std::size_t bytes =
+        everything ? std::max({requested, kFirstArenaSegmentBytes, arena_segment_bytes_})
+                   : requested;
     if (auto block = allocate_shared(bytes, /*zeroed=*/true)) {
+      arena_segment_bytes_ += block->bytes;
       return kj::arrayPtr(reinterpret_cast<capnp::word*>(block->data),
                           block->bytes / sizeof(capnp::word));
     }

@@ -112,6 +112,7 @@ class PooledMessageBuilder final : public capnp::MessageBuilder {
   std::optional<Deadline> allocation_deadline_;
   std::vector<OwnedChunk> chunks_;
   std::vector<ArenaBlock> arena_blocks_;
+  std::size_t arena_segment_bytes_ = 0;  // of the segments allocateSegment put in the arena
   bool finished_ = false;
   bool released_ = false;
 };

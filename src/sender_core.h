@@ -128,13 +128,22 @@ class SenderCore final {
   /// Whether a frame of `bytes` may join the queue; writes what the pipe takes (until
   /// `deadline`) to make room. One frame is always let into an empty queue.
   bool make_room_locked(std::size_t bytes, Deadline deadline);
-  /// Sends `message`, built partly in the shared-memory arena, as a descriptor.
-  bool send_shared(std::unique_ptr<PooledMessageBuilder> message, Deadline deadline);
-  /// Queues a copy of `segments` (with `owner` and `shared_id` for its QueuedFrame) and
-  /// writes the queue until `deadline`: `segments` need not outlive the call.
-  bool write_copy_now(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
-                      std::unique_ptr<PooledMessageBuilder> owner,
-                      std::optional<std::uint64_t> shared_id, Deadline deadline);
+  /// Queues `message`, built partly in the shared-memory arena, as a descriptor, like
+  /// any frame: written with the batch (or by flush()). Waits for arena room until
+  /// `deadline` (SharedSender::describe).
+  void queue_shared(std::unique_ptr<PooledMessageBuilder> message, Deadline deadline);
+  /// Queues `segments` (with `owner` and `shared_id` for its QueuedFrame), which need not
+  /// outlive the call: with `write_until`, writes the queue until then and copies what
+  /// the pipe did not take; without, copies the frame and leaves it to the batch
+  /// (write_if_batch_full_locked, told `described_bytes`). Returns whether the queue was
+  /// written.
+  bool append_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+                   std::unique_ptr<PooledMessageBuilder> owner,
+                   std::optional<std::uint64_t> shared_id, std::optional<Deadline> write_until,
+                   std::size_t described_bytes = 0);
+  /// Writes what the pipe takes now once the queue holds a batch (the lock is held). A
+  /// descriptor just queued counts with the `described_bytes` of its message.
+  void write_if_batch_full_locked(std::size_t described_bytes = 0);
   /// Appends one frame's entries and bookkeeping to the queue (the lock is held).
   void append_locked(QueuedFrame frame_without_entries, std::byte* table, std::size_t table_bytes,
                      bool table_adjacent,
@@ -189,6 +198,9 @@ class SenderCore final {
   std::vector<QueuedFrame> queued_;
   std::size_t queued_bytes_ = 0;
   std::size_t partial_bytes_ = 0;  // bytes of queued_[0] already in the pipe
+  // Descriptors queued since the queue was last written, and the bytes they describe.
+  std::size_t descriptors_since_write_ = 0;
+  std::size_t described_since_write_ = 0;
   std::atomic<std::size_t> queued_frames_{0};
   std::atomic<std::size_t> unsent_{0};               // queued_bytes_ - partial_bytes_
   std::atomic<std::uint64_t> written_messages_{0};  // frames written whole

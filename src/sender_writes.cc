@@ -30,6 +30,8 @@ bool SenderCore::flush_queued(Deadline deadline) {
 bool SenderCore::write_queue_locked(Deadline deadline) {
   if (queued_.empty()) return true;
   ensure_open();
+  descriptors_since_write_ = 0;
+  described_since_write_ = 0;
   if (doorbell_link_) offer_doorbell_locked();
   SigpipeGuard guard(options_.sigpipe);  // one for the whole batch
   if (guard.masked()) ++stats_.sigpipe_masked_batches;
