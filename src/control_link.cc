@@ -124,6 +124,13 @@ void ControlLink::retry_pending_records_locked() {
     announcement_unsent_ = false;
   }
   if (loss_unsent_ && send_record_locked(kArenaLost, lost_arena_, 0, -1)) loss_unsent_ = false;
+  // Releases the link could not take: the ring sends most releases now, so the next
+  // send_release() may never come.
+  while (!unsent_releases_.empty()) {
+    const auto [arena, id] = unsent_releases_.front();
+    if (!send_record_locked(kRelease, arena, id, -1)) return;  // kept for the next call
+    unsent_releases_.pop_front();
+  }
 }
 
 void ControlLink::lose_arena(std::uint32_t arena_id, int error, std::string why) {
@@ -135,6 +142,7 @@ void ControlLink::lose_arena_locked(std::uint32_t arena_id, int error, std::stri
   lost_arena_ = arena_id;
   lost_arena_error_ = error;
   lost_arena_why_ = std::move(why);
+  if (unclaimed_ring_arena_ <= arena_id) unclaimed_ring_.reset();
   if (arena_id > latest_arena_.load(std::memory_order_relaxed)) {
     latest_arena_.store(arena_id, std::memory_order_release);
     unclaimed_arena_ = ReceivedArena{};
@@ -187,11 +195,6 @@ void ControlLink::send_release(std::uint32_t arena_id, std::uint64_t message_id)
   }
   try {
     retry_pending_records_locked();
-    while (!unsent_releases_.empty()) {
-      const auto [arena, id] = unsent_releases_.front();
-      if (!send_record_locked(kRelease, arena, id, -1)) return;  // kept for the next call
-      unsent_releases_.pop_front();
-    }
   } catch (const Error&) {
     unsent_releases_.clear();  // the link is broken: the peer can no longer be told
   }
@@ -228,13 +231,22 @@ void ControlLink::send_retire(std::uint32_t arena_id) noexcept {
   }
 }
 
+void ControlLink::publish_peer_state_locked() noexcept {
+  peer_gone_seen_.store(peer_gone_, std::memory_order_relaxed);
+  peer_reads_shared_.store(peer_accepts_shared_ && !peer_gone_, std::memory_order_relaxed);
+}
+
 bool ControlLink::peer_accepts_shared() {
+  // Asked for every object a sender might put in the arena: once the answer is yes, no
+  // lock until a pump finds the peer gone.
+  if (peer_reads_shared_.load(std::memory_order_relaxed)) return true;
   std::lock_guard lock(mutex_);
   if (!peer_accepts_shared_ && pair_ && pair_->announced(1 - side_)) {
     // The peer said so before the pair was made, in the pair instead of a record; the
     // caller is about to send an arena: the link is needed now.
     if (!pair_->make()) return false;
     peer_accepts_shared_ = true;
+    publish_peer_state_locked();
   }
   if (!peer_accepts_shared_) pump_locked(Deadline::immediate());
   return peer_accepts_shared_ && !peer_gone_;
@@ -256,10 +268,7 @@ void ControlLink::pump(Deadline deadline) {
   pump_locked(deadline);
 }
 
-bool ControlLink::peer_gone() {
-  std::lock_guard lock(mutex_);
-  return peer_gone_;
-}
+
 
 std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_id) {
   std::lock_guard lock(mutex_);
@@ -332,6 +341,7 @@ void ControlLink::pump_locked(Deadline deadline) {
       }
       if (errno == ECONNRESET || (errno == EAGAIN && reset)) {
         peer_gone_ = true;
+        publish_peer_state_locked();
         return;
       }
       if (errno != EAGAIN) throw_system_error(context(), "recvmsg (control link)");
@@ -342,6 +352,7 @@ void ControlLink::pump_locked(Deadline deadline) {
     }
     if (got == 0) {
       peer_gone_ = true;
+      publish_peer_state_locked();
       return;
     }
     waited = true;  // something came: from now on only take what is already there
@@ -353,6 +364,7 @@ void ControlLink::pump_locked(Deadline deadline) {
       switch (record.kind) {
         case kAcceptsShared:
           peer_accepts_shared_ = true;
+          publish_peer_state_locked();
           break;
         case kArena:
           if (!received && (message.msg_flags & MSG_CTRUNC) != 0 &&
@@ -405,6 +417,7 @@ void ControlLink::pump_locked(Deadline deadline) {
             if (record.arena == latest_arena_.load(std::memory_order_relaxed)) {
               unclaimed_arena_.memfd.reset();
             }
+            if (unclaimed_ring_arena_ <= record.arena) unclaimed_ring_.reset();
           }
           break;
         default:

@@ -38,8 +38,8 @@
 // Arena record, the latest, until it is taken: a record with a higher id replaces it
 // (the replaced descriptor is closed at once), one whose id is not higher is dropped,
 // and, while a receiver wants one, the descriptor of the first Doorbell record until it
-// is taken (later ones are closed on arrival), and the ReleaseRing descriptor of an arena
-// not announced yet (the latest such); every other descriptor is closed the moment it arrives (whatever the record,
+// is taken (later ones are closed on arrival), and the ReleaseRing descriptor of the
+// latest arena until that arena is mapped, retired or lost; every other descriptor is closed the moment it arrives (whatever the record,
 // however many per record). One pump takes at most kMaxRecordsPerPump records: a flood
 // of records costs neither descriptors nor an unbounded wait.
 #pragma once
@@ -193,8 +193,8 @@ class ControlLink {
   void lose_arena(std::uint32_t arena_id, int error, std::string why);
 
   /// True once a pump saw the peer close its end of the link (it exited or closed the
-  /// channel).
-  bool peer_gone();
+  /// channel). Lock-free.
+  bool peer_gone() const noexcept { return peer_gone_seen_.load(std::memory_order_relaxed); }
 
  private:
   struct ReceivedArena {
@@ -206,6 +206,8 @@ class ControlLink {
   /// "channel 'name': control", made only then.
   std::string context() const;
   void pump_locked(Deadline deadline);
+  /// Copies peer_gone_ and peer_accepts_shared_ to the atomics read without the lock.
+  void publish_peer_state_locked() noexcept;
   /// Files an Arena record: keeps `memfd` when `arena_id` is newer than any before,
   /// closing the descriptor of an older arena not taken yet.
   void file_arena_locked(std::uint32_t arena_id, std::uint64_t capacity, UniqueFd memfd);
@@ -228,6 +230,8 @@ class ControlLink {
   std::string lost_arena_why_;
   bool loss_unsent_ = false;  // the ArenaLost record found the link full
   bool peer_gone_ = false;     // a pump found the end of what the peer sent
+  std::atomic<bool> peer_gone_seen_{false};     // peer_gone_, for lock-free reads
+  std::atomic<bool> peer_reads_shared_{false};  // peer_accepts_shared_ && !peer_gone_
   bool send_broken_ = false;   // the peer no longer reads: records are not sent
   std::atomic<std::uint32_t> latest_arena_{0};  // written under `mutex_`
   std::atomic<std::uint32_t> retired_arena_{0};  // written under `mutex_`

@@ -13,10 +13,14 @@ namespace capnsplice::detail {
 namespace {
 /// When every message goes to the arena, its first arena segment is at least this large,
 /// and each next one at least as large as all before it (as Cap'n Proto's
-/// MallocMessageBuilder grows): a message of many small objects does not become one
-/// segment per object, and a small message zeroes little (a 64 KiB first segment, zeroed
-/// for every message, cost a 64 B message 20 times what the rest of it did).
+/// MallocMessageBuilder grows) up to kLargestArenaSegmentGrowth: a message of many small
+/// objects does not become one segment per object, and a small message zeroes little (a
+/// 64 KiB first segment, zeroed for every message, cost a 64 B message 20 times what the
+/// rest of it did).
 constexpr std::size_t kFirstArenaSegmentBytes = 1024;
+/// Growth stops here, so a large message of small objects reserves (and zeroes) at most
+/// this much beyond what it uses.
+constexpr std::size_t kLargestArenaSegmentGrowth = std::size_t{64} * 1024;
 }  // namespace
 
 PooledMessageBuilder::PooledMessageBuilder(
@@ -59,7 +63,8 @@ kj::ArrayPtr<capnp::word> PooledMessageBuilder::allocateSegment(unsigned minimum
   const bool everything = memory_->shared && memory_->shared->everything();
   if (!chunks_.empty() || everything) {
     const std::size_t bytes =
-        everything ? std::max({requested, kFirstArenaSegmentBytes, arena_segment_bytes_})
+        everything ? std::max(requested, std::clamp(arena_segment_bytes_, kFirstArenaSegmentBytes,
+                                                    kLargestArenaSegmentGrowth))
                    : requested;
     if (auto block = allocate_shared(bytes, /*zeroed=*/true)) {
       arena_segment_bytes_ += block->bytes;

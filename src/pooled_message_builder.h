@@ -88,7 +88,7 @@ class PooledMessageBuilder final : public capnp::MessageBuilder {
 
   /// Hands the arena blocks over (to SharedSender::describe); this builder no longer
   /// frees them.
-  std::vector<ArenaBlock> take_arena_blocks() noexcept { return std::move(arena_blocks_); }
+  ArenaBlocks take_arena_blocks() { return std::move(arena_blocks_); }
 
  private:
   struct OwnedChunk {
@@ -111,7 +111,7 @@ class PooledMessageBuilder final : public capnp::MessageBuilder {
   std::optional<std::chrono::nanoseconds> allocation_timeout_;
   std::optional<Deadline> allocation_deadline_;
   std::vector<OwnedChunk> chunks_;
-  std::vector<ArenaBlock> arena_blocks_;
+  ArenaBlocks arena_blocks_;
   std::size_t arena_segment_bytes_ = 0;  // of the segments allocateSegment put in the arena
   bool finished_ = false;
   bool released_ = false;

@@ -34,7 +34,11 @@ std::unique_ptr<ReleasePoster> ReleasePoster::map(UniqueFd memfd, std::string_vi
   return poster;
 }
 
+ReleasePoster::ReleasePoster(void* address) noexcept
+    : ReleaseRingMapping(address), fork_generation_(fork_generation()) {}
+
 ReleasePoster::Posted ReleasePoster::post(std::uint64_t message_id) noexcept {
+  if (fork_generation() != fork_generation_) return Posted::no_room;
   std::lock_guard lock(mutex_);
   // What the sender says it took is only believed as far as it is possible.
   const std::uint64_t collected = page_->collected.load(std::memory_order_acquire);
@@ -42,7 +46,10 @@ ReleasePoster::Posted ReleasePoster::post(std::uint64_t message_id) noexcept {
   page_->ids[posted_ % kReleaseRingSlots].store(message_id, std::memory_order_relaxed);
   ++posted_;
   page_->posted.store(posted_, std::memory_order_seq_cst);
-  return page_->waiting.load(std::memory_order_seq_cst) != 0 ? Posted::wake_peer : Posted::posted;
+  // One Wake per sleep: the posts after it find `waiting` cleared (a sender that slept
+  // through 128 releases got 128 records).
+  return page_->waiting.exchange(0, std::memory_order_seq_cst) != 0 ? Posted::wake_peer
+                                                                     : Posted::posted;
 }
 
 }  // namespace capnsplice::detail

@@ -15,7 +15,7 @@
 //   receiver, per message dropped:          sender, per allocation (and on the trimmer):
 //     room = N - (posted - collected)          take ids[collected .. posted), release each
 //     ids[posted % N] = id; ++posted           (SendArena::release checks every id)
-//     sender waiting? -> a Wake record         waiting for room: waiting = 1, look again,
+//     sender waiting? -> clear it, a Wake      waiting for room: waiting = 1, look again,
 //     no room -> a Release record instead        then sleep on the link (woken by Wake)
 //
 // Neither side trusts the other's half. Each keeps its own counter privately and only
@@ -28,9 +28,14 @@
 //
 // While the receiver has not mapped the ring (`attached` is 0), the sender reads the
 // link on every allocation as before: an arena the receiver could not map is reported
-// there (ArenaLost), and so are releases when the ring is full or broken. An honest
-// sender holds at most kMaxHeldSharedMessages messages, far fewer than the slots, so an
-// honest pair never finds the ring full.
+// there (ArenaLost). Releases the ring does not take (full, broken, or posted from a
+// fork() child) go as Release records, which the sender reads when it waits for room and
+// on the trimmer thread. An honest sender holds at most kMaxHeldSharedMessages messages,
+// far fewer than the slots, so an honest pair never finds the ring full.
+//
+// The Wake record only shortens a wait: a sender waiting for room sleeps on the link at
+// most 1 ms at a time and looks again (ControlLink::nap_for_records), so a Wake that is
+// lost (the link full, another thread's pump took it) costs at most that.
 #pragma once
 
 #include <atomic>
@@ -40,6 +45,7 @@
 #include <string_view>
 
 #include "capnsplice/unique_fd.h"
+#include "fork_generation.h"
 #include "sealed_memfd.h"
 
 namespace capnsplice::detail {
@@ -92,6 +98,8 @@ class ReleaseCollector final : public ReleaseRingMapping {
     if (posted == collected_) return 0;
     if (posted - collected_ > kReleaseRingSlots) {
       broken_ = true;
+      // A count no poster can reach: the receiver finds no room and sends records.
+      page_->collected.store(~std::uint64_t{0}, std::memory_order_release);
       return 0;
     }
     for (std::uint64_t i = collected_; i != posted; ++i) {
@@ -133,11 +141,14 @@ class ReleasePoster final : public ReleaseRingMapping {
   /// Reports `message_id` released.
   Posted post(std::uint64_t message_id) noexcept;
 
-  using ReleaseRingMapping::ReleaseRingMapping;
+  explicit ReleasePoster(void* address) noexcept;
 
  private:
   std::mutex mutex_;  // posts come from whichever thread drops a message
   std::uint64_t posted_ = 0;
+  /// The process that mapped the ring. A fork() child that drops an inherited message
+  /// does not post: its count would collide with its parent's (records instead).
+  const std::uint64_t fork_generation_;
 };
 
 }  // namespace capnsplice::detail

@@ -106,6 +106,10 @@ SendArena::~SendArena() = default;
 
 std::optional<ArenaBlock> SendArena::allocate(std::size_t bytes, bool zeroed) {
   std::lock_guard lock(mutex_);
+  return allocate_locked(bytes, zeroed);
+}
+
+std::optional<ArenaBlock> SendArena::allocate_locked(std::size_t bytes, bool zeroed) {
   void* memory = allocator_.allocate(bytes == 0 ? 1 : bytes, std::nothrow);
   if (memory == nullptr) return std::nullopt;
   if (zeroed) std::memset(memory, 0, bytes);
@@ -138,7 +142,7 @@ void SendArena::free(const ArenaBlock& block) {
   free_locked(block);
 }
 
-void SendArena::hold_until_released(std::uint64_t message_id, std::vector<ArenaBlock> blocks) {
+void SendArena::hold_until_released(std::uint64_t message_id, ArenaBlocks blocks) {
   std::lock_guard lock(mutex_);
   for (const ArenaBlock& block : blocks) held_bytes_ += block.bytes;
   held_.emplace(message_id, std::move(blocks));
@@ -149,18 +153,25 @@ bool SendArena::release(std::uint64_t message_id) {
   return release_locked(message_id);
 }
 
-std::size_t SendArena::collect_releases() {
+SendArena::Collected SendArena::collect_releases() {
   std::lock_guard lock(mutex_);
-  if (!ring_) return 0;
+  if (!ring_) return {};
   // Like a Release record, each id is checked against what is held.
-  std::size_t released = 0;
-  ring_->collect([&](std::uint64_t id) { released += release_locked(id) ? 1 : 0; });
-  return released;
+  Collected collected;
+  ring_->collect([&](std::uint64_t id) { collected.released += release_locked(id) ? 1 : 0; });
+  collected.by_ring = ring_->in_use();
+  return collected;
 }
 
-bool SendArena::releases_by_ring() const {
+SendArena::Attempt SendArena::allocate_if_room(std::size_t bytes, bool zeroed,
+                                               std::size_t max_held,
+                                               std::size_t max_held_bytes) {
   std::lock_guard lock(mutex_);
-  return ring_ && ring_->in_use();
+  Attempt attempt{std::nullopt, held_.size(), held_bytes_, bytes_in_use_};
+  if (attempt.held < max_held && attempt.held_bytes < max_held_bytes) {
+    attempt.block = allocate_locked(bytes, zeroed);
+  }
+  return attempt;
 }
 
 bool SendArena::ask_for_wake() {
@@ -211,18 +222,9 @@ bool SendArena::idle() const {
 bool SendArena::should_retire(std::size_t keep_bytes) const {
   std::lock_guard lock(mutex_);
   return blocks_in_use_ == 0 &&
-         (lost_by_peer_ || (footprint_ > keep_bytes && footprint_ / 2 > last_busy_peak_));
+         (lost_by_peer() || (footprint_ > keep_bytes && footprint_ / 2 > last_busy_peak_));
 }
 
-void SendArena::mark_lost_by_peer() noexcept {
-  std::lock_guard lock(mutex_);
-  lost_by_peer_ = true;
-}
-
-bool SendArena::lost_by_peer() const {
-  std::lock_guard lock(mutex_);
-  return lost_by_peer_;
-}
 
 bool SendArena::idle_and_resident(std::chrono::nanoseconds now,
                                   std::chrono::nanoseconds idle_for) const {

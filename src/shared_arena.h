@@ -37,6 +37,7 @@
 // checking the report.
 #pragma once
 
+#include <boost/container/small_vector.hpp>
 #include <boost/interprocess/indexes/iset_index.hpp>
 #include <boost/interprocess/managed_external_buffer.hpp>
 #include <boost/interprocess/mem_algo/rbtree_best_fit.hpp>
@@ -44,6 +45,7 @@
 #include <boost/interprocess/mapped_region.hpp>
 #include <capnp/common.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -96,6 +98,10 @@ struct ArenaBlock {
   std::size_t bytes = 0;
 };
 
+/// The blocks of one message: usually a root and a payload, so two fit without an
+/// allocation (this is on every shared message's path, several times).
+using ArenaBlocks = boost::container::small_vector<ArenaBlock, 2>;
+
 /// The sending side's arena: a sealed memfd mapped read-write, and its allocator.
 class SendArena {
  public:
@@ -118,13 +124,15 @@ class SendArena {
     if (ring_) ring_->memfd().reset();
   }
 
-  /// Releases what the receiver posted in the ring since the last call; returns how many
-  /// were held.
-  std::size_t collect_releases();
+  struct Collected {
+    std::size_t released = 0;  ///< messages held that the ring released
+    /// Whether the receiver reports releases in the ring (it mapped it and keeps to it):
+    /// until then they come by the link, which the sender must read.
+    bool by_ring = false;
+  };
 
-  /// Whether the receiver reports releases in the ring (it mapped it and keeps to it):
-  /// until then they come by the link, which the sender must read.
-  bool releases_by_ring() const;
+  /// Releases what the receiver posted in the ring since the last call.
+  Collected collect_releases();
 
   /// Before sleeping on the link until the receiver releases something: with a ring in
   /// use, asks the receiver for a Wake record with its next post. False when something
@@ -136,11 +144,23 @@ class SendArena {
   /// `bytes` of memory (zeroed if `zeroed`), or empty when the arena has no room now.
   std::optional<ArenaBlock> allocate(std::size_t bytes, bool zeroed);
 
+  /// What allocate_if_room() did and saw, all under one lock.
+  struct Attempt {
+    std::optional<ArenaBlock> block;
+    std::size_t held = 0;        ///< held_messages()
+    std::size_t held_bytes = 0;  ///< held_bytes()
+    std::size_t in_use = 0;      ///< bytes_in_use()
+  };
+
+  /// allocate(), unless the receiver holds `max_held` messages or `max_held_bytes`.
+  Attempt allocate_if_room(std::size_t bytes, bool zeroed, std::size_t max_held,
+                           std::size_t max_held_bytes);
+
   /// Gives back a block that never left this process (message dropped unsent).
   void free(const ArenaBlock& block);
 
   /// Hands the blocks of a sent message over until the receiver reports `message_id`.
-  void hold_until_released(std::uint64_t message_id, std::vector<ArenaBlock> blocks);
+  void hold_until_released(std::uint64_t message_id, ArenaBlocks blocks);
 
   /// The receiver is done with `message_id`: frees its blocks. Returns false (and
   /// changes nothing) when no message with that id is held: a report is never trusted
@@ -181,8 +201,8 @@ class SendArena {
 
   /// The peer could not take this arena's descriptor (it was out of descriptors) or
   /// could not map it.
-  void mark_lost_by_peer() noexcept;
-  bool lost_by_peer() const;
+  void mark_lost_by_peer() noexcept { lost_by_peer_.store(true, std::memory_order_relaxed); }
+  bool lost_by_peer() const noexcept { return lost_by_peer_.load(std::memory_order_relaxed); }
 
   /// True when the arena is idle, has been since `idle_for` before `now` (coarse_now()),
   /// and keeps pages resident: nothing is coming to reuse them.
@@ -193,6 +213,7 @@ class SendArena {
       char, boost::interprocess::rbtree_best_fit<boost::interprocess::null_mutex_family>,
       boost::interprocess::iset_index>;
 
+  std::optional<ArenaBlock> allocate_locked(std::size_t bytes, bool zeroed);
   void free_locked(const ArenaBlock& block);
   bool release_locked(std::uint64_t message_id);
 
@@ -203,7 +224,7 @@ class SendArena {
   boost::interprocess::mapped_region region_;
   mutable std::mutex mutex_;
   Allocator allocator_;
-  std::map<std::uint64_t, std::vector<ArenaBlock>> held_;  // message id -> its blocks
+  std::map<std::uint64_t, ArenaBlocks> held_;  // message id -> its blocks
   std::unique_ptr<ReleaseCollector> ring_;  // null: releases come by the link alone
   std::size_t bytes_in_use_ = 0;
   std::size_t held_bytes_ = 0;
@@ -211,7 +232,7 @@ class SendArena {
   std::size_t footprint_ = 0;
   std::size_t busy_peak_ = 0;       // most bytes in use since the arena was last idle
   std::size_t last_busy_peak_ = 0;  // the same for the busy spell before that
-  bool lost_by_peer_ = false;
+  std::atomic<bool> lost_by_peer_{false};
   std::chrono::nanoseconds idle_since_ = coarse_now();  // coarse_now() when last idle
 };
 

@@ -58,6 +58,9 @@ SendArena* SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>&
       link_->send_arena(arena->id(), arena->capacity(), arena->fd(), arena->ring_fd(), deadline);
     } catch (const Error& error) {
       if (error.code() != ErrorCode::Timeout) throw;
+      // The id is used up: the peer may have the ring of this attempt, which must not
+      // be paired with the next arena.
+      ++next_arena_id_;
       return nullptr;
     }
     arena->forget_ring_fd();
@@ -90,28 +93,24 @@ std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
   bool read_link = read_link_for_releases_.load(std::memory_order_relaxed);
   for (;;) {
     if (read_link) link_->pump(Deadline::immediate());
-    std::size_t held, held_bytes, in_use, capacity;
     std::shared_ptr<SendArena> replaced;  // unmapped after the lock: that takes a while
     std::shared_ptr<SendArena> full;      // the arena to wait on when it has no room
-    std::optional<ArenaBlock> block;
+    std::size_t capacity;
+    SendArena::Attempt attempt;
     {
       std::lock_guard lock(mutex_);
       SendArena* made = arena_for_allocation_locked(replaced, deadline);
       if (made == nullptr) return std::nullopt;
-      SendArena& arena = *made;
-      held = arena.held_messages();
-      held_bytes = arena.held_bytes();
-      in_use = arena.bytes_in_use();
       // Backpressure by bytes as well as by count: with only a small descriptor on the
       // pipe, nothing else keeps a sender from running hundreds of MiB ahead of a slower
       // reader, and every page that touches stays resident (shared_arena.h). Only what
       // the reader holds counts, so a message of any size can start while it holds a
       // little (say, the latest state it keeps).
-      const bool room = held < kMaxHeldSharedMessages && held_bytes < keep_bytes_ / 2;
-      if (room) block = arena.allocate(bytes, zeroed);
-      if (!block) full = arena_;
-      capacity = arena.capacity();
+      attempt = made->allocate_if_room(bytes, zeroed, kMaxHeldSharedMessages, keep_bytes_ / 2);
+      if (!attempt.block) full = arena_;
+      capacity = made->capacity();
     }
+    const auto& [block, held, held_bytes, in_use] = attempt;
     if (block) {
       // Again, now that the arena exists: a look of the trimmer since the schedule()
       // above may have found none, and would not have looked again (an arena that stayed
@@ -152,14 +151,13 @@ std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
 }
 
 void SharedSender::collect_releases_locked(SendArena& arena) {
-  const std::size_t released = arena.collect_releases();
+  const auto [released, by_ring] = arena.collect_releases();
   if (released != 0) {
     releases_by_ring_.store(releases_by_ring_.load(std::memory_order_relaxed) + released,
                             std::memory_order_relaxed);
   }
   // The link is read on every allocation until the reader took to the ring, and once
   // more after that: for releases it sent by record before.
-  const bool by_ring = arena.releases_by_ring();
   read_link_for_releases_.store(!by_ring || !ring_seen_, std::memory_order_relaxed);
   ring_seen_ = by_ring;
 }
@@ -193,13 +191,17 @@ bool SharedSender::retire_arena_if_idle() {
   return false;
 }
 
-void SharedSender::free(const ArenaBlock& block) { current_arena()->free(block); }
+void SharedSender::free(const ArenaBlock& block) {
+  // Blocks being built keep their arena current (it is replaced or retired only when
+  // idle), so it is there; the check guards against a bug, not a peer.
+  if (const std::shared_ptr<SendArena> arena = current_arena()) arena->free(block);
+}
 
 std::uint64_t SharedSender::describe(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
-                                     std::vector<ArenaBlock> blocks,
+                                     ArenaBlocks blocks,
                                      capnp::MessageBuilder& descriptor, Deadline deadline,
                                      const FlushQueued& flush_queued) {
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> places;  // offset, words
+  boost::container::small_vector<std::pair<std::uint64_t, std::uint64_t>, 4> places;  // offset, words
   places.reserve(segments.size());
   try {
     for (const auto& segment : segments) {
@@ -253,7 +255,11 @@ std::uint64_t SharedSender::describe(kj::ArrayPtr<const kj::ArrayPtr<const capnp
   return id;
 }
 
-void SharedSender::abandon(std::uint64_t message_id) { current_arena()->release(message_id); }
+void SharedSender::abandon(std::uint64_t message_id) {
+  // A queued descriptor's arena can be gone: a hostile reader may "release" ids it has
+  // not read yet, and the idle arena is then retired. Its blocks went with it.
+  if (const std::shared_ptr<SendArena> arena = current_arena()) arena->release(message_id);
+}
 
 std::uint64_t SharedSender::arena_bytes_in_use() const {
   std::lock_guard lock(mutex_);

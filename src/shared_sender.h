@@ -80,7 +80,7 @@ class SharedSender final : public Trimmable {
   /// descriptor into `descriptor`. Returns the id. Copying waits for arena room like
   /// allocate().
   std::uint64_t describe(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
-                         std::vector<ArenaBlock> blocks,
+                         ArenaBlocks blocks,
                          capnp::MessageBuilder& descriptor, Deadline deadline,
                          const FlushQueued& flush_queued);
 

@@ -7,6 +7,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -76,9 +77,10 @@ TEST_CASE("a sender asking to be woken gets a wake with the next post, and none 
   RingPair ring;
   CHECK(ring.sender->ask_for_wake());  // nothing posted: it may sleep
   CHECK(ring.receiver->post(7) == ReleasePoster::Posted::wake_peer);
-  CHECK_FALSE(ring.sender->ask_for_wake());  // 7 is waiting: collect, do not sleep
-  CHECK(ring.collect() == std::vector<std::uint64_t>{7});
-  CHECK(ring.receiver->post(8) == ReleasePoster::Posted::posted);  // collect() cleared it
+  CHECK(ring.receiver->post(8) == ReleasePoster::Posted::posted);  // one wake per sleep
+  CHECK_FALSE(ring.sender->ask_for_wake());  // 7 and 8 are waiting: collect, do not sleep
+  CHECK(ring.collect() == std::vector<std::uint64_t>{7, 8});
+  CHECK(ring.receiver->post(9) == ReleasePoster::Posted::posted);  // collect() cleared it
 }
 
 TEST_CASE("a receiver that posts more than the ring holds breaks it for good, and the "
@@ -90,7 +92,26 @@ TEST_CASE("a receiver that posts more than the ring holds breaks it for good, an
   CHECK_FALSE(ring.sender->in_use());  // back to the link
   forged->posted.store(3);  // even a count that looks honest again
   CHECK(ring.collect().empty());
+  // The receiver is told: its next release goes as a record, not into a dead ring.
+  CHECK(ring.receiver->post(1) == ReleasePoster::Posted::no_room);
   ::munmap(forged, kReleaseRingBytes);
+}
+
+TEST_CASE("a fork() child that drops an inherited message sends a record rather than post "
+          "into its parent's ring") {
+  RingPair ring;
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    // Its count would collide with the parent's: the same slot, the same total.
+    ::_exit(ring.receiver->post(1) == ReleasePoster::Posted::no_room ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  CHECK(ring.collect().empty());
+  CHECK(ring.receiver->post(2) == ReleasePoster::Posted::posted);  // the parent still does
+  CHECK(ring.collect() == std::vector<std::uint64_t>{2});
 }
 
 TEST_CASE("a sender that claims to have collected more than was posted gets records, not "

@@ -171,11 +171,13 @@ class Sender {
   [[nodiscard]] SendStatus try_send(OutgoingMessage&& message);
 
   /// Takes `message` into the outgoing batch. The batch is written by flush(), by the
-  /// next send(), when the pool needs the memory back, or — as far as the pipe takes it
-  /// without waiting — when it reaches 256 KiB or 256 messages. Waits only while the
+  /// next send(), when the pool or the shared-memory arena needs the memory back, or —
+  /// as far as the pipe takes it without waiting — when it reaches 256 KiB or 256
+  /// messages (or 32 shared-memory messages, or 1 MiB of them). Waits only while the
   /// queue holds max_unsent_bytes, until send_timeout or `deadline` (Deadline::immediate()
-  /// never waits); then Overloaded, the message not taken. Flush before waiting for a
-  /// reply.
+  /// never waits); then Overloaded, the message not taken. A shared-memory message whose
+  /// root was built in the pool is copied into the arena here and may wait for arena
+  /// room like building does; Timeout then drops it. Flush before waiting for a reply.
   void queue(OutgoingMessage&& message);
   void queue(OutgoingMessage&& message, Deadline deadline);
 
