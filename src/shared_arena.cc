@@ -110,7 +110,14 @@ std::optional<ArenaBlock> SendArena::allocate(std::size_t bytes, bool zeroed) {
 }
 
 std::optional<ArenaBlock> SendArena::allocate_locked(std::size_t bytes, bool zeroed) {
-  void* memory = allocator_.allocate(bytes == 0 ? 1 : bytes, std::nothrow);
+  void* memory = take_recently_freed(bytes);
+  if (memory == nullptr) memory = allocator_.allocate(bytes == 0 ? 1 : bytes, std::nothrow);
+  if (memory == nullptr && !recently_freed_.empty()) {
+    // The kept blocks may be what stands between two free neighbours: merge them first.
+    for (const KeptBlock& kept : recently_freed_) allocator_.deallocate(kept.memory);
+    recently_freed_.clear();
+    memory = allocator_.allocate(bytes == 0 ? 1 : bytes, std::nothrow);
+  }
   if (memory == nullptr) return std::nullopt;
   if (zeroed) std::memset(memory, 0, bytes);
   auto* data = static_cast<std::byte*>(memory);
@@ -128,13 +135,31 @@ void SendArena::free_locked(const ArenaBlock& block) {
   // The pages stay resident: the write seal refuses MADV_REMOVE (a hole punch). Best fit
   // hands the same places out again, so the next message finds its pages there (giving
   // them back and faulting them in again cost ~90 ms each way per 256 MiB here).
-  allocator_.deallocate(block.data);
+  if (recently_freed_.size() == kKeptBlocks) {  // the older half goes back, in one shift
+    const auto older = recently_freed_.begin() + kKeptBlocks / 2;
+    for (auto kept = recently_freed_.begin(); kept != older; ++kept) {
+      allocator_.deallocate(kept->memory);
+    }
+    recently_freed_.erase(recently_freed_.begin(), older);
+  }
+  recently_freed_.push_back({block.bytes, block.data});
   bytes_in_use_ -= block.bytes;
   if (--blocks_in_use_ == 0) {
     last_busy_peak_ = busy_peak_;
     busy_peak_ = 0;
     idle_since_ = coarse_now();
   }
+}
+
+void* SendArena::take_recently_freed(std::size_t bytes) noexcept {
+  for (auto kept = recently_freed_.rbegin(); kept != recently_freed_.rend(); ++kept) {
+    if (kept->bytes == bytes) {
+      void* memory = kept->memory;
+      recently_freed_.erase(std::next(kept).base());
+      return memory;
+    }
+  }
+  return nullptr;
 }
 
 void SendArena::free(const ArenaBlock& block) {
