@@ -241,6 +241,9 @@ void SenderCore::write_if_batch_full_locked(std::size_t described_bytes) {
 }
 
 void SenderCore::sync_watch() {
+  // Most senders have no watcher: no lock per queue() for them. A watch_with() racing
+  // with this registers what the queue holds by itself.
+  if (!has_watcher_.load(std::memory_order_relaxed)) return;
   std::lock_guard lock(mutex_);
   update_watch_locked();
 }
@@ -359,6 +362,7 @@ void SenderCore::watch_with(int epoll_fd) {
     watching_ = false;
   }
   watch_epoll_ = epoll_fd;
+  has_watcher_.store(epoll_fd >= 0, std::memory_order_relaxed);
   update_watch_locked();
 }
 

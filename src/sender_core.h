@@ -205,6 +205,7 @@ class SenderCore final {
   std::atomic<std::size_t> unsent_{0};               // queued_bytes_ - partial_bytes_
   std::atomic<std::uint64_t> written_messages_{0};  // frames written whole
   int watch_epoll_ = -1;   // Sender::watch_with
+  std::atomic<bool> has_watcher_{false};  // watch_epoll_ >= 0, read without the lock
   bool watching_ = false;  // fd_ is registered in watch_epoll_
   SenderStats stats_;
   PipeCapacity capacity_;  // raised once, when a write finds the pipe full

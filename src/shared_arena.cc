@@ -116,6 +116,7 @@ std::optional<ArenaBlock> SendArena::allocate_locked(std::size_t bytes, bool zer
     // The kept blocks may be what stands between two free neighbours: merge them first.
     for (const KeptBlock& kept : recently_freed_) allocator_.deallocate(kept.memory);
     recently_freed_.clear();
+    kept_bytes_ = 0;
     memory = allocator_.allocate(bytes == 0 ? 1 : bytes, std::nothrow);
   }
   if (memory == nullptr) return std::nullopt;
@@ -135,14 +136,7 @@ void SendArena::free_locked(const ArenaBlock& block) {
   // The pages stay resident: the write seal refuses MADV_REMOVE (a hole punch). Best fit
   // hands the same places out again, so the next message finds its pages there (giving
   // them back and faulting them in again cost ~90 ms each way per 256 MiB here).
-  if (recently_freed_.size() == kKeptBlocks) {  // the older half goes back, in one shift
-    const auto older = recently_freed_.begin() + kKeptBlocks / 2;
-    for (auto kept = recently_freed_.begin(); kept != older; ++kept) {
-      allocator_.deallocate(kept->memory);
-    }
-    recently_freed_.erase(recently_freed_.begin(), older);
-  }
-  recently_freed_.push_back({block.bytes, block.data});
+  keep_or_deallocate_locked(block);
   bytes_in_use_ -= block.bytes;
   if (--blocks_in_use_ == 0) {
     last_busy_peak_ = busy_peak_;
@@ -151,10 +145,30 @@ void SendArena::free_locked(const ArenaBlock& block) {
   }
 }
 
+void SendArena::keep_or_deallocate_locked(const ArenaBlock& block) {
+  if (block.bytes > kLargestKeptBlock) {
+    allocator_.deallocate(block.data);
+    return;
+  }
+  recently_freed_.push_back({block.bytes, block.data});
+  kept_bytes_ += block.bytes;
+  if (recently_freed_.size() > kKeptBlocks || kept_bytes_ > kKeptBytes) {
+    // The older half goes back, in one shift.
+    const auto older = recently_freed_.begin() + static_cast<std::ptrdiff_t>(
+                                                     (recently_freed_.size() + 1) / 2);
+    for (auto kept = recently_freed_.begin(); kept != older; ++kept) {
+      allocator_.deallocate(kept->memory);
+      kept_bytes_ -= kept->bytes;
+    }
+    recently_freed_.erase(recently_freed_.begin(), older);
+  }
+}
+
 void* SendArena::take_recently_freed(std::size_t bytes) noexcept {
   for (auto kept = recently_freed_.rbegin(); kept != recently_freed_.rend(); ++kept) {
     if (kept->bytes == bytes) {
       void* memory = kept->memory;
+      kept_bytes_ -= bytes;
       recently_freed_.erase(std::next(kept).base());
       return memory;
     }
@@ -178,13 +192,15 @@ bool SendArena::release(std::uint64_t message_id) {
   return release_locked(message_id);
 }
 
-SendArena::Collected SendArena::collect_releases() {
+SendArena::Collected SendArena::collect_releases(std::size_t keep_bytes) {
   std::lock_guard lock(mutex_);
-  if (!ring_) return {};
-  // Like a Release record, each id is checked against what is held.
   Collected collected;
-  ring_->collect([&](std::uint64_t id) { collected.released += release_locked(id) ? 1 : 0; });
-  collected.by_ring = ring_->in_use();
+  if (ring_) {
+    // Like a Release record, each id is checked against what is held.
+    ring_->collect([&](std::uint64_t id) { collected.released += release_locked(id) ? 1 : 0; });
+    collected.by_ring = ring_->in_use();
+  }
+  collected.should_retire = should_retire_locked(keep_bytes);
   return collected;
 }
 
@@ -246,6 +262,10 @@ bool SendArena::idle() const {
 
 bool SendArena::should_retire(std::size_t keep_bytes) const {
   std::lock_guard lock(mutex_);
+  return should_retire_locked(keep_bytes);
+}
+
+bool SendArena::should_retire_locked(std::size_t keep_bytes) const {
   return blocks_in_use_ == 0 &&
          (lost_by_peer() || (footprint_ > keep_bytes && footprint_ / 2 > last_busy_peak_));
 }

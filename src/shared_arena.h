@@ -129,10 +129,12 @@ class SendArena {
     /// Whether the receiver reports releases in the ring (it mapped it and keeps to it):
     /// until then they come by the link, which the sender must read.
     bool by_ring = false;
+    bool should_retire = false;  ///< should_retire(keep_bytes) after that
   };
 
-  /// Releases what the receiver posted in the ring since the last call.
-  Collected collect_releases();
+  /// Releases what the receiver posted in the ring since the last call, and says whether
+  /// the arena should retire then, under one lock (this is on every allocation).
+  Collected collect_releases(std::size_t keep_bytes);
 
   /// Before sleeping on the link until the receiver releases something: with a ring in
   /// use, asks the receiver for a Wake record with its next post. False when something
@@ -198,6 +200,7 @@ class SendArena {
   /// messages gives its pages back. Also true once idle after the peer said it lost the
   /// arena's descriptor (mark_lost_by_peer): no message in it can reach the peer.
   bool should_retire(std::size_t keep_bytes) const;
+  bool should_retire_locked(std::size_t keep_bytes) const;
 
   /// The peer could not take this arena's descriptor (it was out of descriptors) or
   /// could not map it.
@@ -218,17 +221,24 @@ class SendArena {
   /// A kept block of exactly `bytes` (see recently_freed_), or null.
   void* take_recently_freed(std::size_t bytes) noexcept;
 
-  /// Freed blocks kept out of the allocator, the latest last: the next request of the
-  /// same size takes one back without the allocator's tree (about a third of a small
-  /// shared message's sending work, callgrind). At most kKeptBlocks, as many as a sender
-  /// may have held (kMaxHeldSharedMessages), which a sender that waited for the reader
-  /// takes back at once; the older half goes back when it is full, and all of them when a
-  /// request finds no room.
+  /// Keeps a freed block for reuse (recently_freed_), or gives it to the allocator.
+  void keep_or_deallocate_locked(const ArenaBlock& block);
+
+  /// Freed blocks of at most kLargestKeptBlock kept out of the allocator, the latest
+  /// last: the next request of the same size takes one back without the allocator's tree
+  /// (about a third of a small shared message's sending work, callgrind). At most
+  /// kKeptBlocks (what a sender may hold unreleased, kMaxHeldSharedMessages, taken back
+  /// at once after a wait) and kKeptBytes, so that the holes they leave cannot push the
+  /// arena's footprint up by more (a soak test of random sizes grew by 160 MiB without
+  /// the bounds); the older half goes back past either, and all of them when a request
+  /// finds no room.
   struct KeptBlock {
     std::size_t bytes;
     void* memory;
   };
   static constexpr std::size_t kKeptBlocks = 128;
+  static constexpr std::size_t kKeptBytes = std::size_t{1} << 20;
+  static constexpr std::size_t kLargestKeptBlock = std::size_t{64} << 10;
   bool release_locked(std::uint64_t message_id);
 
   const std::uint32_t id_;
@@ -240,7 +250,8 @@ class SendArena {
   Allocator allocator_;
   std::map<std::uint64_t, ArenaBlocks> held_;  // message id -> its blocks
   std::unique_ptr<ReleaseCollector> ring_;  // null: releases come by the link alone
-  boost::container::small_vector<KeptBlock, kKeptBlocks> recently_freed_;
+  boost::container::small_vector<KeptBlock, kKeptBlocks + 1> recently_freed_;
+  std::size_t kept_bytes_ = 0;  // in recently_freed_
   std::size_t bytes_in_use_ = 0;
   std::size_t held_bytes_ = 0;
   std::size_t blocks_in_use_ = 0;  // held or being built; empty blocks count too

@@ -33,11 +33,12 @@ bool SharedSender::wants(std::size_t bytes) {
 SendArena* SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced,
                                                      Deadline deadline) {
   if (arena_ && link_->peer_gone()) arena_->release_all();  // nobody will read what is held
-  if (arena_) collect_releases_locked(*arena_);  // before asking whether it is idle
+  // What the reader released first: that may make the arena idle.
+  const bool retire = arena_ && collect_releases_locked(*arena_);
   // Only an idle arena is replaced: nothing held or being built refers to it, and no
   // descriptor naming it is still to be read (each held message is released only after
   // the reader read its descriptor and dropped the message).
-  if (!arena_ || arena_->should_retire(keep_bytes_)) {
+  if (!arena_ || retire) {
     std::shared_ptr<SendArena> arena;
     try {
       arena = std::make_shared<SendArena>(next_arena_id_, capacity_, context_);
@@ -150,8 +151,8 @@ std::optional<ArenaBlock> SharedSender::allocate(std::size_t bytes, bool zeroed,
   }
 }
 
-void SharedSender::collect_releases_locked(SendArena& arena) {
-  const auto [released, by_ring] = arena.collect_releases();
+bool SharedSender::collect_releases_locked(SendArena& arena) {
+  const auto [released, by_ring, should_retire] = arena.collect_releases(keep_bytes_);
   if (released != 0) {
     releases_by_ring_.store(releases_by_ring_.load(std::memory_order_relaxed) + released,
                             std::memory_order_relaxed);
@@ -160,6 +161,7 @@ void SharedSender::collect_releases_locked(SendArena& arena) {
   // more after that: for releases it sent by record before.
   read_link_for_releases_.store(!by_ring || !ring_seen_, std::memory_order_relaxed);
   ring_seen_ = by_ring;
+  return should_retire;
 }
 
 std::optional<ArenaBlock> SharedSender::allocate_more(std::size_t bytes) {

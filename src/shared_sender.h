@@ -113,8 +113,8 @@ class SharedSender final : public Trimmable {
   /// and tells the peer. Returns whether this end still has one.
   bool retire_arena_if_idle();
   /// Takes in what the reader posted in `arena`'s ring and decides whether the next
-  /// allocation reads the link too. `mutex_` held.
-  void collect_releases_locked(SendArena& arena);
+  /// allocation reads the link too. Returns SendArena::should_retire. `mutex_` held.
+  bool collect_releases_locked(SendArena& arena);
   /// False in a fork() child whose inherited arena is its parent's.
   bool arena_is_ours() const noexcept {
     return !has_arena_.load(std::memory_order_relaxed) ||

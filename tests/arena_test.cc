@@ -310,20 +310,3 @@ TEST_CASE("a sender waiting for the reader to release a shared message goes on o
   CHECK(far.receive_as<test::Blob>()->getSeq() == 128);
   CHECK(near.sender().stats().shared_releases_by_ring >= 1);
 }
-
-TEST_CASE("freed blocks kept for reuse go back to the allocator when a larger object finds "
-          "no room") {
-  // A 4 MiB arena: 24 messages of different sizes near 128 KiB leave 24 blocks kept for
-  // reuse, 3.1 MiB of it; a 1.9 MiB object fits only once they are merged again.
-  auto [near, far] = Channel::pair(shared_options().with_arena_bytes(4 * MiB));
-  Random random(26);
-  for (int i = 0; i < 24; ++i) {
-    near.send(blob_in_place(near, i, 128 * KiB + i * 1024, random));
-    CHECK(blob_intact(far.receive_as<test::Blob>().root()));
-  }
-  near.send(blob_in_place(near, 24, 1900 * KiB, random));
-  auto large = far.receive_as<test::Blob>();
-  CHECK(large->getSeq() == 24);
-  CHECK(blob_intact(large.root()));
-  CHECK(near.sender().stats().arenas_created == 1);
-}
