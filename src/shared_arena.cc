@@ -150,18 +150,14 @@ void SendArena::keep_or_deallocate_locked(const ArenaBlock& block) {
     allocator_.deallocate(block.data);
     return;
   }
+  // The oldest go back first (a ring: no shifting).
+  while (recently_freed_.full() || kept_bytes_ + block.bytes > kKeptBytes) {
+    allocator_.deallocate(recently_freed_.front().memory);
+    kept_bytes_ -= recently_freed_.front().bytes;
+    recently_freed_.pop_front();
+  }
   recently_freed_.push_back({block.bytes, block.data});
   kept_bytes_ += block.bytes;
-  if (recently_freed_.size() > kKeptBlocks || kept_bytes_ > kKeptBytes) {
-    // The older half goes back, in one shift.
-    const auto older = recently_freed_.begin() + static_cast<std::ptrdiff_t>(
-                                                     (recently_freed_.size() + 1) / 2);
-    for (auto kept = recently_freed_.begin(); kept != older; ++kept) {
-      allocator_.deallocate(kept->memory);
-      kept_bytes_ -= kept->bytes;
-    }
-    recently_freed_.erase(recently_freed_.begin(), older);
-  }
 }
 
 void* SendArena::take_recently_freed(std::size_t bytes) noexcept {

@@ -37,6 +37,7 @@
 // checking the report.
 #pragma once
 
+#include <boost/circular_buffer.hpp>
 #include <boost/container/small_vector.hpp>
 #include <boost/interprocess/indexes/iset_index.hpp>
 #include <boost/interprocess/managed_external_buffer.hpp>
@@ -228,16 +229,16 @@ class SendArena {
   /// last: the next request of the same size takes one back without the allocator's tree
   /// (about a third of a small shared message's sending work, callgrind). At most
   /// kKeptBlocks (what a sender may hold unreleased, kMaxHeldSharedMessages, taken back
-  /// at once after a wait) and kKeptBytes, so that the holes they leave cannot push the
-  /// arena's footprint up by more (a soak test of random sizes grew by 160 MiB without
-  /// the bounds); the older half goes back past either, and all of them when a request
-  /// finds no room.
+  /// at once after a wait, for two blocks each) and kKeptBytes, so that the holes they
+  /// leave cannot push the arena's footprint up by more (a soak test of random sizes grew
+  /// by 160 MiB without the bounds); the oldest go back past either, and all of them when
+  /// a request finds no room.
   struct KeptBlock {
     std::size_t bytes;
     void* memory;
   };
-  static constexpr std::size_t kKeptBlocks = 128;
-  static constexpr std::size_t kKeptBytes = std::size_t{1} << 20;
+  static constexpr std::size_t kKeptBlocks = 256;
+  static constexpr std::size_t kKeptBytes = std::size_t{4} << 20;
   static constexpr std::size_t kLargestKeptBlock = std::size_t{64} << 10;
   bool release_locked(std::uint64_t message_id);
 
@@ -250,7 +251,7 @@ class SendArena {
   Allocator allocator_;
   std::map<std::uint64_t, ArenaBlocks> held_;  // message id -> its blocks
   std::unique_ptr<ReleaseCollector> ring_;  // null: releases come by the link alone
-  boost::container::small_vector<KeptBlock, kKeptBlocks + 1> recently_freed_;
+  boost::circular_buffer<KeptBlock> recently_freed_{kKeptBlocks};
   std::size_t kept_bytes_ = 0;  // in recently_freed_
   std::size_t bytes_in_use_ = 0;
   std::size_t held_bytes_ = 0;
