@@ -125,11 +125,16 @@ void ControlLink::retry_pending_records_locked() {
   }
   if (loss_unsent_ && send_record_locked(kArenaLost, lost_arena_, 0, -1)) loss_unsent_ = false;
   // Releases the link could not take: the ring sends most releases now, so the next
-  // send_release() may never come.
-  while (!unsent_releases_.empty()) {
-    const auto [arena, id] = unsent_releases_.front();
-    if (!send_record_locked(kRelease, arena, id, -1)) return;  // kept for the next call
-    unsent_releases_.pop_front();
+  // send_release() may never come. A link that fails here fails the pump or send that
+  // found it anyway; the releases cannot reach the peer.
+  try {
+    while (!unsent_releases_.empty()) {
+      const auto [arena, id] = unsent_releases_.front();
+      if (!send_record_locked(kRelease, arena, id, -1)) return;  // kept for the next call
+      unsent_releases_.pop_front();
+    }
+  } catch (const Error&) {
+    unsent_releases_.clear();
   }
 }
 
@@ -182,7 +187,10 @@ void ControlLink::send_wake() noexcept {
 
 UniqueFd ControlLink::take_release_ring(std::uint32_t arena_id) {
   std::lock_guard lock(mutex_);
-  if (unclaimed_ring_arena_ != arena_id) return {};
+  if (unclaimed_ring_arena_ != arena_id) {
+    if (unclaimed_ring_arena_ < arena_id) unclaimed_ring_.reset();  // its arena never came
+    return {};
+  }
   return std::move(unclaimed_ring_);
 }
 
@@ -195,8 +203,7 @@ void ControlLink::send_release(std::uint32_t arena_id, std::uint64_t message_id)
   }
   try {
     retry_pending_records_locked();
-  } catch (const Error&) {
-    unsent_releases_.clear();  // the link is broken: the peer can no longer be told
+  } catch (const Error&) {  // the link is broken: the peer can no longer be told
   }
 }
 
@@ -268,8 +275,6 @@ void ControlLink::pump(Deadline deadline) {
   pump_locked(deadline);
 }
 
-
-
 std::pair<UniqueFd, std::uint64_t> ControlLink::take_arena(std::uint32_t arena_id) {
   std::lock_guard lock(mutex_);
   // One pump takes kMaxRecordsPerPump records; an honest peer has fewer pending, but the
@@ -307,6 +312,8 @@ void ControlLink::file_arena_locked(std::uint32_t arena_id, std::uint64_t capaci
                                     UniqueFd memfd) {
   // Anything not kept closes `memfd` on return; a replaced descriptor closes here.
   if (!memfd || arena_id <= latest_arena_.load(std::memory_order_relaxed)) return;
+  // A ring for an older arena that never came (its announcement timed out) is no use.
+  if (unclaimed_ring_arena_ < arena_id) unclaimed_ring_.reset();
   unclaimed_arena_ = ReceivedArena{std::move(memfd), capacity};
   latest_arena_.store(arena_id, std::memory_order_release);
 }

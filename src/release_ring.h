@@ -10,7 +10,8 @@
 //   +----------------------+------------------------+-----------------------------+
 //   | posted | attached    | collected | waiting    | ids[kReleaseRingSlots]      |
 //   +----------------------+------------------------+-----------------------------+
-//     receiver writes        sender writes            receiver writes ids[posted % N]
+//     receiver writes        sender writes (the       receiver writes ids[posted % N]
+//                            receiver clears waiting)
 //
 //   receiver, per message dropped:          sender, per allocation (and on the trimmer):
 //     room = N - (posted - collected)          take ids[collected .. posted), release each

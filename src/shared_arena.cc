@@ -236,16 +236,6 @@ void SendArena::release_all() {
   held_bytes_ = 0;
 }
 
-std::size_t SendArena::held_messages() const {
-  std::lock_guard lock(mutex_);
-  return held_.size();
-}
-
-std::size_t SendArena::held_bytes() const {
-  std::lock_guard lock(mutex_);
-  return held_bytes_;
-}
-
 std::size_t SendArena::bytes_in_use() const {
   std::lock_guard lock(mutex_);
   return bytes_in_use_;
@@ -254,11 +244,6 @@ std::size_t SendArena::bytes_in_use() const {
 bool SendArena::idle() const {
   std::lock_guard lock(mutex_);
   return blocks_in_use_ == 0;
-}
-
-bool SendArena::should_retire(std::size_t keep_bytes) const {
-  std::lock_guard lock(mutex_);
-  return should_retire_locked(keep_bytes);
 }
 
 bool SendArena::should_retire_locked(std::size_t keep_bytes) const {

@@ -29,7 +29,7 @@
 // arena memory stays resident: an arena's resident size is its high-water mark
 // (SendArena::footprint), at most its capacity (SenderOptions::arena_bytes), until the
 // arena is destroyed. A sender therefore replaces an idle arena whose footprint passed
-// SenderOptions::arena_keep_bytes and outgrew its recent use (should_retire) with a
+// SenderOptions::arena_keep_bytes and outgrew its recent use (should_retire_locked) with a
 // fresh one (SharedSender): dropping the old arena is the only way to give its pages back.
 //
 // Allocation is Boost.Interprocess's rbtree_best_fit, placed in the arena itself. Memory
@@ -130,7 +130,7 @@ class SendArena {
     /// Whether the receiver reports releases in the ring (it mapped it and keeps to it):
     /// until then they come by the link, which the sender must read.
     bool by_ring = false;
-    bool should_retire = false;  ///< should_retire(keep_bytes) after that
+    bool should_retire = false;  ///< should_retire_locked(keep_bytes) after that
   };
 
   /// Releases what the receiver posted in the ring since the last call, and says whether
@@ -150,8 +150,8 @@ class SendArena {
   /// What allocate_if_room() did and saw, all under one lock.
   struct Attempt {
     std::optional<ArenaBlock> block;
-    std::size_t held = 0;        ///< held_messages()
-    std::size_t held_bytes = 0;  ///< held_bytes()
+    std::size_t held = 0;        ///< messages held for the receiver
+    std::size_t held_bytes = 0;  ///< bytes of their blocks (not of those being built)
     std::size_t in_use = 0;      ///< bytes_in_use()
   };
 
@@ -187,21 +187,6 @@ class SendArena {
   /// has made resident lies below it and stays so until the arena is destroyed.
   std::size_t footprint() const;
 
-  /// Messages held for the receiver.
-  std::size_t held_messages() const;
-
-  /// Bytes in the blocks of messages held for the receiver (not those being built).
-  std::size_t held_bytes() const;
-
-  /// True when the arena is idle and keeps more pages resident (footprint) than both
-  /// `keep_bytes` and twice the most its last busy spell (from a first block to idle
-  /// again) had in use at once: the pages no longer earn their keep. A stream of large
-  /// messages reusing the same pages keeps its arena, since refaulting them every time
-  /// would cost more than the copy the arena saves; a burst followed by smaller
-  /// messages gives its pages back. Also true once idle after the peer said it lost the
-  /// arena's descriptor (mark_lost_by_peer): no message in it can reach the peer.
-  bool should_retire(std::size_t keep_bytes) const;
-  bool should_retire_locked(std::size_t keep_bytes) const;
 
   /// The peer could not take this arena's descriptor (it was out of descriptors) or
   /// could not map it.
@@ -217,6 +202,14 @@ class SendArena {
       char, boost::interprocess::rbtree_best_fit<boost::interprocess::null_mutex_family>,
       boost::interprocess::iset_index>;
 
+  /// True when the arena is idle and keeps more pages resident (footprint) than both
+  /// `keep_bytes` and twice the most its last busy spell (from a first block to idle
+  /// again) had in use at once: the pages no longer earn their keep. A stream of large
+  /// messages reusing the same pages keeps its arena, since refaulting them every time
+  /// would cost more than the copy the arena saves; a burst followed by smaller
+  /// messages gives its pages back. Also true once idle after the peer said it lost the
+  /// arena's descriptor (mark_lost_by_peer): no message in it can reach the peer.
+  bool should_retire_locked(std::size_t keep_bytes) const;
   std::optional<ArenaBlock> allocate_locked(std::size_t bytes, bool zeroed);
   void free_locked(const ArenaBlock& block);
   /// A kept block of exactly `bytes` (see recently_freed_), or null.

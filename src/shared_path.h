@@ -17,7 +17,7 @@
 //
 // Arenas are replaced, not kept for ever: pages an arena once used stay resident until
 // it is destroyed (shared_arena.h), so once nothing in it is held or being built and its
-// footprint passed SenderOptions::arena_keep_bytes (SendArena::should_retire), the
+// footprint passed SenderOptions::arena_keep_bytes (SendArena::should_retire_locked), the
 // sender starts the next one
 // (ids strictly increase) and drops the old. The receiver maps each new arena when a
 // descriptor first names it and lets go of the older one when it next has nothing to

@@ -46,7 +46,7 @@ class SharedSender final : public Trimmable {
   bool everything() const noexcept { return everything_; }
 
   /// Arena memory for a message being built, from a fresh arena when the current one
-  /// should retire (SendArena::should_retire). While the arena is full of messages
+  /// should retire (SendArena::should_retire_locked). While the arena is full of messages
   /// the reader holds, waits for it to release some, until `deadline` (then Timeout). When
   /// it holds none and there is still no room, no release can make any: throws
   /// MessageTooLarge at once (one message's objects add up to more than the arena). It
@@ -89,7 +89,8 @@ class SharedSender final : public Trimmable {
 
   std::uint64_t arena_bytes_in_use() const;
 
-  /// Arenas made so far: the first, then one per replacement.
+  /// Arenas made so far: the first, then one per replacement (and one per announcement
+  /// that timed out, whose id is used up).
   std::uint64_t arenas_created() const;
 
   /// Messages the reader released through the release ring (release_ring.h), and by a
@@ -113,7 +114,7 @@ class SharedSender final : public Trimmable {
   /// and tells the peer. Returns whether this end still has one.
   bool retire_arena_if_idle();
   /// Takes in what the reader posted in `arena`'s ring and decides whether the next
-  /// allocation reads the link too. Returns SendArena::should_retire. `mutex_` held.
+  /// allocation reads the link too. Returns SendArena::should_retire_locked. `mutex_` held.
   bool collect_releases_locked(SendArena& arena);
   /// False in a fork() child whose inherited arena is its parent's.
   bool arena_is_ours() const noexcept {
