@@ -5,6 +5,7 @@
 // The single-process versions of some of these cases (error_test.cc, frame_test.cc)
 // check the parser; here the bytes come from another process, through a real channel.
 #include <catch2/catch.hpp>
+#include <poll.h>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -323,8 +324,11 @@ TEST_CASE("doorbell records that carry no sealed page, or come after the first, 
                       .channel = ChannelOptions().with_name("doorbell-flood").with_doorbell()});
   make_thread_wake_fd();
   const int fds_before = open_fd_count();
-  // The peer writes its messages only once this end has read all 200 records (300
-  // descriptors), which a receiver that wants a doorbell does while it waits.
+  // The receiver stops looking at the link once it refused a doorbell, so it must see
+  // all 64 records (96 descriptors) at its first look: the peer writes message 0 after
+  // them, and messages 1 and 2 only once this end has read them all.
+  pollfd readable{peer.channel.receiver().fd(), POLLIN, 0};
+  REQUIRE(::poll(&readable, 1, 10'000) == 1);
   std::vector<std::uint64_t> seqs;
   const auto give_up = std::chrono::steady_clock::now() + kPatientReceive;
   while (seqs.size() < 3 && std::chrono::steady_clock::now() < give_up) {
