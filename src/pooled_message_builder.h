@@ -13,13 +13,13 @@
 // segments of their own (capnp::Orphanage::referenceExternalData).
 #pragma once
 
+#include <boost/container/small_vector.hpp>
 #include <capnp/message.h>
 #include <capnp/orphan.h>
 
 #include <chrono>
 #include <memory>
 #include <optional>
-#include <vector>
 
 #include "flush_queued.h"
 #include "segment_pool.h"
@@ -110,7 +110,8 @@ class PooledMessageBuilder final : public capnp::MessageBuilder {
 
   std::optional<std::chrono::nanoseconds> allocation_timeout_;
   std::optional<Deadline> allocation_deadline_;
-  std::vector<OwnedChunk> chunks_;
+  // Most messages have one or two chunks (segment 0, a data buffer): no heap allocation.
+  boost::container::small_vector<OwnedChunk, 2> chunks_;
   ArenaBlocks arena_blocks_;
   std::size_t arena_segment_bytes_ = 0;  // of the segments allocateSegment put in the arena
   bool finished_ = false;

@@ -116,14 +116,18 @@ void Sender::send(OutgoingMessage&& message) {
 
 void Sender::send(OutgoingMessage&& message, Deadline deadline) {
   detail::SenderCore& sender = core();
-  if (!sender.queue(message, deadline)) throw_not_taken(sender);
-  if (!sender.flush(deadline)) throw_kept(sender, "the message is");
+  switch (sender.send(message, deadline)) {
+    case SendStatus::sent:
+      return;
+    case SendStatus::queued:
+      throw_kept(sender, "the message is");
+    case SendStatus::queue_full:
+      throw_not_taken(sender);
+  }
 }
 
 SendStatus Sender::try_send(OutgoingMessage&& message) {
-  detail::SenderCore& sender = core();
-  if (!sender.queue(message, Deadline::immediate())) return SendStatus::queue_full;
-  return sender.flush(Deadline::immediate()) ? SendStatus::sent : SendStatus::queued;
+  return core().send(message, Deadline::immediate());
 }
 
 void Sender::queue(OutgoingMessage&& message) {

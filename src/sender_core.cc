@@ -179,6 +179,19 @@ SenderStats SenderCore::stats() const {
 // --- Queueing ------------------------------------------------------------------------
 
 bool SenderCore::queue(OutgoingMessage& message, Deadline room_deadline) {
+  return take(message, room_deadline, /*then_flush=*/false) != SendStatus::queue_full;
+}
+
+SendStatus SenderCore::send(OutgoingMessage& message, Deadline deadline) {
+  return take(message, deadline, /*then_flush=*/true);
+}
+
+SendStatus SenderCore::take(OutgoingMessage& message, Deadline deadline, bool then_flush) {
+  // The paths that return before the last lock below flush with a lock of their own.
+  auto flushed = [&] {
+    if (!then_flush) return SendStatus::queued;
+    return flush(deadline) ? SendStatus::sent : SendStatus::queued;
+  };
   if (!message.builder_) {
     throw Error(ErrorCode::InvalidArgument, context_,
                 "an empty OutgoingMessage (already sent or moved from)");
@@ -189,21 +202,27 @@ bool SenderCore::queue(OutgoingMessage& message, Deadline room_deadline) {
   const bool foreign = built->memory() != memory_.get();
   const bool shared = !foreign && built->in_shared_memory();
   auto segments = built->segments_for_output();
-  {
+  // A shared message puts only a small descriptor in the queue.
+  const std::size_t room = shared ? 0 : frame_bytes(segments);
+  // A pipe frame that plainly fits needs no lock here: the one below checks that this
+  // end is still open. (Two threads may both see room and go a frame over the limit,
+  // as they could when each took the lock in turn.)
+  const bool plainly_fits = !foreign && !shared &&
+                            (!has_queued() || unsent_bytes() + room <= options_.max_unsent_bytes);
+  if (!plainly_fits) {
     std::lock_guard lock(mutex_);
-    // A shared message puts only a small descriptor in the queue.
-    if (!make_room_locked(shared ? 0 : frame_bytes(segments), room_deadline)) return false;
+    if (!make_room_locked(room, deadline)) return SendStatus::queue_full;
   }
   if (foreign) {
     // append_copy keeps a copy of what the pipe does not take; the builder goes back to
     // its pool after.
     const std::unique_ptr<PooledMessageBuilder> owned = std::move(message.builder_);
     append_copy(segments, nullptr, std::nullopt, Deadline::immediate());
-    return true;
+    return flushed();
   }
   if (shared) {
-    queue_shared(std::move(message.builder_), room_deadline);  // may wait for arena room, as building does
-    return true;
+    queue_shared(std::move(message.builder_), deadline);  // may wait for arena room, as building does
+    return flushed();
   }
   std::unique_ptr<PooledMessageBuilder> builder = std::move(message.builder_);
   // Finish the frame before taking the lock: it may allocate from the pool, and a full
@@ -220,8 +239,11 @@ bool SenderCore::queue(OutgoingMessage& message, Deadline room_deadline) {
   const std::size_t bytes = frame_bytes(segments);
   append_locked({std::move(builder), 0, 0, choose_method(bytes), std::nullopt}, table,
                 table_bytes, table_adjacent, segments);
-  write_if_batch_full_locked();
-  return true;
+  if (!then_flush) {
+    write_if_batch_full_locked();
+    return SendStatus::queued;
+  }
+  return flush_locked(deadline) ? SendStatus::sent : SendStatus::queued;
 }
 
 void SenderCore::write_if_batch_full_locked(std::size_t described_bytes) {

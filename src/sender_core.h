@@ -80,6 +80,10 @@ class SenderCore final {
   /// when the queue holds max_unsent_bytes and the reader made no room by `room_deadline`.
   bool queue(OutgoingMessage& message, Deadline room_deadline);
 
+  /// queue() and then flush(), both until `deadline`; a pipe frame takes the lock once
+  /// for both. queue_full leaves `message` with the caller, as queue() does.
+  SendStatus send(OutgoingMessage& message, Deadline deadline);
+
   /// Writes queued messages until none is left (true) or `deadline` passes (false: the
   /// rest stays queued whole).
   bool flush(Deadline deadline);
@@ -153,6 +157,10 @@ class SenderCore final {
   /// Writes the queue until it is empty (true) or `deadline` passes (false, the rest kept
   /// whole). On any other failure drops the queue, closes if a frame was cut, and throws.
   bool write_queue_locked(Deadline deadline);
+  /// write_queue_locked(), then the watcher learns whether bytes still wait.
+  bool flush_locked(Deadline deadline);
+  /// queue() (then_flush false: queued or queue_full) or send().
+  SendStatus take(OutgoingMessage& message, Deadline deadline, bool then_flush);
   /// Writes queued_[done..) while they share a method, until the run is written (true) or
   /// the deadline passes (false). Moves `done` past every frame written whole and keeps
   /// partial_bytes_ up to date, so that both are right when it returns or throws.

@@ -12,6 +12,10 @@ namespace capnsplice::detail {
 
 bool SenderCore::flush(Deadline deadline) {
   std::lock_guard lock(mutex_);
+  return flush_locked(deadline);
+}
+
+bool SenderCore::flush_locked(Deadline deadline) {
   const bool written = write_queue_locked(deadline);
   update_watch_locked();
   return written;
@@ -127,7 +131,7 @@ bool SenderCore::write_run(std::size_t& done, Deadline deadline, SigpipeGuard& g
     // Past the deadline (a non-blocking call: try_send, try_flush), one write that the
     // pipe did not take whole is the end of it: a reader draining on another core would
     // otherwise keep this call writing megabytes, far past what "now" means.
-    if (deadline.expired() && !run.empty() && !raised) {
+    if (!run.empty() && !raised && deadline.expired()) {
       cursor = run;
       return false;
     }

@@ -47,7 +47,10 @@ class Deadline {
   }
 
   bool is_never() const noexcept { return !at_; }
-  bool expired() const noexcept { return at_ && Clock::now() >= *at_; }
+  bool expired() const noexcept {
+    // immediate() needs no clock: asked after every write of a non-blocking call.
+    return at_ && (*at_ == Clock::time_point::min() || Clock::now() >= *at_);
+  }
 
   /// Time left (zero when expired); only meaningful when !is_never().
   std::chrono::nanoseconds remaining() const noexcept {
