@@ -197,9 +197,11 @@ SendStatus SenderCore::take(OutgoingMessage& message, Deadline deadline, bool th
                 "an empty OutgoingMessage (already sent or moved from)");
   }
   PooledMessageBuilder* built = message.builder_.get();
-  // Built in another sender's pool, which cannot see this pipe's progress: the bytes must
-  // be copied rather than spliced.
-  const bool foreign = built->memory() != memory_.get();
+  // Built in another sender's pool, which cannot see this pipe's progress, or in the
+  // arena of the parent of this fork() child, which still holds it: the bytes must be
+  // copied rather than spliced or described.
+  const bool foreign = built->memory() != memory_.get() ||
+                       (built->in_shared_memory() && !memory_->shared->arena_is_ours());
   const bool shared = !foreign && built->in_shared_memory();
   auto segments = built->segments_for_output();
   // A shared message puts only a small descriptor in the queue.

@@ -194,6 +194,9 @@ bool SharedSender::retire_arena_if_idle() {
 }
 
 void SharedSender::free(const ArenaBlock& block) {
+  // A fork() child's copy of a builder names its parent's blocks, which the parent still
+  // holds: freeing them here would free them in the allocator both processes see.
+  if (!arena_is_ours()) return;
   // Blocks being built keep their arena current (it is replaced or retired only when
   // idle), so it is there; the check guards against a bug, not a peer.
   if (const std::shared_ptr<SendArena> arena = current_arena()) arena->free(block);
@@ -258,6 +261,7 @@ std::uint64_t SharedSender::describe(kj::ArrayPtr<const kj::ArrayPtr<const capnp
 }
 
 void SharedSender::abandon(std::uint64_t message_id) {
+  if (!arena_is_ours()) return;  // the parent's message, as in free()
   // A queued descriptor's arena can be gone: a hostile reader may "release" ids it has
   // not read yet, and the idle arena is then retired. Its blocks went with it.
   if (const std::shared_ptr<SendArena> arena = current_arena()) arena->release(message_id);

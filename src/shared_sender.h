@@ -45,6 +45,13 @@ class SharedSender final : public Trimmable {
   /// True when every segment goes to the arena (SendPath::shared_memory).
   bool everything() const noexcept { return everything_; }
 
+  /// False in a fork() child whose inherited arena is its parent's: the blocks of a
+  /// builder it inherited are the parent's, to be neither freed nor described here.
+  bool arena_is_ours() const noexcept {
+    return !has_arena_.load(std::memory_order_relaxed) ||
+           arena_generation_.load(std::memory_order_relaxed) == fork_generation();
+  }
+
   /// Arena memory for a message being built, from a fresh arena when the current one
   /// should retire (SendArena::should_retire_locked). While the arena is full of messages
   /// the reader holds, waits for it to release some, until `deadline` (then Timeout). When
@@ -116,11 +123,6 @@ class SharedSender final : public Trimmable {
   /// Takes in what the reader posted in `arena`'s ring and decides whether the next
   /// allocation reads the link too. Returns SendArena::should_retire_locked. `mutex_` held.
   bool collect_releases_locked(SendArena& arena);
-  /// False in a fork() child whose inherited arena is its parent's.
-  bool arena_is_ours() const noexcept {
-    return !has_arena_.load(std::memory_order_relaxed) ||
-           arena_generation_.load(std::memory_order_relaxed) == fork_generation();
-  }
 
   std::shared_ptr<ControlLink> link_;
   const std::shared_ptr<ReaderProgress> progress_;

@@ -391,3 +391,58 @@ TEST_CASE("a fork() child building large messages on its parent's channel end ke
   CHECK(blob_intact(after.root()));
   CHECK(near.sender().stats().shared_messages == 2);
 }
+
+TEST_CASE("a fork() child that drops a message its parent built in the arena leaves the "
+          "parent's blocks alone") {
+  // The child's copy of the builder names the parent's arena blocks: freeing them there
+  // would mark them free in the allocator both processes see, and the parent's next
+  // message would be built over the one it still holds.
+  auto [near, far] = Channel::pair(shared_options());
+  Random random(41);
+  auto held = near.new_message();
+  fill_blob_in_place(held, 0, 1 * MiB, random);
+  REQUIRE(near.sender().stats().arena_bytes_in_use >= 1 * MiB);
+  const pid_t child = fork_child([&held] {
+    { OutgoingMessage dropped = std::move(held); }
+    return 0;
+  });
+  REQUIRE(wait_child(child) == 0);
+  auto next = near.new_message();
+  fill_blob_in_place(next, 1, 1 * MiB, random);
+  // Built apart, both intact, and both arrive whole.
+  const auto held_data = held.get_root<test::Blob>().asReader().getData();
+  const auto next_data = next.get_root<test::Blob>().asReader().getData();
+  CHECK((next_data.end() <= held_data.begin() || held_data.end() <= next_data.begin()));
+  near.send(std::move(held));
+  near.send(std::move(next));
+  for (std::uint64_t seq = 0; seq < 2; ++seq) {
+    auto message = far.receive_as<test::Blob>(Deadline::after(10s));
+    CHECK(message->getSeq() == seq);
+    CHECK(blob_intact(message.root()));
+  }
+}
+
+TEST_CASE("a fork() child that sends a message its parent built in the arena sends a copy") {
+  // A descriptor would name blocks the parent still holds and may reuse once it drops
+  // its own copy of the message: the child copies the bytes into the pipe instead.
+  auto [near, far] = Channel::pair(shared_options());
+  Random random(43);
+  auto held = near.new_message();
+  fill_blob_in_place(held, 0, 1 * MiB, random);
+  const pid_t child = fork_child([&near = near, &held] {
+    near.send(std::move(held));
+    const SenderStats stats = near.sender().stats();
+    return stats.shared_messages == 0 && stats.copied_messages == 1 ? 0 : 1;
+  });
+  auto from_child = far.receive_as<test::Blob>(Deadline::after(10s));  // the pipe holds less
+  REQUIRE(wait_child(child) == 0);
+  { OutgoingMessage dropped = std::move(held); }  // the parent's blocks go back
+  auto overwrite = near.new_message();
+  fill_blob_in_place(overwrite, 1, 1 * MiB, random);
+  near.send(std::move(overwrite));
+  auto from_parent = far.receive_as<test::Blob>(Deadline::after(10s));
+  CHECK(from_child->getSeq() == 0);
+  CHECK(blob_intact(from_child.root()));  // still, with the parent's blocks reused
+  CHECK(from_parent->getSeq() == 1);
+  CHECK(blob_intact(from_parent.root()));
+}
