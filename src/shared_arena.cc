@@ -241,6 +241,16 @@ std::size_t SendArena::bytes_in_use() const {
   return bytes_in_use_;
 }
 
+std::size_t SendArena::kept_blocks() const {
+  std::lock_guard lock(mutex_);
+  return recently_freed_.size();
+}
+
+std::size_t SendArena::kept_bytes() const {
+  std::lock_guard lock(mutex_);
+  return kept_bytes_;
+}
+
 bool SendArena::idle() const {
   std::lock_guard lock(mutex_);
   return blocks_in_use_ == 0;

@@ -187,6 +187,9 @@ class SendArena {
   /// has made resident lies below it and stays so until the arena is destroyed.
   std::size_t footprint() const;
 
+  /// Freed blocks kept for reuse (see recently_freed_), and their bytes.
+  std::size_t kept_blocks() const;
+  std::size_t kept_bytes() const;
 
   /// The peer could not take this arena's descriptor (it was out of descriptors) or
   /// could not map it.

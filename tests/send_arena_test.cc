@@ -1,6 +1,7 @@
 // The sending arena's allocation (src/shared_arena.h), below the channel: freed blocks
-// kept for the next request of the same size are zeroed like fresh ones, and go back to
-// the allocator when a request finds no room.
+// kept for the next request of the same size are zeroed like fresh ones, taken newest
+// first, bounded in number and bytes (the oldest go back first), and go back to the
+// allocator when a request finds no room.
 #include <catch2/catch.hpp>
 
 #include <cstddef>
@@ -42,4 +43,35 @@ TEST_CASE("blocks kept for reuse go back to the allocator when a larger request 
   const auto large = arena.allocate(1536 * KiB, false);
   REQUIRE(large.has_value());
   CHECK(arena.bytes_in_use() == 1536 * KiB);
+}
+
+TEST_CASE("freed blocks are kept up to 256 of them, the oldest going back first, and the "
+          "latest freed is taken first") {
+  SendArena arena(1, 4 * MiB, "test");
+  std::vector<ArenaBlock> blocks;
+  for (int i = 0; i < 257; ++i) blocks.push_back(*arena.allocate(KiB, false));
+  for (const ArenaBlock& block : blocks) arena.free(block);
+  CHECK(arena.kept_blocks() == 256);
+  CHECK(arena.kept_bytes() == 256 * KiB);
+  // Taken back newest first: the 256 kept are the blocks freed last, so the first one
+  // freed is not among them.
+  CHECK(arena.allocate(KiB, false)->data == blocks.back().data);
+  for (int i = 1; i < 256; ++i) {
+    const ArenaBlock again = *arena.allocate(KiB, false);
+    REQUIRE(again.data != blocks.front().data);
+  }
+  CHECK(arena.kept_blocks() == 0);
+}
+
+TEST_CASE("freed blocks are kept up to 4 MiB in all, and none larger than 64 KiB") {
+  SendArena arena(1, 16 * MiB, "test");
+  std::vector<ArenaBlock> blocks;
+  for (int i = 0; i < 80; ++i) blocks.push_back(*arena.allocate(60 * KiB, false));
+  const ArenaBlock large = *arena.allocate(64 * KiB + 8, false);
+  arena.free(large);
+  CHECK(arena.kept_blocks() == 0);
+  for (const ArenaBlock& block : blocks) arena.free(block);
+  CHECK(arena.kept_bytes() <= 4 * MiB);
+  CHECK(arena.kept_blocks() == (4 * MiB) / (60 * KiB));  // 68: the latest freed
+  CHECK(arena.bytes_in_use() == 0);
 }
