@@ -86,9 +86,9 @@ class PooledMessageBuilder final : public capnp::MessageBuilder {
   /// shared-memory path.
   bool in_shared_memory() const noexcept { return !arena_blocks_.empty(); }
 
-  /// Hands the arena blocks over (to SharedSender::describe); this builder no longer
-  /// frees them.
-  ArenaBlocks take_arena_blocks() { return std::move(arena_blocks_); }
+  /// The arena blocks this builder frees unless SharedSender::describe takes them (it
+  /// leaves them empty once it did).
+  ArenaBlocks& arena_blocks() noexcept { return arena_blocks_; }
 
  private:
   struct OwnedChunk {

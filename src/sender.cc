@@ -127,7 +127,13 @@ void Sender::send(OutgoingMessage&& message, Deadline deadline) {
 }
 
 SendStatus Sender::try_send(OutgoingMessage&& message) {
-  return core().send(message, Deadline::immediate());
+  try {
+    return core().send(message, Deadline::immediate());
+  } catch (const Error& error) {
+    // The shared-memory arena had no room for the message's pool segments: not taken.
+    if (error.code() == ErrorCode::Overloaded) return SendStatus::queue_full;
+    throw;
+  }
 }
 
 void Sender::queue(OutgoingMessage&& message) {
@@ -141,7 +147,12 @@ void Sender::queue(OutgoingMessage&& message, Deadline deadline) {
 }
 
 bool Sender::try_queue(OutgoingMessage&& message) {
-  return core().queue(message, Deadline::immediate());
+  try {
+    return core().queue(message, Deadline::immediate());
+  } catch (const Error& error) {
+    if (error.code() == ErrorCode::Overloaded) return false;  // as in try_send()
+    throw;
+  }
 }
 
 void Sender::flush() { flush(Deadline::after(core().options().send_timeout)); }

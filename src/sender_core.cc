@@ -223,7 +223,7 @@ SendStatus SenderCore::take(OutgoingMessage& message, Deadline deadline, bool th
     return flushed();
   }
   if (shared) {
-    queue_shared(std::move(message.builder_), deadline);  // may wait for arena room, as building does
+    queue_shared(message, deadline);  // may wait for arena room, as building does
     return flushed();
   }
   std::unique_ptr<PooledMessageBuilder> builder = std::move(message.builder_);
@@ -306,16 +306,18 @@ bool SenderCore::send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> s
   return append_copy(segments, nullptr, std::nullopt, deadline);
 }
 
-void SenderCore::queue_shared(std::unique_ptr<PooledMessageBuilder> message, Deadline deadline) {
+void SenderCore::queue_shared(OutgoingMessage& message, Deadline deadline) {
   // Everything here is on the message's latency path, and after building a large message
   // every cache and TLB entry it touches is cold: the descriptor is built on the stack
-  // (not in a pool chunk), and `message` gives its pool chunks back only after the write.
-  DescriptorBuilder descriptor(message->segments_for_output().size());
-  const std::size_t described = frame_bytes(message->segments_for_output());
+  // (not in a pool chunk), and the builder gives its pool chunks back only after the write.
+  PooledMessageBuilder& built = *message.builder_;
+  DescriptorBuilder descriptor(built.segments_for_output().size());
+  const std::size_t described = frame_bytes(built.segments_for_output());
+  // Until describe() returns, the message is whole and still the caller's.
   const std::uint64_t id =
-      memory_->shared->describe(message->segments_for_output(), message->take_arena_blocks(),
+      memory_->shared->describe(built.segments_for_output(), built.arena_blocks(),
                                 descriptor.message(), deadline, memory_->flush_queued);
-  append_copy(descriptor.marked_frame(), std::move(message), id, std::nullopt, described);
+  append_copy(descriptor.marked_frame(), std::move(message.builder_), id, std::nullopt, described);
 }
 
 bool SenderCore::append_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,

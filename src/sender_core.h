@@ -134,8 +134,8 @@ class SenderCore final {
   bool make_room_locked(std::size_t bytes, Deadline deadline);
   /// Queues `message`, built partly in the shared-memory arena, as a descriptor, like
   /// any frame: written with the batch (or by flush()). Waits for arena room until
-  /// `deadline` (SharedSender::describe).
-  void queue_shared(std::unique_ptr<PooledMessageBuilder> message, Deadline deadline);
+  /// `deadline` (SharedSender::describe), then throws Overloaded with `message` whole.
+  void queue_shared(OutgoingMessage& message, Deadline deadline);
   /// Queues `segments` (with `owner` and `shared_id` for its QueuedFrame), which need not
   /// outlive the call: with `write_until`, writes the queue until then and copies what
   /// the pipe did not take; without, copies the frame and leaves it to the batch

@@ -203,11 +203,12 @@ void SharedSender::free(const ArenaBlock& block) {
 }
 
 std::uint64_t SharedSender::describe(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
-                                     ArenaBlocks blocks,
+                                     ArenaBlocks& blocks,
                                      capnp::MessageBuilder& descriptor, Deadline deadline,
                                      const FlushQueued& flush_queued) {
   boost::container::small_vector<std::pair<std::uint64_t, std::uint64_t>, 4> places;  // offset, words
   places.reserve(segments.size());
+  const std::size_t built_blocks = blocks.size();  // the message's own: the caller's on failure
   try {
     for (const auto& segment : segments) {
       const auto* begin = reinterpret_cast<const std::byte*>(segment.begin());
@@ -224,18 +225,22 @@ std::uint64_t SharedSender::describe(kj::ArrayPtr<const kj::ArrayPtr<const capnp
       // A segment built in the pipe pool (the root, small objects): the reader must find
       // every segment in the arena, so copy it there. It is small.
       std::optional<ArenaBlock> room = allocate_more(bytes);
-      if (!room) room = allocate(bytes, /*zeroed=*/false, deadline, flush_queued);
-      if (!room) {  // cannot be: the message's other blocks keep the arena alive
-        throw Error(ErrorCode::SystemError, context_,
-                    "no shared-memory arena for a segment of a shared message", ENOMEM);
+      try {
+        if (!room) room = allocate(bytes, /*zeroed=*/false, deadline, flush_queued);
+      } catch (const Error& error) {
+        if (error.code() != ErrorCode::Timeout) throw;
+        room.reset();
       }
+      if (!room) throw arena_full_error();
+
       const ArenaBlock copy = *room;
       if (bytes != 0) std::memcpy(copy.data, begin, bytes);
       blocks.push_back(copy);
       places.emplace_back(copy.offset, segment.size());
     }
   } catch (...) {
-    for (const ArenaBlock& block : blocks) free(block);
+    for (std::size_t i = built_blocks; i < blocks.size(); ++i) free(blocks[i]);
+    blocks.erase(blocks.begin() + static_cast<std::ptrdiff_t>(built_blocks), blocks.end());
     throw;
   }
 
@@ -246,7 +251,7 @@ std::uint64_t SharedSender::describe(kj::ArrayPtr<const kj::ArrayPtr<const capnp
     id = next_message_id_++;
     arena = arena_;  // where `blocks` are: they keep it from being replaced
   }
-  arena->hold_until_released(id, std::move(blocks));
+  arena->hold_until_released(id, std::exchange(blocks, ArenaBlocks{}));  // held for the reader now
 
   auto root = descriptor.initRoot<wire::SharedMessage>();
   root.setMagic(wire::SharedMessage::EXPECTED_MAGIC);
@@ -258,6 +263,14 @@ std::uint64_t SharedSender::describe(kj::ArrayPtr<const kj::ArrayPtr<const capnp
     list[i].setWords(places[i].second);
   }
   return id;
+}
+
+Error SharedSender::arena_full_error() const {
+  return Error(ErrorCode::Overloaded, context_,
+               "a segment of this shared-memory message was built in the pipe pool and must "
+               "be copied into the arena, which is full of messages the reader has not "
+               "released, and none was released before the deadline: the message was not "
+               "taken and is still yours");
 }
 
 void SharedSender::abandon(std::uint64_t message_id) {

@@ -14,6 +14,7 @@
 #include <capnp/message.h>
 
 #include "capnsplice/deadline.h"
+#include "capnsplice/error.h"
 #include "capnsplice/options.h"
 #include "control_link.h"
 #include "flush_queued.h"
@@ -83,11 +84,13 @@ class SharedSender final : public Trimmable {
   void free(const ArenaBlock& block);
 
   /// Moves every one of a message's `segments` into the arena (copying those that are
-  /// not in its `blocks` yet), holds them under a new message id, and builds the
-  /// descriptor into `descriptor`. Returns the id. Copying waits for arena room like
-  /// allocate().
+  /// not in its `blocks` yet), holds them under a new message id (taking `blocks`, which
+  /// it leaves empty), and builds the descriptor into `descriptor`. Returns the id.
+  /// Copying waits for arena room like allocate(), until `deadline`; without room by
+  /// then it throws Overloaded. On any failure `blocks` are as they were: the message is
+  /// still whole and the caller's.
   std::uint64_t describe(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
-                         ArenaBlocks blocks,
+                         ArenaBlocks& blocks,
                          capnp::MessageBuilder& descriptor, Deadline deadline,
                          const FlushQueued& flush_queued);
 
@@ -108,6 +111,8 @@ class SharedSender final : public Trimmable {
   std::uint64_t releases_by_record() const noexcept;
 
  private:
+  /// Overloaded: a copy into the arena found no room by its deadline.
+  Error arena_full_error() const;
   /// The arena to allocate from, with what the reader released taken in, made or
   /// replaced first when it should be (see allocate()). Called with `mutex_` held, and the allocation made before it is let
   /// go: blocks are made only in the current arena, so a replaced arena stays idle. A

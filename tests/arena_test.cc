@@ -310,3 +310,38 @@ TEST_CASE("a sender waiting for the reader to release a shared message goes on o
   CHECK(far.receive_as<test::Blob>()->getSeq() == 128);
   CHECK(near.sender().stats().shared_releases_by_ring >= 1);
 }
+
+TEST_CASE("a message whose root must be copied into a full arena is refused whole: "
+          "try_send says queue_full, send throws Overloaded, and it goes out once the reader "
+          "lets go") {
+  // The root is built in the pipe pool; describing the message copies it into the
+  // arena. This copy found no room: it used to drop the message (SystemError).
+  auto [near, far] = Channel::pair(
+      shared_options().with_arena_bytes(32 * MiB).with_shared_memory_threshold_bytes(8));
+  Random random(51);
+  OutgoingMessage waiting = blob_in_place(near, 0, 1 * MiB, random);
+  // Fill the arena with messages the reader holds, each size halving down to 8 bytes,
+  // until even the smallest one finds no room.
+  std::vector<ReceivedMessage> held;
+  for (std::size_t size = 4 * MiB; size >= 8; size /= 2) {
+    for (;;) {
+      const std::size_t in_use = near.sender().stats().arena_bytes_in_use;
+      OutgoingMessage filler = near.new_message(Deadline::immediate());
+      fill_blob_in_place(filler, 1, size, random);
+      // Where the arena is full, building with Deadline::immediate() takes the pipe pool.
+      if (near.sender().stats().arena_bytes_in_use < in_use + size) break;
+      if (near.try_send(std::move(filler)) != SendStatus::sent) break;  // its root found no room
+      held.push_back(far.receive(Deadline::after(10s)));
+    }
+  }
+  REQUIRE(near.sender().stats().shared_messages >= 8);
+  CHECK(near.try_send(std::move(waiting)) == SendStatus::queue_full);
+  const Error error = error_from([&] { near.send(std::move(waiting), Deadline::after(50ms)); });
+  CHECK(error.code() == ErrorCode::Overloaded);
+  CHECK_THAT(error.what(), Catch::Contains("still yours"));
+  held.clear();
+  near.send(std::move(waiting));
+  auto arrived = far.receive_as<test::Blob>(Deadline::after(10s));
+  CHECK(arrived->getSeq() == 0);
+  CHECK(blob_intact(arrived.root()));
+}

@@ -156,7 +156,9 @@ class Sender {
   ///     of it may be in the pipe); the next send, flush, try_flush or close writes it
   ///     first. Do not send it again.
   ///   * Overloaded: the queue already held max_unsent_bytes and the reader made no room
-  ///     in time: the message was not taken and `message` still holds it.
+  ///     in time, or the shared-memory arena had no room for the part of the message
+  ///     built in the pipe pool (its root) and the reader released none in time: the
+  ///     message was not taken and `message` still holds it.
   /// Also PeerClosed when the reader is gone (keep receiving: what it sent before is
   /// still there; the queue is dropped), MessageTooLarge when it does not fit the
   /// shared-memory arena (not taken), InvalidArgument for a sent or moved-from message
@@ -177,7 +179,8 @@ class Sender {
   /// queue holds max_unsent_bytes, until send_timeout or `deadline` (Deadline::immediate()
   /// never waits); then Overloaded, the message not taken. A shared-memory message whose
   /// root was built in the pool is copied into the arena here and may wait for arena
-  /// room like building does; Timeout then drops it. Flush before waiting for a reply.
+  /// room like building does; without room by the deadline, Overloaded too, the message
+  /// not taken. Flush before waiting for a reply.
   void queue(OutgoingMessage&& message);
   void queue(OutgoingMessage&& message, Deadline deadline);
 
