@@ -206,10 +206,10 @@ SendStatus SenderCore::take(OutgoingMessage& message, Deadline deadline, bool th
   auto segments = built->segments_for_output();
   // A shared message puts only a small descriptor in the queue.
   const std::size_t room = shared ? 0 : frame_bytes(segments);
-  // A pipe frame that plainly fits needs no lock here: the one below checks that this
-  // end is still open. (Two threads may both see room and go a frame over the limit,
-  // as they could when each took the lock in turn.)
-  const bool plainly_fits = !foreign && !shared &&
+  // A pipe frame that plainly fits on an open end needs no lock here. (Two threads may
+  // both see room and go a frame over the limit, as they could when each took the lock
+  // in turn; an end closed meanwhile throws below, as it could then.)
+  const bool plainly_fits = !foreign && !shared && !closed_.load(std::memory_order_relaxed) &&
                             (!has_queued() || unsent_bytes() + room <= options_.max_unsent_bytes);
   if (!plainly_fits) {
     std::lock_guard lock(mutex_);
@@ -422,6 +422,7 @@ bool SenderCore::close(Deadline deadline) {
 
 void SenderCore::close_locked(ClosedBy why) {
   closed_by_ = why;
+  closed_.store(true, std::memory_order_relaxed);
   if (watching_) {
     // Out of the watcher's set before the descriptor closes, so its number can be reused.
     ::epoll_ctl(watch_epoll_, EPOLL_CTL_DEL, fd_.get(), nullptr);

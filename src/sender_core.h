@@ -218,6 +218,9 @@ class SenderCore final {
   SenderStats stats_;
   PipeCapacity capacity_;  // raised once, when a write finds the pipe full
   ClosedBy closed_by_ = ClosedBy::caller;
+  /// fd_ was closed (close_locked), read without the lock: a send on a closed end must
+  /// throw before it takes the message.
+  std::atomic<bool> closed_{false};
 };
 
 }  // namespace capnsplice::detail

@@ -323,14 +323,19 @@ TEST_CASE("a message whose root must be copied into a full arena is refused whol
   // Fill the arena with messages the reader holds, each size halving down to 8 bytes,
   // until even the smallest one finds no room.
   std::vector<ReceivedMessage> held;
+  std::vector<OutgoingMessage> refused;  // kept: dropping one would free room again
   for (std::size_t size = 4 * MiB; size >= 8; size /= 2) {
     for (;;) {
       const std::size_t in_use = near.sender().stats().arena_bytes_in_use;
       OutgoingMessage filler = near.new_message(Deadline::immediate());
       fill_blob_in_place(filler, 1, size, random);
-      // Where the arena is full, building with Deadline::immediate() takes the pipe pool.
-      if (near.sender().stats().arena_bytes_in_use < in_use + size) break;
-      if (near.try_send(std::move(filler)) != SendStatus::sent) break;  // its root found no room
+      // Where the arena is full, building with Deadline::immediate() takes the pipe pool;
+      // where it has no room for the root, try_send refuses.
+      if (near.sender().stats().arena_bytes_in_use < in_use + size ||
+          near.try_send(std::move(filler)) != SendStatus::sent) {
+        refused.push_back(std::move(filler));
+        break;
+      }
       held.push_back(far.receive(Deadline::after(10s)));
     }
   }
@@ -340,6 +345,7 @@ TEST_CASE("a message whose root must be copied into a full arena is refused whol
   CHECK(error.code() == ErrorCode::Overloaded);
   CHECK_THAT(error.what(), Catch::Contains("still yours"));
   held.clear();
+  refused.clear();
   near.send(std::move(waiting));
   auto arrived = far.receive_as<test::Blob>(Deadline::after(10s));
   CHECK(arrived->getSeq() == 0);

@@ -263,6 +263,19 @@ TEST_CASE("a send refused with Overloaded leaves the message with the caller to 
   CHECK(in_order);
 }
 
+TEST_CASE("a send on an end closed for sending throws and leaves the message with the "
+          "caller") {
+  auto [near, far] = Channel::pair();
+  Random random(6);
+  near.close_sending();
+  OutgoingMessage message = blob_message(near, 0, 64, random);
+  CHECK(error_from([&] { near.send(std::move(message)); }).code() == ErrorCode::InvalidArgument);
+  CHECK(static_cast<bool>(message));
+  CHECK(error_from([&] { static_cast<void>(near.try_send(std::move(message))); }).code() ==
+        ErrorCode::InvalidArgument);
+  CHECK(static_cast<bool>(message));
+}
+
 TEST_CASE("watch_fd is readable when bytes arrive and when the pipe has room for unsent "
           "bytes, and stays open through close_sending and the peer's end") {
   auto [near, far] = Channel::pair(ChannelOptions().with_pipe_bytes(64 * KiB));

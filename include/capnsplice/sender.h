@@ -67,7 +67,11 @@ enum class SendStatus {
   /// reader makes room: call try_flush() when the pipe is writable again.
   queued,
   /// Not taken: the outgoing queue already holds max_unsent_bytes. The message is still
-  /// the caller's, unchanged; try again once try_flush() made room.
+  /// the caller's, unchanged; try again once try_flush() made room. Also when the message
+  /// is in the shared-memory arena with its root built in the pipe pool, and the arena
+  /// has no room to copy the root into because the reader holds the messages there: no
+  /// event of watch_fd() says when that changes, so try again on a timer or after the
+  /// reader's next reply.
   queue_full,
 };
 
@@ -185,8 +189,8 @@ class Sender {
   void queue(OutgoingMessage&& message, Deadline deadline);
 
   /// Never blocks: takes `message` into the outgoing batch like queue() (true), or
-  /// refuses it when the queue holds max_unsent_bytes (false; `message` is still the
-  /// caller's). For a loop that takes several messages in one turn and then calls
+  /// refuses it when the queue holds max_unsent_bytes or the arena has no room for its
+  /// root, as try_send() says queue_full (false; `message` is still the caller's). For a loop that takes several messages in one turn and then calls
   /// try_flush() once: the batch goes out in one system call. A watcher of the channel
   /// learns of the queued bytes only from that try_flush(): call it before waiting.
   [[nodiscard]] bool try_queue(OutgoingMessage&& message);
