@@ -114,10 +114,10 @@ class SharedSender final : public Trimmable {
   /// Overloaded: a copy into the arena found no room by its deadline.
   Error arena_full_error() const;
   /// The arena to allocate from, with what the reader released taken in, made or
-  /// replaced first when it should be (see allocate()). Called with `mutex_` held, and the allocation made before it is let
-  /// go: blocks are made only in the current arena, so a replaced arena stays idle. A
-  /// replaced arena is handed to `replaced`, for the caller to let go of after
-  /// unlocking (unmapping it takes ~70 ms per GiB).
+  /// replaced first when it should be (see allocate()). Called with `mutex_` held, and
+  /// the allocation made before it is let go: blocks are made only in the current
+  /// arena, so a replaced arena stays idle. A replaced arena is handed to `replaced`,
+  /// for the caller to let go of after unlocking (unmapping it takes ~70 ms per GiB).
   /// Null when there is no arena and none can be made.
   SendArena* arena_for_allocation_locked(std::shared_ptr<SendArena>& replaced, Deadline deadline);
   /// The current arena, which every live block is in (none before the first allocation).

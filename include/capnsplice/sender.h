@@ -190,8 +190,9 @@ class Sender {
 
   /// Never blocks: takes `message` into the outgoing batch like queue() (true), or
   /// refuses it when the queue holds max_unsent_bytes or the arena has no room for its
-  /// root, as try_send() says queue_full (false; `message` is still the caller's). For a loop that takes several messages in one turn and then calls
-  /// try_flush() once: the batch goes out in one system call. A watcher of the channel
+  /// root, where try_send() says queue_full (false; `message` is still the caller's).
+  /// For a loop that takes several messages in one turn and then calls try_flush()
+  /// once: the batch goes out in one system call. A watcher of the channel
   /// learns of the queued bytes only from that try_flush(): call it before waiting.
   [[nodiscard]] bool try_queue(OutgoingMessage&& message);
 
