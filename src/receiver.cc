@@ -73,11 +73,11 @@ class ReceiverCore {
     for (;;) {
       if (auto message = take_buffered()) return std::move(*message);
       if (end_of_stream_) throw_end_of_stream();
-      // After a read found the pipe empty (a try_receive() that returned nothing), wait
-      // first: poll() answers at once if bytes came since, and saves the empty read that
-      // a receive() after a drained try_receive() would otherwise make again.
-      // With the peer's doorbell quiet, that read would fail too: skip it.
-      if (!drained_ && !doorbell_.quiet()) {
+      // After a read left the pipe empty (it found nothing, or took less than it asked:
+      // the usual end of a read that took a request, or a reply), wait first: poll()
+      // answers at once if bytes came since, and saves a read that would most likely
+      // find nothing. With the peer's doorbell quiet, that read would fail too: skip it.
+      if (!emptied_pipe_ && !doorbell_.quiet()) {
         if (read_more() != ReadOutcome::would_block) {
           rang = false;
           continue;
@@ -92,7 +92,7 @@ class ReceiverCore {
         if (spin_on_doorbell &&
             doorbell_.spin_until_rung(spin, deadline, [this] { return wake_.should_stop(); })) {
           ++stats_.doorbell_looks;
-          drained_ = false;
+          emptied_pipe_ = false;
           rang = doorbell_.rang();  // not a write under way: that may find the pipe empty
           continue;
         }
@@ -103,7 +103,7 @@ class ReceiverCore {
       switch (wake_.wait(fd_.get(), spin, deadline, context_)) {
         case WaitResult::ready:
           // Read again, even with the doorbell quiet: bytes it did not ring for.
-          drained_ = false;
+          emptied_pipe_ = false;
           if (doorbell_.quiet()) doorbell_.missed_unless_rung_since(doorbell_.seen());
           break;
         case WaitResult::timed_out:
@@ -115,7 +115,7 @@ class ReceiverCore {
           }
           // The read skipped above: bytes already there come first, and the interrupt
           // stays for the next receive that blocks.
-          if (std::exchange(drained_, false) && read_more() != ReadOutcome::would_block) {
+          if (std::exchange(emptied_pipe_, false) && read_more() != ReadOutcome::would_block) {
             continue;
           }
           static_cast<void>(wake_.take_interrupt());
@@ -242,8 +242,9 @@ class ReceiverCore {
   /// ends never receive one, and Channel::pair() makes two ends per pair).
   std::unique_ptr<SharedReceiver> shared_;
   bool end_of_stream_ = false;
-  bool drained_ = false;       // the last read found the pipe empty
-  bool emptied_pipe_ = false;  // the last read found it empty or took all there was
+  // The last read found the pipe empty or took all there was; in receive(), until a
+  // wait says bytes came.
+  bool emptied_pipe_ = false;
   DoorbellWatch doorbell_;     // the peer's, with ReceiverOptions::doorbell
   ReceiverStats stats_;
 };
@@ -397,7 +398,6 @@ ReceiverCore::ReadOutcome ReceiverCore::read_more() {
     return ReadOutcome::would_block;
   }
   const long got = read_some(fd_.get(), splice_reads_, target, length, context_);
-  drained_ = got < 0;
   // A pipe read returns what is there up to the length asked: less means it is empty now.
   emptied_pipe_ = got < 0 || static_cast<std::size_t>(got) < length;
   doorbell_.after_read(emptied_pipe_ && got != 0);

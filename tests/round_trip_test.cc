@@ -192,6 +192,29 @@ TEST_CASE(
   later.join();
 }
 
+TEST_CASE(
+    "a receive after a read that took all the pipe held waits before it reads again, and "
+    "still takes a message that came in between at once") {
+  // The usual request/reply pattern: the read that took a request found the pipe empty
+  // after it, so the next receive() polls first instead of reading the pipe empty.
+  auto [near, far] =
+      Channel::pair(ChannelOptions().with_spin_before_block(std::chrono::nanoseconds(0)));
+  Random random(13);
+  send_blob(near, 1, 40, random);
+  CHECK(far.receive_as<test::Blob>()->getSeq() == 1);  // a read shorter than it asked
+  CHECK(far.receiver().emptied_pipe());
+  std::thread later([&near = near, &random] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    send_blob(near, 2, 40, random);
+  });
+  CHECK(far.receive_for(std::chrono::seconds(10)).root<test::Blob>().getSeq() == 2);
+  later.join();
+  CHECK(far.receiver().stats().empty_reads == 0);
+  send_blob(near, 3, 40, random);  // came in between: the poll answers at once
+  CHECK(far.receive(Deadline::immediate()).root<test::Blob>().getSeq() == 3);
+  CHECK(far.receiver().stats().empty_reads == 0);
+}
+
 TEST_CASE("one read brings many small messages") {
   auto [near, far] = Channel::pair();
   Random random(5);

@@ -8,8 +8,8 @@
 // The loop's 1 ms tick (HostSession) is a steady_timer on the same io_context.
 //
 // The plugin is the same as the socketpair one, on a Channel: a blocking receive(),
-// then every request already there (try_receive()), each answered with queue(), and one
-// flush() for them all. It does not spin before sleeping (spin_before_block 0), like the
+// then every request that read brought (has_buffered_message()), each answered with
+// queue(), and one flush() for them all. It does not spin before sleeping (spin_before_block 0), like the
 // socketpair plugin: N spinning plugins would take the cores the host runs on.
 
 // Every handler the loop runs is timed (HostSession::step): see asio_step_timing.h.
@@ -47,7 +47,9 @@ int run_plugin(capnsplice::Channel& host, const HostPlan& plan) {
       if (error.code() == capnsplice::ErrorCode::PeerClosed) return 0;
       throw;
     }
-    while (auto request = host.try_receive()) answer(std::move(*request));
+    // What the same read brought (as the socketpair plugin parses its buffer): a
+    // try_receive() here would read the pipe again, mostly to find it empty.
+    while (host.has_buffered_message()) answer(host.receive());
     host.flush();
   }
 }
