@@ -197,11 +197,11 @@ SendStatus SenderCore::take(OutgoingMessage& message, Deadline deadline, bool th
                 "an empty OutgoingMessage (already sent or moved from)");
   }
   PooledMessageBuilder* built = message.builder_.get();
-  // Built in another sender's pool, which cannot see this pipe's progress, or in the
-  // arena of the parent of this fork() child, which still holds it: the bytes must be
-  // copied rather than spliced or described.
+  // Built in another sender's pool, which cannot see this pipe's progress, or in an
+  // arena the reader cannot use (a fork() parent's, which still holds it, or one the peer
+  // lost): the bytes must be copied rather than spliced or described.
   const bool foreign = built->memory() != memory_.get() ||
-                       (built->in_shared_memory() && !memory_->shared->arena_is_ours());
+                       (built->in_shared_memory() && !memory_->shared->can_describe());
   const bool shared = !foreign && built->in_shared_memory();
   auto segments = built->segments_for_output();
   // A shared message puts only a small descriptor in the queue.
@@ -329,19 +329,25 @@ bool SenderCore::append_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>>
   std::vector<std::byte> heap_table;
   const std::size_t table_bytes = segment_table_bytes(segments.size());
   std::byte* table = stack_table.data();
-  if (table_bytes > stack_table.size()) {
-    heap_table.resize(table_bytes);
-    table = heap_table.data();
+  std::unique_lock lock(mutex_, std::defer_lock);
+  try {
+    if (table_bytes > stack_table.size()) {
+      heap_table.resize(table_bytes);
+      table = heap_table.data();
+    }
+    write_segment_table(segments, table);
+    lock.lock();
+    ensure_open();
+    // `segments` may be the caller's to reuse, or on its stack, once this returns: queue
+    // behind the batch, write by copy, and keep a copy of what the pipe did not take.
+    append_locked({std::move(owner), 0, 0, WriteMethod::copy, shared_id}, table, table_bytes,
+                  false, segments);
+  } catch (...) {
+    // A descriptor that never got into the queue (a closed end, no memory): nothing will
+    // name its blocks, which the arena holds for the reader until given back here.
+    if (shared_id) memory_->shared->abandon(*shared_id);
+    throw;
   }
-  write_segment_table(segments, table);
-
-  std::lock_guard lock(mutex_);
-  if (!fd_ && shared_id) memory_->shared->abandon(*shared_id);  // nothing will name its blocks
-  ensure_open();
-  // `segments` may be the caller's to reuse, or on its stack, once this returns: queue
-  // behind the batch, write by copy, and keep a copy of what the pipe did not take.
-  append_locked({std::move(owner), 0, 0, WriteMethod::copy, shared_id}, table, table_bytes,
-                false, segments);
   if (!write_until) {
     own_last_frame();
     write_if_batch_full_locked(described_bytes);

@@ -79,6 +79,12 @@ SendArena* SharedSender::arena_for_allocation_locked(std::shared_ptr<SendArena>&
   return arena_.get();
 }
 
+bool SharedSender::can_describe() const {
+  if (!arena_is_ours()) return false;
+  const std::shared_ptr<SendArena> arena = current_arena();
+  return arena && !arena->lost_by_peer();
+}
+
 std::shared_ptr<SendArena> SharedSender::current_arena() const {
   std::lock_guard lock(mutex_);
   return arena_;

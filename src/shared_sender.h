@@ -53,6 +53,11 @@ class SharedSender final : public Trimmable {
            arena_generation_.load(std::memory_order_relaxed) == fork_generation();
   }
 
+  /// True when a message built in this sender's arena can go by descriptor: the arena is
+  /// this process's (arena_is_ours()) and the peer has not lost it (a lost arena is kept
+  /// until idle, so a message built in it before the loss was known must take the pipe).
+  bool can_describe() const;
+
   /// Arena memory for a message being built, from a fresh arena when the current one
   /// should retire (SendArena::should_retire_locked). While the arena is full of messages
   /// the reader holds, waits for it to release some, until `deadline` (then Timeout). When

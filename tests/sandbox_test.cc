@@ -17,7 +17,9 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <optional>
 #include <string>
+#include <utility>
 
 #include "capnsplice/channel.h"
 #include "capnsplice/receiver.h"
@@ -81,35 +83,60 @@ rlim_t mapped_bytes() {
   return 0;
 }
 
-/// Sends a large message while `resource` is held to `tight` on the receiving side, so
-/// that its arena cannot be taken: the receive must fail with SystemError `error`, and
-/// once the limit is lifted the next large message must come through a new arena.
-int arena_lost_then_recovered(int resource, rlim_t tight, int error_expected) {
-  auto [near, far] = Channel::pair(shared_options());
-  Random random(3);
-  send_blob(near, 0, 100, random);  // the receive ring exists before the limit
-  if (far.receive_as<test::Blob>()->getSeq() != 0) return kSmallMessagesBroken;
-  near.send(blob_in_place(near, 1, 512 * KiB, random));  // announces arena 1
+/// Sends large message 1 (announcing arena 1) while `resource` is held to `tight` on the
+/// receiving side, so that its arena cannot be taken: the receive must fail with
+/// SystemError `error_expected`, and the receiver then tells the sender it lost the arena.
+int lose_first_arena(Channel& near, Channel& far, Random& random, int resource, rlim_t tight,
+                     int error_expected) {
+  near.send(blob_in_place(near, 1, 512 * KiB, random));
   if (near.sender().stats().shared_messages != 1) return kLargeMessageBroken;
   rlimit limit{};
   ::getrlimit(resource, &limit);
   const rlimit held{tight, limit.rlim_max};
   if (::setrlimit(resource, &held) != 0) return kNoSandbox;
-  int code = -1;
+  int code = kLostArenaNotNamed;
   try {
     // The frame is in the pipe already: a read finds it, and nothing but the arena
     // needs a descriptor (a receive() that waited first would need its eventfd).
     static_cast<void>(far.try_receive());
   } catch (const Error& error) {
-    if (error.code() == ErrorCode::SystemError && error.sys_errno() == error_expected) code = 0;
+    if (error.code() == ErrorCode::SystemError && error.sys_errno() == error_expected) {
+      code = kCarried;
+    }
   }
   ::setrlimit(resource, &limit);
-  if (code != 0) return kLostArenaNotNamed;
+  return code;
+}
+
+/// A channel whose receive ring exists before any limit is set (small message 0 read).
+std::optional<std::pair<Channel, Channel>> started_pair(Random& random) {
+  auto ends = Channel::pair(shared_options());
+  send_blob(ends.first, 0, 100, random);
+  if (ends.second.receive_as<test::Blob>()->getSeq() != 0) return std::nullopt;
+  return ends;
+}
+
+/// Loses arena 1 (lose_first_arena); once the limit is lifted the next large message
+/// must come through a new arena.
+int arena_lost_then_recovered(int resource, rlim_t tight, int error_expected) {
+  Random random(3);
+  auto ends = started_pair(random);
+  if (!ends) return kSmallMessagesBroken;
+  auto& [near, far] = *ends;
+  const int lost = lose_first_arena(near, far, random, resource, tight, error_expected);
+  if (lost != kCarried) return lost;
   near.send(blob_in_place(near, 2, 512 * KiB, random));  // in arena 2
   auto large = far.receive_as<test::Blob>(Deadline::after(std::chrono::seconds(10)));
   if (large->getSeq() != 2 || !blob_intact(large.root())) return kLargeMessageBroken;
   if (far.receiver().stats().shared_messages != 1) return kUsedSharedMemory;
   return near.sender().stats().arenas_created == 2 ? kCarried : kNoNewArena;
+}
+
+/// The lowest descriptor number free now: as RLIMIT_NOFILE, no descriptor is left.
+rlim_t no_more_descriptors() {
+  const int lowest_free = ::dup(0);
+  ::close(lowest_free);
+  return static_cast<rlim_t>(lowest_free);
 }
 
 /// Runs `body` in a forked child (its limits and filters stay there) and checks that it
@@ -173,10 +200,38 @@ TEST_CASE("a sender that cannot map an arena under its address-space limit sends
 TEST_CASE("an arena that arrives while the receiver is out of descriptors is named as the "
           "cause, and the next large message comes through a new arena") {
   check_in_child([] {
-    // No descriptor left: the lowest free number is the limit.
-    const int lowest_free = ::dup(0);
-    ::close(lowest_free);
-    return arena_lost_then_recovered(RLIMIT_NOFILE, static_cast<rlim_t>(lowest_free), EMFILE);
+    return arena_lost_then_recovered(RLIMIT_NOFILE, no_more_descriptors(), EMFILE);
+  }, "its runtime needs descriptors of its own to report");
+}
+
+TEST_CASE("a message built in an arena that the peer then lost goes whole through the pipe "
+          "instead of being refused for ever") {
+  check_in_child([] {
+    Random random(4);
+    auto ends = started_pair(random);
+    if (!ends) return int{kSmallMessagesBroken};
+    auto& [near, far] = *ends;
+    // Its payload is in arena 1, its root in the pipe pool: describing it would need a
+    // copy of the root in the lost arena, which takes nothing more.
+    OutgoingMessage built_before = blob_in_place(near, 2, 512 * KiB, random);
+    const int lost =
+        lose_first_arena(near, far, random, RLIMIT_NOFILE, no_more_descriptors(), EMFILE);
+    if (lost != kCarried) return lost;
+    // Asking for arena memory reads the peer's report; this one is built in the pool.
+    OutgoingMessage built_after = blob_in_place(near, 3, 512 * KiB, random);
+    near.queue(std::move(built_before), Deadline::after(std::chrono::seconds(2)));
+    near.queue(std::move(built_after), Deadline::after(std::chrono::seconds(2)));
+    const Deadline give_up = Deadline::after(std::chrono::seconds(10));
+    std::uint64_t next = 2;
+    while (next <= 3 && !give_up.expired()) {
+      static_cast<void>(near.try_flush());  // the pipe takes 1 MiB at most: one thread
+      auto large = far.try_receive();
+      if (!large) continue;
+      const auto blob = large->root<test::Blob>();
+      if (blob.getSeq() != next++ || !blob_intact(blob)) return int{kLargeMessageBroken};
+    }
+    if (next != 4) return int{kLargeMessageBroken};
+    return near.sender().stats().shared_messages == 1 ? int{kCarried} : int{kUsedSharedMemory};
   }, "its runtime needs descriptors of its own to report");
 }
 
