@@ -56,6 +56,8 @@ WaitResult ReceiveWake::wait(int fd, std::chrono::nanoseconds spin, Deadline dea
   }
 }
 
+bool ReceiveWake::this_thread_can_wait() noexcept { return static_cast<bool>(thread_wake_fd); }
+
 void ReceiveWake::interrupt() noexcept {
   pending_.store(true);
   wake_waiter();

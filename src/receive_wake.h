@@ -38,6 +38,10 @@ class ReceiveWake {
   WaitResult wait(int fd, std::chrono::nanoseconds spin, Deadline deadline,
                   std::string_view context);
 
+  /// True once this thread has its eventfd (made on its first wait): a wait then needs
+  /// no new descriptor.
+  static bool this_thread_can_wait() noexcept;
+
   /// Makes an interrupt pending and wakes the receive waiting, if any. Any thread.
   void interrupt() noexcept;
 

@@ -76,8 +76,12 @@ class ReceiverCore {
       // After a read left the pipe empty (it found nothing, or took less than it asked:
       // the usual end of a read that took a request, or a reply), wait first: poll()
       // answers at once if bytes came since, and saves a read that would most likely
-      // find nothing. With the peer's doorbell quiet, that read would fail too: skip it.
-      if (!emptied_pipe_ && !doorbell_.quiet()) {
+      // find nothing. Read first when the doorbell rang since (bytes came), or before
+      // this thread's first wait, which makes a descriptor (at the descriptor limit,
+      // bytes already there still come). With the doorbell quiet, a read would fail.
+      const bool read_first =
+          !emptied_pipe_ || doorbell_.rang() || !ReceiveWake::this_thread_can_wait();
+      if (read_first && !doorbell_.quiet()) {
         if (read_more() != ReadOutcome::would_block) {
           rang = false;
           continue;
@@ -242,8 +246,8 @@ class ReceiverCore {
   /// ends never receive one, and Channel::pair() makes two ends per pair).
   std::unique_ptr<SharedReceiver> shared_;
   bool end_of_stream_ = false;
-  // The last read found the pipe empty or took all there was; in receive(), until a
-  // wait says bytes came.
+  // The last read found the pipe empty or took all there was; receive() clears it when a
+  // wait says bytes came or the doorbell rang.
   bool emptied_pipe_ = false;
   DoorbellWatch doorbell_;     // the peer's, with ReceiverOptions::doorbell
   ReceiverStats stats_;

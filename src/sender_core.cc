@@ -362,12 +362,18 @@ bool SenderCore::append_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>>
 void SenderCore::append_locked(QueuedFrame frame, std::byte* table, std::size_t table_bytes,
                                bool table_adjacent,
                                kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
-  frame.bytes = append_frame(gather_, table, table_bytes, table_adjacent, segments);
-  frame.iov_end = gather_.size();
-  // A frame the default pipe cannot hold would be written in parts with a wait between.
-  if (capacity_.wants_raise_for(frame.bytes)) capacity_.raise(fd_.get());
-  queued_bytes_ += frame.bytes;
-  queued_.push_back(std::move(frame));
+  const std::size_t gather_before = gather_.size();
+  try {
+    frame.bytes = append_frame(gather_, table, table_bytes, table_adjacent, segments);
+    frame.iov_end = gather_.size();
+    // A frame the default pipe cannot hold would be written in parts with a wait between.
+    if (capacity_.wants_raise_for(frame.bytes)) capacity_.raise(fd_.get());
+    queued_.push_back(std::move(frame));
+  } catch (...) {
+    gather_.resize(gather_before);  // no write may take bytes of a frame not queued
+    throw;
+  }
+  queued_bytes_ += queued_.back().bytes;
   update_counts_locked();
 }
 

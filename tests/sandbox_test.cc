@@ -96,9 +96,9 @@ int lose_first_arena(Channel& near, Channel& far, Random& random, int resource, 
   if (::setrlimit(resource, &held) != 0) return kNoSandbox;
   int code = kLostArenaNotNamed;
   try {
-    // The frame is in the pipe already: a read finds it, and nothing but the arena
-    // needs a descriptor (a receive() that waited first would need its eventfd).
-    static_cast<void>(far.try_receive());
+    // The frame is in the pipe already: receive() reads it before it would make a
+    // descriptor to wait with, so only the arena needs one.
+    far.receive(Deadline::after(std::chrono::seconds(10)));
   } catch (const Error& error) {
     if (error.code() == ErrorCode::SystemError && error.sys_errno() == error_expected) {
       code = kCarried;
