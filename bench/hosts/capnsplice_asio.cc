@@ -9,8 +9,9 @@
 //
 // The plugin is the same as the socketpair one, on a Channel: a blocking receive(),
 // then every request that read brought (has_buffered_message()), each answered with
-// queue(), and one flush() for them all. It does not spin before sleeping (spin_before_block 0), like the
-// socketpair plugin: N spinning plugins would take the cores the host runs on.
+// queue(), and one flush() for them all. It does not spin before sleeping
+// (spin_before_block 0), like the socketpair plugin: N spinning plugins would take the
+// cores the host runs on.
 
 // Every handler the loop runs is timed (HostSession::step): see asio_step_timing.h.
 #define BOOST_ASIO_CUSTOM_HANDLER_TRACKING "hosts/asio_step_timing.h"
