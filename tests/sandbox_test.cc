@@ -204,8 +204,8 @@ TEST_CASE("an arena that arrives while the receiver is out of descriptors is nam
   }, "its runtime needs descriptors of its own to report");
 }
 
-TEST_CASE("a message built in an arena that the peer then lost goes whole through the pipe "
-          "instead of being refused for ever") {
+TEST_CASE("a message built in an arena that the peer then lost goes whole through the pipe, "
+          "neither lost nor refused") {
   check_in_child([] {
     Random random(4);
     auto ends = started_pair(random);
