@@ -16,6 +16,8 @@
 
 #include "capnsplice/error.h"
 #include "channel_maker.h"
+#include "child_descriptors.h"
+#include "fork_exec.h"
 #include "pipe_io.h"
 
 extern char** environ;
@@ -38,9 +40,19 @@ class FileActions {
   FileActions(const FileActions&) = delete;
   FileActions& operator=(const FileActions&) = delete;
 
-  void dup2(int from, int to) {
-    check(::posix_spawn_file_actions_adddup2(&actions_, from, to), "adddup2");
+  /// The moves and closes `descriptors` asks for, in its order.
+  void put_in_place(const detail::ChildDescriptors& descriptors) {
+    for (const auto& move : descriptors.moves()) {
+      check(::posix_spawn_file_actions_adddup2(&actions_, move.source, move.target), "adddup2");
+    }
+    for (int fd : descriptors.gaps()) {
+      // glibc ignores EBADF for a close action: a number nothing had open is fine.
+      check(::posix_spawn_file_actions_addclose(&actions_, fd), "addclose");
+    }
+    close_from(descriptors.close_from());
   }
+
+ private:
   void close_from(int first) {
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
     check(::posix_spawn_file_actions_addclosefrom_np(&actions_, first), "addclosefrom_np");
@@ -48,6 +60,8 @@ class FileActions {
     static_cast<void>(first);  // close-on-exec still keeps capnsplice's own descriptors out
 #endif
   }
+
+ public:
   const posix_spawn_file_actions_t* get() const noexcept { return &actions_; }
 
  private:
@@ -127,14 +141,6 @@ StringArray child_environment(const std::vector<std::string>& extra) {
   environment.add(std::string(kChannelVariable) + "=" + std::to_string(kChildReceiveFd) + "," +
                   std::to_string(kChildSendFd) + "," + std::to_string(kChildControlFd));
   return environment;
-}
-
-/// A close-on-exec copy of `fd` numbered above the child's channel descriptors, so the
-/// dup2 actions can neither overwrite one another nor meet a source equal to its target.
-UniqueFd duplicate_above_targets(int fd, const std::string& context) {
-  UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, kChildControlFd + 1));
-  if (!copy) throw_system_error(context, "fcntl(F_DUPFD_CLOEXEC)");
-  return copy;
 }
 
 [[noreturn]] void run_forked_child(Channel parent_end, Channel& own_end,
@@ -233,16 +239,9 @@ UniqueFd adopt_inherited(int fd, const std::string& context) {
 Child spawn(const SpawnOptions& options) {
   const std::string context = "spawn '" + options.program + "'";
   auto [local, remote] = Channel::pair_with_remote_end(options.channel);
-  UniqueFd receive_source = duplicate_above_targets(remote.receive_fd.get(), context);
-  UniqueFd send_source = duplicate_above_targets(remote.send_fd.get(), context);
-  UniqueFd control_source = duplicate_above_targets(remote.control_fd.get(), context);
-
-  FileActions actions(context);
-  actions.dup2(receive_source.get(), kChildReceiveFd);
-  actions.dup2(send_source.get(), kChildSendFd);
-  actions.dup2(control_source.get(), kChildControlFd);
-  actions.close_from(kChildControlFd + 1);
-  SpawnAttributes attributes(context);
+  const int channel_ends[3] = {remote.receive_fd.get(), remote.send_fd.get(),
+                               remote.control_fd.get()};
+  const detail::ChildDescriptors descriptors(channel_ends, options.descriptors, context);
 
   StringArray argv;
   argv.add(options.program);
@@ -250,13 +249,21 @@ Child spawn(const SpawnOptions& options) {
   StringArray environment = child_environment(options.environment);
 
   pid_t pid = -1;
-  const bool search = options.program.find('/') == std::string::npos;
-  const int result = search ? ::posix_spawnp(&pid, options.program.c_str(), actions.get(),
-                                             attributes.get(), argv.get(), environment.get())
-                            : ::posix_spawn(&pid, options.program.c_str(), actions.get(),
-                                            attributes.get(), argv.get(), environment.get());
-  if (result != 0) throw_system_error(context, search ? "posix_spawnp" : "posix_spawn", result);
-  // The parent's copies of the child's ends close here (remote, *_source).
+  if (options.parent_death_signal != 0) {
+    pid = detail::fork_exec(detail::find_program(options.program, context), argv.get(),
+                            environment.get(), descriptors, options.parent_death_signal, context);
+  } else {
+    FileActions actions(context);
+    actions.put_in_place(descriptors);
+    SpawnAttributes attributes(context);
+    const bool search = options.program.find('/') == std::string::npos;
+    const int result = search ? ::posix_spawnp(&pid, options.program.c_str(), actions.get(),
+                                               attributes.get(), argv.get(), environment.get())
+                              : ::posix_spawn(&pid, options.program.c_str(), actions.get(),
+                                              attributes.get(), argv.get(), environment.get());
+    if (result != 0) throw_system_error(context, search ? "posix_spawnp" : "posix_spawn", result);
+  }
+  // The parent's copies of the child's ends close here (remote, descriptors).
   return Child{ChildProcess(pid, options.channel.name), std::move(local)};
 }
 

@@ -2,7 +2,10 @@
 //
 //   echo                 open the channel from the environment, send every message back
 //   hello APP VERSION    the same after exchanging a hello naming APP VERSION
-//   inventory            report descriptors and environment as test::Inventory, then echo
+//   inventory [FD...]    report descriptors, environment, parent-death signal and the first
+//                        bytes of each FD (read at offset 0) as test::Inventory, then echo
+//   host-of-stalled SIG  spawn this program as "stall" with parent-death signal SIG (0:
+//                        none), send its pid (as a Blob's seq), wait to be killed
 //   stream SEED          send Blobs of random sizes (up to 3 MiB) until the peer is gone
 //   sink                 receive until the peer is gone
 //   stall                open the channel, never read it, wait to be killed
@@ -24,6 +27,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -75,8 +79,17 @@ std::vector<int> open_fds() {
 
 bool has_flag(int fd, int command, int flag) { return (::fcntl(fd, command) & flag) != 0; }
 
-int inventory() {
+/// Up to 64 bytes of `fd` from offset 0 ("" when it cannot be read).
+std::string first_bytes(int fd) {
+  char buffer[64];
+  const ssize_t got = ::pread(fd, buffer, sizeof buffer, 0);
+  return got > 0 ? std::string(buffer, static_cast<std::size_t>(got)) : std::string();
+}
+
+int inventory(const std::vector<int>& to_read) {
   const std::vector<int> fds = open_fds();
+  int death_signal = -1;
+  ::prctl(PR_GET_PDEATHSIG, &death_signal);
   const char* inherited = std::getenv("CAPNSPLICE_CHANNEL");
   const char* extra = std::getenv("CAPNSPLICE_TEST_EXTRA");
   const bool nonblocking =
@@ -91,6 +104,9 @@ int inventory() {
                                has_flag(kChildSendFd, F_GETFD, FD_CLOEXEC));
     report.setNonblockingAtStart(nonblocking);
     report.setExtra(extra != nullptr ? extra : "");
+    auto contents = report.initContents(static_cast<unsigned>(to_read.size()));
+    for (unsigned i = 0; i < to_read.size(); ++i) contents.set(i, first_bytes(to_read[i]));
+    report.setParentDeathSignal(death_signal);
   });
   echo(parent);
 }
@@ -144,6 +160,17 @@ int plain() {
   return 0;
 }
 
+[[noreturn]] void host_of_stalled(int parent_death_signal) {
+  Channel parent = child_channel();
+  Child stalled = spawn({.program = "/proc/self/exe",
+                         .arguments = {"stall"},
+                         .parent_death_signal = parent_death_signal});
+  parent.send_struct<test::Blob>([&](test::Blob::Builder blob) {
+    blob.setSeq(static_cast<std::uint64_t>(stalled.process.pid()));
+  });
+  for (;;) ::pause();
+}
+
 HelloOptions hello_from(int argc, char** argv, int first) {
   HelloOptions hello;
   if (argc > first + 1) {
@@ -166,7 +193,11 @@ int run(int argc, char** argv) {
     exchange_hello(parent, hello_from(argc, argv, 2));
     echo(parent);
   } else if (mode == "inventory") {
-    return inventory();
+    std::vector<int> to_read;
+    for (int i = 2; i < argc; ++i) to_read.push_back(std::atoi(argv[i]));
+    return inventory(to_read);
+  } else if (mode == "host-of-stalled" && argc > 2) {
+    host_of_stalled(std::atoi(argv[2]));
   } else if (mode == "stream" && argc > 2) {
     return stream(std::strtoull(argv[2], nullptr, 10));
   } else if (mode == "sink") {

@@ -32,6 +32,8 @@ struct Inventory {
   cloexecAfterOpen @3 :Bool;      # both channel descriptors close-on-exec after child_channel()
   nonblockingAtStart @4 :Bool;    # an inherited channel descriptor had O_NONBLOCK
   extra @5 :Text;                 # CAPNSPLICE_TEST_EXTRA, to check added environment
+  contents @6 :List(Text);        # the first bytes of each descriptor named on the command line
+  parentDeathSignal @7 :Int32;    # prctl(PR_GET_PDEATHSIG)
 }
 
 # A struct laid out as capnsplice's SharedMessage descriptor (3 data words, 1 pointer).

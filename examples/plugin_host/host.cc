@@ -180,6 +180,10 @@ void Host::start_plugin(int index) {
       .arguments = {std::to_string(index)},
       .environment = {},
       .channel = capnsplice::ChannelOptions().with_name("plugin-" + std::to_string(index)),
+      .descriptors = {},
+      // A plugin ends with this host even when the host is killed with SIGKILL (and so
+      // cannot close its channels): a hung plugin never outlives it.
+      .parent_death_signal = SIGKILL,
   };
   const std::string after = std::to_string(kMisbehaveAfter);
   if (index == kCrashing) {

@@ -18,9 +18,9 @@
 //       capnsplice::ChannelOptions().with_name("parent"));
 //
 // The child inherits exactly its channel's descriptors (pipe ends 3 and 4, control socket
-// 5, named in the CAPNSPLICE_CHANNEL environment variable) besides stdin, stdout and
-// stderr: every descriptor capnsplice opens is close-on-exec, and spawn() closes any other
-// inherited descriptor in the child. When the parent dies, the child's receive and send
+// 5, named in the CAPNSPLICE_CHANNEL environment variable) besides stdin, stdout, stderr
+// and the descriptors SpawnOptions::descriptors names: every descriptor capnsplice opens
+// is close-on-exec, and spawn() closes any other inherited descriptor in the child. When the parent dies, the child's receive and send
 // report PeerClosed, and the other way round.
 #pragma once
 
@@ -46,6 +46,19 @@ inline constexpr int kChildReceiveFd = 3;
 inline constexpr int kChildSendFd = 4;
 inline constexpr int kChildControlFd = 5;
 
+/// The highest number SpawnOptions::descriptors may give a descriptor in the child.
+inline constexpr int kMaxChildFd = 1023;
+
+/// A descriptor of the parent's that a spawned child gets at a number of its choosing.
+/// spawn() duplicates it: the parent's descriptor stays open and the caller's to close.
+struct InheritedFd {
+  /// Open in the parent (close-on-exec or not: either way the child gets it).
+  int parent_fd = -1;
+  /// Its number in the child: 0, 1 or 2 (replacing standard input, output or error), or
+  /// 6 to kMaxChildFd. 3, 4 and 5 are the channel's.
+  int child_fd = -1;
+};
+
 /// A started child: the parent's end of the channel and the process handle.
 /// The channel is declared last so it is closed first: when a Child is destroyed without
 /// wait(), the child sees end of stream and has kChildExitGracePeriod (100 ms) to exit
@@ -65,15 +78,30 @@ struct SpawnOptions {
   std::vector<std::string> environment;
   /// The parent's end of the channel; its name also names the child in errors.
   ChannelOptions channel;
+  /// Descriptors the child gets besides its channel's, each at its own number, whatever
+  /// numbers they have in the parent (one may be another's target: parent 7 as child 8
+  /// and parent 8 as child 7 works). Every other descriptor is closed in the child.
+  std::vector<InheritedFd> descriptors;
+  /// A signal (SIGKILL, SIGTERM, ...) the child gets when the parent dies, so a hung
+  /// child does not outlive a killed host; 0 (the default): none. Set in the child
+  /// before exec (PR_SET_PDEATHSIG), and sent at once if the parent is already gone by
+  /// then, so no parent death is missed. Linux sends it when the parent *thread* that
+  /// called spawn() ends: spawn from a thread that lives as long as the child should.
+  /// The kernel clears it when the child execs a set-user-ID or set-group-ID program.
+  /// With a signal set, spawn() starts the child with fork() and execve() instead of
+  /// posix_spawn (a parent with much memory pays for copying its page tables).
+  int parent_death_signal = 0;
 };
 
 /// Starts `options.program` with posix_spawn (safe in a multi-threaded parent) and a
 /// channel to it. The child gets its pipe ends as blocking descriptors 3 and 4, the
-/// control socket as descriptor 5, and descriptors 6 and up closed; it starts with an
+/// control socket as descriptor 5, `options.descriptors` at their numbers and every
+/// other descriptor closed; it starts with an
 /// empty signal mask and with SIGPIPE and SIGCHLD at their default disposition even
 /// when the parent ignores them (other signals the parent ignores stay ignored, as
 /// exec does: nohup's SIGHUP, for one). Throws SystemError naming the program when it
-/// cannot be started (ENOENT, EACCES, ...).
+/// cannot be started (ENOENT, EACCES, ...), InvalidArgument for descriptors or a signal
+/// that cannot be given (see SpawnOptions); no child is left then.
 Child spawn(const SpawnOptions& options);
 
 /// Forks and runs `body` in the child with the child's end of a new channel; the child
