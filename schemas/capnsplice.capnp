@@ -61,3 +61,19 @@ struct SharedSegment {
   offset @0 :UInt64;  # bytes from the start of the arena; a multiple of 8
   words @1 :UInt64;   # length in 8-byte words
 }
+
+# In a message that carries descriptors (SCM_RIGHTS), segment 1 of its frame: the frame
+# is marked (segment 0 empty, include/capnsplice/frame.h), this is segment 1, and the
+# message's own segments follow from segment 2. The descriptors themselves travel on the
+# channel's control link in a Descriptors record with the same sequence number, sent
+# before the frame. Only sent to a peer that announced on the link that it takes
+# descriptors (and how many per message).
+struct Attachment {
+  const expectedMagic :UInt64 = 0x7364666c70736e63;  # "cnsplfds" as a little-endian word
+  magic @0 :UInt64;
+  # Always Attachment.expectedMagic.
+  sequence @1 :UInt64;
+  # Numbers the sender's messages with descriptors, from 1; names the record to take.
+  count @2 :UInt32;
+  # How many descriptors the record carries.
+}

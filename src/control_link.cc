@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -19,9 +20,11 @@ namespace capnsplice::detail {
 
 namespace {
 
+using control_record::kAcceptsDescriptors;
 using control_record::kAcceptsShared;
 using control_record::kArena;
 using control_record::kArenaLost;
+using control_record::kDescriptors;
 using control_record::kDoorbell;
 using control_record::kRelease;
 using control_record::kReleaseRing;
@@ -29,13 +32,10 @@ using control_record::kRetire;
 using control_record::kWake;
 using control_record::Record;
 
-/// The one descriptor `message` carries, or none. Every descriptor the kernel delivered
-/// is owned here, so any beyond the first, and the only one of a record that carries
-/// two, are closed on the spot: a peer can attach several to a record (the control
-/// buffer holds two; the kernel closes the rest itself, MSG_CTRUNC).
-UniqueFd take_descriptor(msghdr& message) {
-  UniqueFd kept;
-  std::size_t count = 0;
+/// Every descriptor `message` carries, owned here: whatever the record, a descriptor
+/// nobody keeps is closed on the spot.
+std::vector<UniqueFd> take_descriptors_of(msghdr& message) {
+  std::vector<UniqueFd> received;
   for (cmsghdr* header = CMSG_FIRSTHDR(&message); header != nullptr;
        header = CMSG_NXTHDR(&message, header)) {
     if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS ||
@@ -46,12 +46,15 @@ UniqueFd take_descriptor(msghdr& message) {
     for (std::size_t i = 0; i < fds; ++i) {
       int fd;
       std::memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof fd);
-      UniqueFd owned(fd);
-      if (++count == 1) kept = std::move(owned);
+      received.emplace_back(fd);
     }
   }
-  if (count != 1) kept.reset();
-  return kept;
+  return received;
+}
+
+/// The one descriptor of a record that carries exactly one, or none (any others close).
+UniqueFd only_descriptor(std::vector<UniqueFd>& received) {
+  return received.size() == 1 ? std::move(received.front()) : UniqueFd();
 }
 
 }  // namespace
@@ -73,7 +76,7 @@ std::string ControlLink::context() const {
 }
 
 bool ControlLink::send_record_locked(std::uint32_t kind, std::uint32_t arena,
-                                     std::uint64_t value, int fd) {
+                                     std::uint64_t value, const int* fds, std::size_t count) {
   if (peer_gone_ || send_broken_) return true;  // nobody to tell
   const int socket = this->fd();
   if (socket < 0) return false;  // a lazy pair not made: kept until it is
@@ -82,15 +85,16 @@ bool ControlLink::send_record_locked(std::uint32_t kind, std::uint32_t arena,
   msghdr message{};
   message.msg_iov = &iov;
   message.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  if (fd >= 0) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxDescriptorsPerMessage)];
+  if (count != 0) {
+    const std::size_t bytes = sizeof(int) * std::min<std::size_t>(count, kMaxDescriptorsPerMessage);
     message.msg_control = control;
-    message.msg_controllen = sizeof control;
+    message.msg_controllen = CMSG_SPACE(bytes);
     cmsghdr* header = CMSG_FIRSTHDR(&message);
     header->cmsg_level = SOL_SOCKET;
     header->cmsg_type = SCM_RIGHTS;
-    header->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(header), &fd, sizeof fd);
+    header->cmsg_len = CMSG_LEN(bytes);
+    std::memcpy(CMSG_DATA(header), fds, bytes);
   }
   for (;;) {
     if (::sendmsg(socket, &message, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0) return true;
@@ -122,6 +126,11 @@ void ControlLink::announce_accepts_shared() {
 void ControlLink::retry_pending_records_locked() {
   if (announcement_unsent_ && send_record_locked(kAcceptsShared, 0, 0, -1)) {
     announcement_unsent_ = false;
+  }
+  if (descriptor_announcement_unsent_ &&
+      send_record_locked(kAcceptsDescriptors, 0,
+                         descriptor_limits_.max_descriptors_per_message, -1)) {
+    descriptor_announcement_unsent_ = false;
   }
   if (loss_unsent_ && send_record_locked(kArenaLost, lost_arena_, 0, -1)) loss_unsent_ = false;
   // Releases the link could not take: the ring sends most releases now, so the next
@@ -259,6 +268,63 @@ bool ControlLink::peer_accepts_shared() {
   return peer_accepts_shared_ && !peer_gone_;
 }
 
+void ControlLink::announce_accepts_descriptors(const ReceiveLimits& limits) {
+  std::lock_guard lock(mutex_);
+  descriptor_limits_ = limits;
+  const std::uint32_t most = limits.max_descriptors_per_message;
+  if (pair_ && pair_->defer_descriptor_announcement(side_, most)) return;
+  descriptor_announcement_unsent_ = true;
+  retry_pending_records_locked();
+}
+
+std::optional<std::uint32_t> ControlLink::peer_descriptor_limit() {
+  std::lock_guard lock(mutex_);
+  if (!peer_descriptor_limit_ && pair_) {
+    if (auto said = pair_->announced_descriptor_limit(1 - side_)) {
+      if (!pair_->make()) return std::nullopt;
+      peer_descriptor_limit_ = said;
+    }
+  }
+  if (!peer_descriptor_limit_) pump_locked(Deadline::immediate());
+  if (peer_gone_) return std::nullopt;
+  return peer_descriptor_limit_;
+}
+
+void ControlLink::send_descriptors(std::uint64_t sequence, const std::vector<UniqueFd>& fds,
+                                   Deadline deadline) {
+  std::vector<int> numbers;
+  numbers.reserve(fds.size());
+  for (const UniqueFd& fd : fds) numbers.push_back(fd.get());
+  std::lock_guard lock(mutex_);
+  while (!send_record_locked(kDescriptors, static_cast<std::uint32_t>(numbers.size()), sequence,
+                             numbers.data(), numbers.size())) {
+    if (fd() < 0 || wait_for(fd(), POLLOUT, deadline) == WaitResult::timed_out) {
+      throw Error(ErrorCode::Timeout, context(),
+                  "the peer does not read its control link: the message and its descriptors "
+                  "were not sent");
+    }
+  }
+}
+
+std::vector<UniqueFd> ControlLink::take_descriptors(std::uint64_t sequence, std::uint32_t count,
+                                                    const std::string& context) {
+  std::lock_guard lock(mutex_);
+  auto taken = inbox_.take(sequence, count, context);
+  if (!taken) {
+    pump_locked(Deadline::immediate());
+    taken = inbox_.take(sequence, count, context);
+  }
+  if (taken) return std::move(*taken);
+  if (!inbox_.any_filed()) {
+    throw Error(ErrorCode::MalformedFrame, context,
+                "a marked frame with descriptors from a peer that sent none: not Cap'n Proto "
+                "framing (a message needs its root pointer in segment 0)");
+  }
+  throw Error(ErrorCode::ProtocolViolation, context,
+              "message " + std::to_string(sequence) + " says it carries " +
+                  std::to_string(count) + " descriptors that never came on the control link");
+}
+
 void ControlLink::attach_send_arena(std::weak_ptr<SendArena> arena) {
   std::lock_guard lock(mutex_);
   send_arena_ = std::move(arena);
@@ -336,7 +402,7 @@ void ControlLink::pump_locked(Deadline deadline) {
     msghdr message{};
     message.msg_iov = &iov;
     message.msg_iovlen = 1;
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxDescriptorsPerMessage)];
     message.msg_control = control;
     message.msg_controllen = sizeof control;
     const ssize_t got = ::recvmsg(socket, &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
@@ -366,9 +432,18 @@ void ControlLink::pump_locked(Deadline deadline) {
     ++taken;
     // Closed at the end of this turn unless an accepted arena keeps it. A message that is
     // not one of our records is ignored.
-    UniqueFd received = take_descriptor(message);
+    std::vector<UniqueFd> descriptors = take_descriptors_of(message);
+    UniqueFd received = record.kind == kDescriptors ? UniqueFd() : only_descriptor(descriptors);
     if (got == sizeof record) {
       switch (record.kind) {
+        case kDescriptors:
+          inbox_.file(record.value, record.arena, std::move(descriptors),
+                      (message.msg_flags & MSG_CTRUNC) != 0, descriptor_limits_);
+          break;
+        case kAcceptsDescriptors:
+          peer_descriptor_limit_ = static_cast<std::uint32_t>(
+              std::min<std::uint64_t>(record.value, kMaxDescriptorsPerMessage));
+          break;
         case kAcceptsShared:
           peer_accepts_shared_ = true;
           publish_peer_state_locked();

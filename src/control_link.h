@@ -21,6 +21,9 @@
 //                                                       sent just before its Arena record
 //   Wake            -      -              -            "I posted a release in the ring
 //                                                       while you slept": nothing else
+//   Descriptors     count  sequence       the fds      a message's descriptors, ahead of
+//                                                       its frame (descriptor_inbox.h)
+//   AcceptsDescriptors -   most per msg   -            "this end takes descriptors"
 //
 // A sender uses the shared-memory path only after its peer said AcceptsShared, so a
 // peer that ignores this socket (plain Cap'n Proto on the pipes) never sees a
@@ -48,11 +51,15 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "capnsplice/deadline.h"
+#include "capnsplice/options.h"
 #include "capnsplice/unique_fd.h"
+#include "descriptor_inbox.h"
 #include "lazy_deque.h"
 
 namespace capnsplice::detail {
@@ -127,6 +134,29 @@ class ControlLink {
   /// waits: false when the link cannot take the record now (the caller offers again
   /// later). Throws SystemError when the socket cannot be made or written.
   bool offer_doorbell(int memfd);
+
+  /// Tells the peer this end takes up to `limits.max_descriptors_per_message`
+  /// descriptors per message, and files the Descriptors records that come by `limits`.
+  /// Never waits, like announce_accepts_shared().
+  void announce_accepts_descriptors(const ReceiveLimits& limits);
+
+  /// How many descriptors per message the peer said it takes; none while it has not
+  /// said so (reads what is pending; a plain Cap'n Proto peer never does). With a lazy
+  /// pair whose peer said so, makes the pair: the caller is about to send a record.
+  std::optional<std::uint32_t> peer_descriptor_limit();
+
+  /// Sends the descriptors of the message numbered `sequence`, ahead of its frame,
+  /// waiting for room on the link until `deadline`; then Timeout (nothing was sent).
+  void send_descriptors(std::uint64_t sequence, const std::vector<UniqueFd>& fds,
+                        Deadline deadline);
+
+  /// The `count` descriptors that came for the message numbered `sequence` (reads what
+  /// is pending; the peer sent them before the frame, so this never waits). Throws
+  /// ProtocolViolation when none came or they were refused (DescriptorInbox::take), and
+  /// MalformedFrame when the peer never sent any record of descriptors; `context` (the
+  /// receiver's) prefixes them.
+  std::vector<UniqueFd> take_descriptors(std::uint64_t sequence, std::uint32_t count,
+                                         const std::string& context);
 
   /// Tells the peer that no descriptor will name `arena_id` again. Best effort, like
   /// send_release: a peer that misses it keeps the arena mapped until the next one.
@@ -216,7 +246,12 @@ class ControlLink {
   void lose_arena_locked(std::uint32_t arena_id, int error, std::string why);
   /// Sends one record (and a descriptor); false when the socket buffer is full.
   bool send_record_locked(std::uint32_t kind, std::uint32_t arena, std::uint64_t value,
-                          int fd);
+                          int fd) {
+    return send_record_locked(kind, arena, value, &fd, fd >= 0 ? 1 : 0);
+  }
+  /// The same with `count` descriptors (at most kMaxDescriptorsPerMessage).
+  bool send_record_locked(std::uint32_t kind, std::uint32_t arena, std::uint64_t value,
+                          const int* fds, std::size_t count);
 
   UniqueFd socket_;                   // without `pair_`
   std::shared_ptr<ControlPair> pair_;  // lazy: the socket is pair_->fd(side_)
@@ -225,6 +260,10 @@ class ControlLink {
   std::mutex mutex_;
   bool peer_accepts_shared_ = false;
   bool announcement_unsent_ = false;  // announce_accepts_shared() found the link full
+  bool descriptor_announcement_unsent_ = false;  // the same for AcceptsDescriptors
+  ReceiveLimits descriptor_limits_{.max_descriptors_per_message = 0};  // as announced
+  DescriptorInbox inbox_;
+  std::optional<std::uint32_t> peer_descriptor_limit_;  // its AcceptsDescriptors
   std::uint32_t lost_arena_ = 0;      // an arena that cannot be read here (0: none)
   int lost_arena_error_ = 0;
   std::string lost_arena_why_;

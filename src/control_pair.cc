@@ -93,6 +93,18 @@ bool ControlPair::announced(int side) const {
   return announced_[side];
 }
 
+bool ControlPair::defer_descriptor_announcement(int side, std::uint32_t most) {
+  std::lock_guard lock(mutex_);
+  if (made_) return false;
+  descriptor_limits_[side] = most;
+  return true;
+}
+
+std::optional<std::uint32_t> ControlPair::announced_descriptor_limit(int side) const {
+  std::lock_guard lock(mutex_);
+  return descriptor_limits_[side];
+}
+
 void ControlPair::close(int side) noexcept {
   std::lock_guard lock(mutex_);
   closed_[side] = true;

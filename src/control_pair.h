@@ -17,7 +17,9 @@
 
 #include <array>
 #include <atomic>
+#include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string>
 
 namespace capnsplice::detail {
@@ -48,6 +50,12 @@ class ControlPair {
   /// Whether end `side` said it reads shared-memory messages before the pair was made.
   bool announced(int side) const;
 
+  /// End `side` takes up to `most` descriptors per message: as defer_announcement().
+  bool defer_descriptor_announcement(int side, std::uint32_t most);
+
+  /// What end `side` said it takes per message before the pair was made (none: nothing).
+  std::optional<std::uint32_t> announced_descriptor_limit(int side) const;
+
   /// End `side`'s link is gone: its socket closes, so the peer's link sees the end of
   /// the link as with an eager pair, and the pair is never made from now on.
   void close(int side) noexcept;
@@ -68,6 +76,7 @@ class ControlPair {
   mutable std::mutex mutex_;
   std::array<std::atomic<int>, 2> fds_{-1, -1};  // written under `mutex_`
   std::array<bool, 2> announced_{false, false};
+  std::array<std::optional<std::uint32_t>, 2> descriptor_limits_{};
   std::array<bool, 2> closed_{false, false};
   bool made_ = false;
   bool frozen_ = false;  // a fork() found the pair unmade: never made lazily after

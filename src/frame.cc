@@ -50,10 +50,10 @@ FrameProbe probe_frame(const std::byte* frame, std::size_t available,
       throw Error(ErrorCode::MalformedFrame, context,
                   "first segment is empty: a message needs at least its root pointer");
     }
-    if (count != 2) {
+    if (count < 2) {
       throw Error(ErrorCode::MalformedFrame, context,
-                  "a marked frame (empty first segment) has " + std::to_string(count) +
-                      " segments; capnsplice's control frames have 2");
+                  "a marked frame (empty first segment) has 1 segment; capnsplice's control "
+                  "frames have 2 or more");
     }
     probe.marked = true;
   }

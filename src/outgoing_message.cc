@@ -1,6 +1,12 @@
 #include "capnsplice/outgoing_message.h"
 
+#include <fcntl.h>
+
+#include <string>
+#include <utility>
+
 #include "capnsplice/error.h"
+#include "capnsplice/options.h"
 #include "pooled_message_builder.h"
 
 namespace capnsplice {
@@ -22,6 +28,24 @@ detail::PooledMessageBuilder& OutgoingMessage::pooled() {
 }
 
 capnp::MessageBuilder& OutgoingMessage::builder() { return pooled(); }
+
+void OutgoingMessage::attach(UniqueFd fd) {
+  static_cast<void>(pooled());  // InvalidArgument on an empty message
+  if (!fd) throw Error(ErrorCode::InvalidArgument, "OutgoingMessage", "attach: no descriptor");
+  if (attached() >= kMaxDescriptorsPerMessage) {
+    throw Error(ErrorCode::InvalidArgument, "OutgoingMessage",
+                "attach: a message carries at most " +
+                    std::to_string(kMaxDescriptorsPerMessage) + " descriptors");
+  }
+  descriptors_.push_back(std::move(fd));
+}
+
+void OutgoingMessage::attach_copy(int fd) {
+  static_cast<void>(pooled());
+  UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  if (!copy) throw_system_error("OutgoingMessage", "attach_copy: fcntl(F_DUPFD_CLOEXEC)");
+  attach(std::move(copy));
+}
 
 OutgoingMessage::DataBuffer OutgoingMessage::allocate_data(std::size_t size) {
   DataBuffer buffer;

@@ -3,6 +3,8 @@
 #include "capnsplice/error.h"
 #include "received_message_state.h"
 
+#include <utility>
+
 namespace capnsplice {
 
 ReceivedMessage::ReceivedMessage() noexcept = default;
@@ -24,6 +26,14 @@ kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> ReceivedMessage::segments() 
 
 std::size_t ReceivedMessage::frame_bytes() const noexcept {
   return state_ ? state_->frame_bytes : 0;
+}
+
+std::size_t ReceivedMessage::descriptor_count() const noexcept {
+  return state_ ? state_->descriptors.size() : 0;
+}
+
+std::vector<UniqueFd> ReceivedMessage::take_descriptors() noexcept {
+  return state_ ? std::exchange(state_->descriptors, {}) : std::vector<UniqueFd>();
 }
 
 }  // namespace capnsplice

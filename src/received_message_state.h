@@ -9,7 +9,9 @@
 #include <optional>
 #include <utility>
 #include <variant>
+#include <vector>
 
+#include "capnsplice/unique_fd.h"
 #include "control_link.h"
 #include "receive_ring.h"
 #include "shared_arena.h"
@@ -86,6 +88,8 @@ struct ReceivedMessageState {
   std::array<kj::ArrayPtr<const capnp::word>, 4> inline_segments;
   std::unique_ptr<kj::ArrayPtr<const capnp::word>[]> heap_segments;
   kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments;
+  /// The descriptors that came with the message, until the application takes them.
+  std::vector<UniqueFd> descriptors;
   /// Declared last, so destroyed first: it reads `segments` and `memory`.
   std::optional<capnp::SegmentArrayMessageReader> reader;
 

@@ -14,6 +14,7 @@
 
 #include "capnsplice/error.h"
 #include "capnsplice/frame.h"
+#include "attachment.h"
 #include "doorbell_watch.h"
 #include "pipe_io.h"
 #include "receive_wake.h"
@@ -50,6 +51,7 @@ class ReceiverCore {
     require_access_mode(facts, /*for_writing=*/false, context_);
     if (link) {
       SharedReceiver::announce(*link);
+      if (limits.max_descriptors_per_message != 0) link->announce_accepts_descriptors(limits);
       link_ = std::move(link);
     }
   }
@@ -296,7 +298,14 @@ ReceivedMessage ReceiverCore::make_message(std::unique_ptr<ReceivedMessageState>
   state->frame_bytes = probe.bytes_needed;
   ++stats_.messages;
   stats_.bytes += probe.bytes_needed;
-  if (probe.marked) {
+  if (probe.marked && probe.segment_count > 2) {
+    // A message with descriptors (only accepted with `link_`): segment 1 names the
+    // record that brought them, the message's segments follow (attachment.h).
+    const AttachmentInfo attachment = read_attachment(state->segments[1], context_);
+    state->descriptors = link_->take_descriptors(attachment.sequence, attachment.count, context_);
+    state->segments = state->segments.slice(2, state->segments.size());
+    ++stats_.descriptor_messages;
+  } else if (probe.marked) {
     // A shared-memory descriptor (only accepted with `link_`): the message itself is
     // in the peer's arena, and the descriptor's bytes go back when `state` goes.
     auto shared_state = std::make_unique<ReceivedMessageState>();

@@ -95,6 +95,7 @@ SenderCore::SenderCore(MadeByMake, UniqueFd fd, SenderOptions options, std::stri
       context_(std::move(context)),
       facts_(facts != nullptr ? *facts : probe_descriptor(fd_.get(), context_)),
       progress_(std::make_shared<ReaderProgress>(fd_.get(), context_)),
+      link_(link),
       memory_(make_building_memory(options_, progress_, context_, link)),
       doorbell_link_(options_.doorbell ? std::move(link) : nullptr) {
   require_access_mode(facts_, /*for_writing=*/true, context_);
@@ -161,6 +162,7 @@ SenderStats SenderCore::stats() const {
     result.pipe_raise_refused = capacity_.refused();
   }
   result.vmsplice_aliases_pages = vmsplice_aliases_pages();
+  result.descriptor_messages = descriptor_records_.load(std::memory_order_relaxed);
   if (const SharedSender* shared = memory_->shared.get()) {
     result.shared_memory_available = shared->available();
     result.arena_bytes_in_use = shared->arena_bytes_in_use();
@@ -197,11 +199,15 @@ SendStatus SenderCore::take(OutgoingMessage& message, Deadline deadline, bool th
                 "an empty OutgoingMessage (already sent or moved from)");
   }
   PooledMessageBuilder* built = message.builder_.get();
+  send_descriptors_ahead(message, deadline);
+  const std::optional<AttachmentInfo> attachment = attachment_of(message);
   // Built in another sender's pool, which cannot see this pipe's progress, or in an
   // arena the reader cannot use (a fork() parent's, which still holds it, or one the peer
-  // lost): the bytes must be copied rather than spliced or described.
+  // lost): the bytes must be copied rather than spliced or described. A message with
+  // descriptors goes through the pipe, so one built in the arena is copied too.
   const bool foreign = built->memory() != memory_.get() ||
-                       (built->in_shared_memory() && !memory_->shared->can_describe());
+                       (built->in_shared_memory() &&
+                        (attachment || !memory_->shared->can_describe()));
   const bool shared = !foreign && built->in_shared_memory();
   auto segments = built->segments_for_output();
   // A shared message puts only a small descriptor in the queue.
@@ -219,7 +225,7 @@ SendStatus SenderCore::take(OutgoingMessage& message, Deadline deadline, bool th
     // append_copy keeps a copy of what the pipe does not take; the builder goes back to
     // its pool after.
     const std::unique_ptr<PooledMessageBuilder> owned = std::move(message.builder_);
-    append_copy(segments, nullptr, std::nullopt, Deadline::immediate());
+    append_copy(segments, nullptr, std::nullopt, Deadline::immediate(), 0, attachment);
     return flushed();
   }
   if (shared) {
@@ -229,12 +235,17 @@ SendStatus SenderCore::take(OutgoingMessage& message, Deadline deadline, bool th
   std::unique_ptr<PooledMessageBuilder> builder = std::move(message.builder_);
   // Finish the frame before taking the lock: it may allocate from the pool, and a full
   // pool calls flush_queued(), which takes the lock.
-  const std::size_t table_bytes = segment_table_bytes(segments.size());
+  const std::size_t table_bytes = attachment ? attached_prefix_bytes(segments.size())
+                                             : segment_table_bytes(segments.size());
   const bool table_adjacent = table_bytes <= PooledMessageBuilder::kTableRoomBytes;
   std::byte* table = table_adjacent ? builder->first_segment_start() - table_bytes
                                     : builder->allocate_table(table_bytes);
   builder->finish_building();
-  write_segment_table(segments, table);
+  if (attachment) {
+    write_attached_prefix(segments, attachment->sequence, attachment->count, table);
+  } else {
+    write_segment_table(segments, table);
+  }
 
   std::lock_guard lock(mutex_);
   ensure_open();
@@ -306,6 +317,50 @@ bool SenderCore::send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> s
   return append_copy(segments, nullptr, std::nullopt, deadline);
 }
 
+void SenderCore::send_descriptors_ahead(OutgoingMessage& message, Deadline deadline) {
+  if (message.descriptors_.empty()) return;  // none, or on the link already
+  {
+    std::lock_guard lock(mutex_);
+    ensure_open();
+  }
+  if (!link_) {
+    throw Error(ErrorCode::InvalidArgument, context_,
+                "this end has no control link (its channel was made from bare pipe "
+                "descriptors, or a child's with only two): it cannot send descriptors");
+  }
+  std::optional<std::uint32_t> limit = link_->peer_descriptor_limit();
+  while (!limit) {
+    if (link_->peer_gone()) throw Error(ErrorCode::PeerClosed, context_, "the peer closed its end");
+    if (deadline.expired()) {
+      throw Error(ErrorCode::Timeout, context_,
+                  "the peer has not said that it takes descriptors: a plain Cap'n Proto peer "
+                  "never does, a capnsplice peer does when its receiver is made (unless its "
+                  "ReceiveLimits::max_descriptors_per_message is 0); nothing was sent");
+    }
+    link_->nap_for_records(deadline);
+    limit = link_->peer_descriptor_limit();
+  }
+  const auto count = static_cast<std::uint32_t>(message.descriptors_.size());
+  if (count > *limit) {
+    throw Error(ErrorCode::InvalidArgument, context_,
+                "the message carries " + std::to_string(count) +
+                    " descriptors, the peer takes at most " + std::to_string(*limit) +
+                    " per message (its ReceiveLimits::max_descriptors_per_message); nothing "
+                    "was sent");
+  }
+  const std::uint64_t sequence = descriptor_records_.fetch_add(1, std::memory_order_relaxed) + 1;
+  link_->send_descriptors(sequence, message.descriptors_, deadline);
+  // The record holds the kernel's references now: ours close here.
+  message.descriptors_.clear();
+  message.descriptor_sequence_ = sequence;
+  message.descriptors_sent_ = count;
+}
+
+std::optional<AttachmentInfo> SenderCore::attachment_of(const OutgoingMessage& message) noexcept {
+  if (message.descriptors_sent_ == 0) return std::nullopt;
+  return AttachmentInfo{message.descriptor_sequence_, message.descriptors_sent_};
+}
+
 void SenderCore::queue_shared(OutgoingMessage& message, Deadline deadline) {
   // Everything here is on the message's latency path, and after building a large message
   // every cache and TLB entry it touches is cold: the descriptor is built on the stack
@@ -323,11 +378,13 @@ void SenderCore::queue_shared(OutgoingMessage& message, Deadline deadline) {
 bool SenderCore::append_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
                              std::unique_ptr<PooledMessageBuilder> owner,
                              std::optional<std::uint64_t> shared_id,
-                             std::optional<Deadline> write_until, std::size_t described_bytes) {
+                             std::optional<Deadline> write_until, std::size_t described_bytes,
+                             std::optional<AttachmentInfo> attachment) {
   // 512 segments (Cap'n Proto's reader limit) need a 2 KiB table; larger goes to the heap.
-  std::array<std::byte, 2056> stack_table;
+  std::array<std::byte, 2056 + kAttachmentWords * 8> stack_table;
   std::vector<std::byte> heap_table;
-  const std::size_t table_bytes = segment_table_bytes(segments.size());
+  const std::size_t table_bytes = attachment ? attached_prefix_bytes(segments.size())
+                                             : segment_table_bytes(segments.size());
   std::byte* table = stack_table.data();
   std::unique_lock lock(mutex_, std::defer_lock);
   try {
@@ -335,7 +392,11 @@ bool SenderCore::append_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>>
       heap_table.resize(table_bytes);
       table = heap_table.data();
     }
-    write_segment_table(segments, table);
+    if (attachment) {
+      write_attached_prefix(segments, attachment->sequence, attachment->count, table);
+    } else {
+      write_segment_table(segments, table);
+    }
     lock.lock();
     ensure_open();
     // `segments` may be the caller's to reuse, or on its stack, once this returns: queue

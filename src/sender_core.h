@@ -39,6 +39,7 @@
 #include "capnsplice/options.h"
 #include "capnsplice/outgoing_message.h"
 #include "capnsplice/sender.h"
+#include "attachment.h"
 #include "capnsplice/unique_fd.h"
 #include "doorbell.h"
 #include "pipe_capacity.h"
@@ -141,10 +142,19 @@ class SenderCore final {
   /// the pipe did not take; without, copies the frame and leaves it to the batch
   /// (write_if_batch_full_locked, told `described_bytes`). Returns whether the queue was
   /// written.
+  /// With `attachment`, the frame carries the descriptors of that record (attachment.h).
   bool append_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
                    std::unique_ptr<PooledMessageBuilder> owner,
                    std::optional<std::uint64_t> shared_id, std::optional<Deadline> write_until,
-                   std::size_t described_bytes = 0);
+                   std::size_t described_bytes = 0,
+                   std::optional<AttachmentInfo> attachment = std::nullopt);
+  /// Puts the descriptors attached to `message` on the control link, ahead of its frame,
+  /// once: a message that comes back (queue full) keeps the record's number. Waits until
+  /// `deadline` for the peer to say it takes descriptors and for room on the link; then
+  /// Timeout, with the message and its descriptors untouched.
+  void send_descriptors_ahead(OutgoingMessage& message, Deadline deadline);
+  /// The record `message`'s frame names, if it carries descriptors.
+  static std::optional<AttachmentInfo> attachment_of(const OutgoingMessage& message) noexcept;
   /// Writes what the pipe takes now once the queue holds a batch (the lock is held). A
   /// descriptor just queued counts with the `described_bytes` of its message.
   void write_if_batch_full_locked(std::size_t described_bytes = 0);
@@ -191,6 +201,9 @@ class SenderCore final {
   const DescriptorFacts facts_;
   /// Bytes written into the pipe, and how far its reader got: what the pools ask.
   const std::shared_ptr<ReaderProgress> progress_;
+  /// The channel end's control link (null without one): descriptors go there.
+  const std::shared_ptr<ControlLink> link_;
+  std::atomic<std::uint64_t> descriptor_records_{0};  // Descriptors records sent
   /// The pools and arena its messages are built from, shared with their builders; its
   /// flush_queued is set by make(), before any message is.
   const std::shared_ptr<BuildingMemory> memory_;

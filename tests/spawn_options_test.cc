@@ -13,6 +13,7 @@
 #include <string>
 
 #include "capnsplice/process.h"
+#include "support/descriptors.h"
 #include "support/process_support.h"
 #include "support/signal_disposition.h"
 #include "test.capnp.h"
@@ -22,22 +23,6 @@ namespace {
 using namespace capnsplice;
 using namespace capnsplice::testing;
 using namespace std::chrono_literals;
-
-/// A close-on-exec memfd holding `text`, numbered `at_least` or above.
-UniqueFd memfd_with(const std::string& text, int at_least) {
-  UniqueFd made(::memfd_create("capnsplice-spawn-test", MFD_CLOEXEC));
-  REQUIRE(made);
-  REQUIRE(::write(made.get(), text.data(), text.size()) == static_cast<ssize_t>(text.size()));
-  UniqueFd moved(::fcntl(made.get(), F_DUPFD_CLOEXEC, at_least));
-  REQUIRE(moved);
-  return moved;
-}
-
-std::string first_bytes(int fd) {
-  char buffer[64];
-  const ssize_t got = ::pread(fd, buffer, sizeof buffer, 0);
-  return got > 0 ? std::string(buffer, static_cast<std::size_t>(got)) : std::string();
-}
 
 /// While alive, this process adopts orphaned descendants (so a test can reap a grandchild
 /// whose parent it killed, and see how it ended).

@@ -18,8 +18,9 @@
 // A frame whose segment 0 is empty is not a Cap'n Proto message (segment 0 holds the
 // root pointer, so every MessageBuilder writes at least one word there). capnsplice
 // uses exactly that shape, and nothing else, to mark its own control frames (the
-// descriptor of a shared-memory message: an empty segment 0, then the descriptor):
-// no ordinary message can look like one, whatever its bytes. Receivers refuse the
+// descriptor of a shared-memory message: an empty segment 0, then the descriptor; a
+// message that carries descriptors: an empty segment 0, its Attachment, then the
+// message's segments): no ordinary message can look like one, whatever its bytes. Receivers refuse the
 // shape unless they follow a capnsplice peer that announced what it marks that way.
 #pragma once
 
@@ -46,19 +47,20 @@ struct FrameProbe {
   std::uint32_t segment_count = 0;
   /// Bytes of the segment table, padding included.
   std::size_t header_bytes = 0;
-  /// Segment 0 is empty: a capnsplice control frame (only with MarkedFrames::accepted).
+  /// Segment 0 is empty: a capnsplice control frame (only with MarkedFrames::accepted);
+  /// of 2 segments a shared-memory descriptor, of more a message with descriptors.
   bool marked = false;
 };
 
 /// What a frame with an empty segment 0 (a marked frame) is to the caller.
 enum class MarkedFrames {
   refused,   ///< malformed: a message needs its root pointer (plain Cap'n Proto peers)
-  accepted,  ///< a capnsplice control frame, checked by the caller (it has 2 segments)
+  accepted,  ///< a capnsplice control frame, checked by the caller (2 or more segments)
 };
 
 /// Looks at `available` bytes at the start of a frame. Throws MalformedFrame (too many
 /// segments, an empty first segment unless `marked` is accepted, a marked frame of
-/// other than 2 segments) or MessageTooLarge (the sizes add up to more than
+/// 1 segment) or MessageTooLarge (the sizes add up to more than
 /// limits.max_message_bytes) as soon as the bytes seen prove it; `context` prefixes
 /// the error text.
 FrameProbe probe_frame(const std::byte* frame, std::size_t available,

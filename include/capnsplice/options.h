@@ -34,7 +34,19 @@ struct ReceiveLimits {
   std::uint64_t traversal_limit_words = 0;
   /// Cap'n Proto's nesting limit.
   int nesting_limit = 64;
+  /// Most descriptors one message may carry (OutgoingMessage::attach); told to the
+  /// peer's sender, which refuses more. 0: this end takes none. At most
+  /// kMaxDescriptorsPerMessage.
+  std::uint32_t max_descriptors_per_message = 16;
+  /// Most descriptors this end holds that came ahead of their messages, in this
+  /// process's descriptor table. Beyond it (or beyond max_descriptors_per_message) a
+  /// record's descriptors are closed on arrival and its message fails with
+  /// ProtocolViolation.
+  std::uint32_t max_descriptors_waiting = 64;
 };
+
+/// The most descriptors any message can carry (the control link's record buffer).
+inline constexpr std::uint32_t kMaxDescriptorsPerMessage = 64;
 
 /// How a sender carries messages.
 enum class SendPath {
@@ -234,6 +246,12 @@ struct ChannelOptions {
   }
   ChannelOptions& with_max_segments(std::uint32_t value) {
     receiver.limits.max_segments = value;
+    return *this;
+  }
+  /// The descriptors this end takes: per message (0: none) and waiting in all.
+  ChannelOptions& with_descriptor_limits(std::uint32_t per_message, std::uint32_t waiting) {
+    receiver.limits.max_descriptors_per_message = per_message;
+    receiver.limits.max_descriptors_waiting = waiting;
     return *this;
   }
 };

@@ -4,7 +4,11 @@
 #include <capnp/message.h>
 #include <capnp/orphan.h>
 
+#include <cstdint>
 #include <memory>
+#include <vector>
+
+#include "capnsplice/unique_fd.h"
 
 namespace capnsplice {
 
@@ -62,6 +66,22 @@ class OutgoingMessage {
   };
   DataBuffer allocate_data(std::size_t size);
 
+  /// Attaches a descriptor: the receiver gets a descriptor of the same open file (a
+  /// memfd, a socket, a pipe end, a file) with this message, in the order attached
+  /// (ReceivedMessage::take_descriptors). The message owns `fd` from now on: closed once
+  /// the message is sent, or when the message is dropped unsent. Only a capnsplice peer
+  /// that said it takes descriptors gets them (see Sender::send); at most
+  /// kMaxDescriptorsPerMessage per message (InvalidArgument beyond, or for an empty
+  /// message or descriptor).
+  void attach(UniqueFd fd);
+
+  /// Attaches a close-on-exec duplicate of `fd`, which stays the caller's. Throws
+  /// SystemError (EBADF, EMFILE) when it cannot be duplicated.
+  void attach_copy(int fd);
+
+  /// Descriptors attached so far.
+  std::size_t attached() const noexcept { return descriptors_.size() + descriptors_sent_; }
+
   /// False once the message was sent (moved from).
   explicit operator bool() const noexcept { return builder_ != nullptr; }
 
@@ -72,6 +92,12 @@ class OutgoingMessage {
   detail::PooledMessageBuilder& pooled();
 
   std::unique_ptr<detail::PooledMessageBuilder> builder_;
+  /// Attached, until the sender puts them on the control link.
+  std::vector<UniqueFd> descriptors_;
+  /// Once they are there (a send that then found the queue full leaves the message with
+  /// the caller): the record's number and how many it carries.
+  std::uint64_t descriptor_sequence_ = 0;
+  std::uint32_t descriptors_sent_ = 0;
 };
 
 }  // namespace capnsplice

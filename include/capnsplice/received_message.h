@@ -7,6 +7,9 @@
 #include <cstdint>
 #include <memory>
 #include <utility>
+#include <vector>
+
+#include "capnsplice/unique_fd.h"
 
 namespace capnsplice {
 
@@ -46,6 +49,14 @@ class ReceivedMessage {
 
   /// Size of the frame on the wire, segment table included.
   std::size_t frame_bytes() const noexcept;
+
+  /// How many descriptors came with the message and were not taken yet.
+  std::size_t descriptor_count() const noexcept;
+
+  /// The descriptors the peer attached (OutgoingMessage::attach), in the order attached,
+  /// each a new descriptor of this process (close-on-exec): the caller's from now on. Once:
+  /// a second call returns none. Those never taken close with the message.
+  std::vector<UniqueFd> take_descriptors() noexcept;
 
   explicit operator bool() const noexcept { return state_ != nullptr; }
 

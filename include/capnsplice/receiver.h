@@ -50,6 +50,7 @@ struct ReceiverStats {
   bool doorbell = false;
   std::uint64_t own_buffer_messages = 0;  ///< frames that did not fit in the ring
   std::uint64_t shared_messages = 0;      ///< read in place from the peer's arena
+  std::uint64_t descriptor_messages = 0;  ///< came with descriptors
 };
 
 class Receiver {

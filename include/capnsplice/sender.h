@@ -93,6 +93,7 @@ struct SenderStats {
   std::uint64_t dedicated_allocations = 0;  ///< requests the pool's ring could not serve
   std::uint64_t waits_for_reader = 0;       ///< times building waited for a full pool
   std::uint64_t shared_messages = 0;        ///< sent as descriptors of the shared-memory arena
+  std::uint64_t descriptor_messages = 0;    ///< carried descriptors (OutgoingMessage::attach)
   std::uint64_t arena_bytes_in_use = 0;     ///< held for the reader or being built
   /// Shared-memory arenas made: the first, then one for each idle arena replaced because
   /// its footprint passed SenderOptions::arena_keep_bytes.
@@ -163,6 +164,11 @@ class Sender {
   ///     in time, or the shared-memory arena had no room for the part of the message
   ///     built in the pipe pool (its root) and the reader released none in time: the
   ///     message was not taken and `message` still holds it.
+  /// A message with descriptors attached (OutgoingMessage::attach) first waits, until the
+  /// same deadline, for the peer to say it takes descriptors and for room on the control
+  /// link; when either is missing then, Timeout with the message not taken (`message`
+  /// still holds it, descriptors included). InvalidArgument when it has more than the
+  /// peer takes, or this end has no control link.
   /// Also PeerClosed when the reader is gone (keep receiving: what it sent before is
   /// still there; the queue is dropped), MessageTooLarge when it does not fit the
   /// shared-memory arena (not taken), InvalidArgument for a sent or moved-from message
@@ -173,7 +179,8 @@ class Sender {
 
   /// Never blocks: writes the queue and the message as far as the pipe takes them now
   /// and keeps the rest whole (see SendStatus). Throws what send() throws except Timeout
-  /// and Overloaded.
+  /// and Overloaded (but Timeout, message not taken, for descriptors the peer cannot be
+  /// sent yet: see send()).
   [[nodiscard]] SendStatus try_send(OutgoingMessage&& message);
 
   /// Takes `message` into the outgoing batch. The batch is written by flush(), by the
