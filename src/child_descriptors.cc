@@ -62,6 +62,18 @@ ChildDescriptors::ChildDescriptors(const int (&channel_ends)[3],
   int highest_target = kChildControlFd;
   for (const InheritedFd& entry : wanted) highest_target = std::max(highest_target, entry.child_fd);
   close_from_ = highest_target + 1;
+  // The copies (and spawn's report pipe) are numbered above every target: they must fit
+  // under this process's descriptor limit.
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 &&
+      static_cast<rlim_t>(close_from_) + wanted.size() + 1 > limit.rlim_cur) {
+    throw Error(ErrorCode::InvalidArgument, context,
+                "SpawnOptions::descriptors: child descriptor " + std::to_string(highest_target) +
+                    " needs " + std::to_string(wanted.size() + 1) +
+                    " descriptors numbered above it, past this process's limit of " +
+                    std::to_string(limit.rlim_cur) +
+                    " (RLIMIT_NOFILE): choose lower numbers or raise the limit");
+  }
 
   for (const InheritedFd& entry : wanted) {
     UniqueFd copy(::fcntl(entry.parent_fd, F_DUPFD_CLOEXEC, close_from_));

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 
@@ -25,6 +26,8 @@ using control_record::kAcceptsShared;
 using control_record::kArena;
 using control_record::kArenaLost;
 using control_record::kDescriptors;
+using control_record::kDescriptorsCancelled;
+using control_record::kDescriptorsReleased;
 using control_record::kDoorbell;
 using control_record::kRelease;
 using control_record::kReleaseRing;
@@ -35,7 +38,10 @@ using control_record::Record;
 /// Every descriptor `message` carries, owned here: whatever the record, a descriptor
 /// nobody keeps is closed on the spot.
 std::vector<UniqueFd> take_descriptors_of(msghdr& message) {
-  std::vector<UniqueFd> received;
+  // Owned first without allocating (the control buffer holds at most this many), so that
+  // a failed allocation below closes every one of them.
+  std::array<UniqueFd, kMaxDescriptorsPerMessage + 2> owned;
+  std::size_t count = 0;
   for (cmsghdr* header = CMSG_FIRSTHDR(&message); header != nullptr;
        header = CMSG_NXTHDR(&message, header)) {
     if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS ||
@@ -43,12 +49,16 @@ std::vector<UniqueFd> take_descriptors_of(msghdr& message) {
       continue;
     }
     const std::size_t fds = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (std::size_t i = 0; i < fds; ++i) {
+    for (std::size_t i = 0; i < fds && count < owned.size(); ++i) {
       int fd;
       std::memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof fd);
-      received.emplace_back(fd);
+      owned[count++].reset(fd);
     }
   }
+  std::vector<UniqueFd> received;
+  if (count == 0) return received;
+  received.reserve(count);
+  for (std::size_t i = 0; i < count; ++i) received.push_back(std::move(owned[i]));
   return received;
 }
 
@@ -128,10 +138,15 @@ void ControlLink::retry_pending_records_locked() {
     announcement_unsent_ = false;
   }
   if (descriptor_announcement_unsent_ &&
-      send_record_locked(kAcceptsDescriptors, 0,
-                         descriptor_limits_.max_descriptors_per_message, -1)) {
+      send_record_locked(kAcceptsDescriptors, descriptor_limits_.max_descriptors_per_message,
+                         descriptor_limits_.max_descriptors_waiting, -1)) {
     descriptor_announcement_unsent_ = false;
   }
+  while (!unsent_cancels_.empty() &&
+         send_record_locked(kDescriptorsCancelled, 0, unsent_cancels_.front(), -1)) {
+    unsent_cancels_.pop_front();
+  }
+  report_released_descriptors_locked();
   if (loss_unsent_ && send_record_locked(kArenaLost, lost_arena_, 0, -1)) loss_unsent_ = false;
   // Releases the link could not take: the ring sends most releases now, so the next
   // send_release() may never come. A link that fails here fails the pump or send that
@@ -271,23 +286,63 @@ bool ControlLink::peer_accepts_shared() {
 void ControlLink::announce_accepts_descriptors(const ReceiveLimits& limits) {
   std::lock_guard lock(mutex_);
   descriptor_limits_ = limits;
-  const std::uint32_t most = limits.max_descriptors_per_message;
-  if (pair_ && pair_->defer_descriptor_announcement(side_, most)) return;
+  // An honest sender keeps no more records in flight than descriptors: within what the
+  // inbox files.
+  descriptor_limits_.max_descriptors_waiting = static_cast<std::uint32_t>(
+      std::min<std::size_t>(limits.max_descriptors_waiting, kMaxFiledRecords));
+  const DescriptorLimits said{limits.max_descriptors_per_message,
+                              descriptor_limits_.max_descriptors_waiting};
+  if (pair_ && pair_->defer_descriptor_announcement(side_, said)) return;
   descriptor_announcement_unsent_ = true;
   retry_pending_records_locked();
 }
 
-std::optional<std::uint32_t> ControlLink::peer_descriptor_limit() {
+void ControlLink::file_descriptor_record_locked(const Record& record,
+                                                std::vector<UniqueFd> descriptors,
+                                                bool truncated) {
+  switch (record.kind) {
+    case kDescriptors:
+      inbox_.file(record.value, record.arena, std::move(descriptors), truncated,
+                  descriptor_limits_);
+      break;
+    case kAcceptsDescriptors:
+      peer_descriptor_limits_ = DescriptorLimits{
+          std::min(record.arena, kMaxDescriptorsPerMessage),
+          static_cast<std::uint32_t>(std::min<std::uint64_t>(record.value, kMaxFiledRecords))};
+      break;
+    case kDescriptorsReleased:
+      // A running total: an older or lying report never takes back what was released.
+      peer_released_ = std::min(std::max(peer_released_, record.value), descriptors_sent_);
+      break;
+    case kDescriptorsCancelled:
+      inbox_.cancel(record.value);
+      break;
+    default:
+      break;
+  }
+}
+
+void ControlLink::report_released_descriptors_locked() noexcept {
+  const std::uint64_t released = inbox_.released();
+  if (released == released_reported_) return;
+  try {
+    if (send_record_locked(kDescriptorsReleased, 0, released, -1)) released_reported_ = released;
+  } catch (const Error&) {
+    released_reported_ = released;  // the link failed: the peer cannot hear it anyway
+  }
+}
+
+std::optional<DescriptorLimits> ControlLink::peer_descriptor_limits() {
   std::lock_guard lock(mutex_);
-  if (!peer_descriptor_limit_ && pair_) {
-    if (auto said = pair_->announced_descriptor_limit(1 - side_)) {
+  if (!peer_descriptor_limits_ && pair_) {
+    if (auto said = pair_->announced_descriptor_limits(1 - side_)) {
       if (!pair_->make()) return std::nullopt;
-      peer_descriptor_limit_ = said;
+      peer_descriptor_limits_ = said;
     }
   }
-  if (!peer_descriptor_limit_) pump_locked(Deadline::immediate());
+  if (!peer_descriptor_limits_) pump_locked(Deadline::immediate());
   if (peer_gone_) return std::nullopt;
-  return peer_descriptor_limit_;
+  return peer_descriptor_limits_;
 }
 
 void ControlLink::send_descriptors(std::uint64_t sequence, const std::vector<UniqueFd>& fds,
@@ -295,25 +350,74 @@ void ControlLink::send_descriptors(std::uint64_t sequence, const std::vector<Uni
   std::vector<int> numbers;
   numbers.reserve(fds.size());
   for (const UniqueFd& fd : fds) numbers.push_back(fd.get());
-  std::lock_guard lock(mutex_);
-  while (!send_record_locked(kDescriptors, static_cast<std::uint32_t>(numbers.size()), sequence,
-                             numbers.data(), numbers.size())) {
-    if (fd() < 0 || wait_for(fd(), POLLOUT, deadline) == WaitResult::timed_out) {
-      throw Error(ErrorCode::Timeout, context(),
-                  "the peer does not read its control link: the message and its descriptors "
-                  "were not sent");
+  for (;;) {
+    std::uint64_t in_flight = 0;
+    std::uint32_t waiting = 0;
+    {
+      std::lock_guard lock(mutex_);
+      pump_locked(Deadline::immediate());  // the peer's reports of what it released
+      in_flight = descriptors_sent_ - peer_released_;
+      waiting = peer_descriptor_limits_ ? peer_descriptor_limits_->waiting : 0;
+      // Cancellations the link could not take yet go first: the peer must read them
+      // before this record, which was counted as if they had.
+      if (in_flight + numbers.size() <= waiting && unsent_cancels_.empty()) {
+        if (send_record_locked(kDescriptors, static_cast<std::uint32_t>(numbers.size()), sequence,
+                               numbers.data(), numbers.size())) {
+          descriptors_sent_ += numbers.size();
+          return;
+        }
+      }
     }
+    const bool link_full = in_flight + numbers.size() <= waiting;
+    if (deadline.expired()) {
+      throw Error(ErrorCode::Timeout, context(),
+                  link_full ? "the peer does not read its control link: the message and its "
+                              "descriptors were not sent"
+                            : "the peer holds " + std::to_string(in_flight) +
+                                  " descriptors it has not received yet, and takes at most " +
+                                  std::to_string(waiting) +
+                                  " waiting: the message and its descriptors were not sent");
+    }
+    // Without the lock: this end's receiver may need the link meanwhile.
+    if (link_full) {
+      wait_for(fd(), POLLOUT, deadline.remaining() < std::chrono::milliseconds(1)
+                                  ? deadline
+                                  : Deadline::after(std::chrono::milliseconds(1)));
+    } else {
+      nap_for_records(deadline);
+    }
+  }
+}
+
+void ControlLink::cancel_descriptors(std::uint64_t sequence, std::uint32_t count) noexcept {
+  std::lock_guard lock(mutex_);
+  // The peer reads this before any later record, so they are out of flight for the
+  // next one already; it does not count them in what it reports released.
+  descriptors_sent_ -= std::min<std::uint64_t>(count, descriptors_sent_ - peer_released_);
+  try {
+    if (!send_record_locked(kDescriptorsCancelled, 0, sequence, -1)) {
+      unsent_cancels_.push_back(sequence);
+    }
+  } catch (...) {
+    // The link failed or no memory: the peer keeps the descriptors until its end goes.
   }
 }
 
 std::vector<UniqueFd> ControlLink::take_descriptors(std::uint64_t sequence, std::uint32_t count,
                                                     const std::string& context) {
   std::lock_guard lock(mutex_);
-  auto taken = inbox_.take(sequence, count, context);
-  if (!taken) {
-    pump_locked(Deadline::immediate());
+  std::optional<std::vector<UniqueFd>> taken;
+  try {
     taken = inbox_.take(sequence, count, context);
+    if (!taken) {
+      pump_locked(Deadline::immediate());
+      taken = inbox_.take(sequence, count, context);
+    }
+  } catch (const Error&) {
+    report_released_descriptors_locked();  // a refused record was let go of too
+    throw;
   }
+  report_released_descriptors_locked();
   if (taken) return std::move(*taken);
   if (!inbox_.any_filed()) {
     throw Error(ErrorCode::MalformedFrame, context,
@@ -437,12 +541,11 @@ void ControlLink::pump_locked(Deadline deadline) {
     if (got == sizeof record) {
       switch (record.kind) {
         case kDescriptors:
-          inbox_.file(record.value, record.arena, std::move(descriptors),
-                      (message.msg_flags & MSG_CTRUNC) != 0, descriptor_limits_);
-          break;
         case kAcceptsDescriptors:
-          peer_descriptor_limit_ = static_cast<std::uint32_t>(
-              std::min<std::uint64_t>(record.value, kMaxDescriptorsPerMessage));
+        case kDescriptorsReleased:
+        case kDescriptorsCancelled:
+          file_descriptor_record_locked(record, std::move(descriptors),
+                                        (message.msg_flags & MSG_CTRUNC) != 0);
           break;
         case kAcceptsShared:
           peer_accepts_shared_ = true;

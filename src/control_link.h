@@ -59,6 +59,8 @@
 #include "capnsplice/deadline.h"
 #include "capnsplice/options.h"
 #include "capnsplice/unique_fd.h"
+#include "control_pair.h"
+#include "control_record.h"
 #include "descriptor_inbox.h"
 #include "lazy_deque.h"
 
@@ -135,20 +137,27 @@ class ControlLink {
   /// later). Throws SystemError when the socket cannot be made or written.
   bool offer_doorbell(int memfd);
 
-  /// Tells the peer this end takes up to `limits.max_descriptors_per_message`
-  /// descriptors per message, and files the Descriptors records that come by `limits`.
-  /// Never waits, like announce_accepts_shared().
+  /// Tells the peer this end takes descriptors within `limits` (per message, and
+  /// waiting in all: what the peer's sender may have in flight), and files the
+  /// Descriptors records that come by them. Never waits, like announce_accepts_shared().
   void announce_accepts_descriptors(const ReceiveLimits& limits);
 
-  /// How many descriptors per message the peer said it takes; none while it has not
-  /// said so (reads what is pending; a plain Cap'n Proto peer never does). With a lazy
-  /// pair whose peer said so, makes the pair: the caller is about to send a record.
-  std::optional<std::uint32_t> peer_descriptor_limit();
+  /// What the peer said it takes; none while it has not said so (reads what is pending;
+  /// a plain Cap'n Proto peer never does). With a lazy pair whose peer said so, makes the
+  /// pair: the caller is about to send a record.
+  std::optional<DescriptorLimits> peer_descriptor_limits();
 
-  /// Sends the descriptors of the message numbered `sequence`, ahead of its frame,
-  /// waiting for room on the link until `deadline`; then Timeout (nothing was sent).
+  /// Sends the descriptors of the message numbered `sequence`, ahead of its frame, once
+  /// the peer has room for them (no more in flight than it holds waiting: it reports
+  /// what it released) and the link has room, waiting for both until `deadline`; then
+  /// Timeout, nothing sent. Waits without the link's lock, reading what comes.
   void send_descriptors(std::uint64_t sequence, const std::vector<UniqueFd>& fds,
                         Deadline deadline);
+
+  /// The message numbered `sequence` will not be sent after all: the peer closes its
+  /// descriptors and counts them released. Never blocks or throws (kept for later when
+  /// the link is full; dropped when the peer is gone).
+  void cancel_descriptors(std::uint64_t sequence, std::uint32_t count) noexcept;
 
   /// The `count` descriptors that came for the message numbered `sequence` (reads what
   /// is pending; the peer sent them before the frame, so this never waits). Throws
@@ -243,6 +252,11 @@ class ControlLink {
   void file_arena_locked(std::uint32_t arena_id, std::uint64_t capacity, UniqueFd memfd);
   /// Sends what could not be sent before (AcceptsShared, ArenaLost) if the link takes it.
   void retry_pending_records_locked();
+  /// Tells the peer how many descriptors this end released, when that changed.
+  void report_released_descriptors_locked() noexcept;
+  /// Files what a pump read that concerns descriptors.
+  void file_descriptor_record_locked(const control_record::Record& record,
+                                     std::vector<UniqueFd> descriptors, bool truncated);
   void lose_arena_locked(std::uint32_t arena_id, int error, std::string why);
   /// Sends one record (and a descriptor); false when the socket buffer is full.
   bool send_record_locked(std::uint32_t kind, std::uint32_t arena, std::uint64_t value,
@@ -263,7 +277,11 @@ class ControlLink {
   bool descriptor_announcement_unsent_ = false;  // the same for AcceptsDescriptors
   ReceiveLimits descriptor_limits_{.max_descriptors_per_message = 0};  // as announced
   DescriptorInbox inbox_;
-  std::optional<std::uint32_t> peer_descriptor_limit_;  // its AcceptsDescriptors
+  std::uint64_t released_reported_ = 0;  // the inbox's released() the peer was told
+  std::optional<DescriptorLimits> peer_descriptor_limits_;  // its AcceptsDescriptors
+  std::uint64_t descriptors_sent_ = 0;      // in this end's Descriptors records, not cancelled
+  std::uint64_t peer_released_ = 0;         // of those, what the peer reported released
+  LazyDeque<std::uint64_t> unsent_cancels_;  // DescriptorsCancelled the link could not take
   std::uint32_t lost_arena_ = 0;      // an arena that cannot be read here (0: none)
   int lost_arena_error_ = 0;
   std::string lost_arena_why_;

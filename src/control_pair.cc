@@ -93,14 +93,14 @@ bool ControlPair::announced(int side) const {
   return announced_[side];
 }
 
-bool ControlPair::defer_descriptor_announcement(int side, std::uint32_t most) {
+bool ControlPair::defer_descriptor_announcement(int side, DescriptorLimits limits) {
   std::lock_guard lock(mutex_);
   if (made_) return false;
-  descriptor_limits_[side] = most;
+  descriptor_limits_[side] = limits;
   return true;
 }
 
-std::optional<std::uint32_t> ControlPair::announced_descriptor_limit(int side) const {
+std::optional<DescriptorLimits> ControlPair::announced_descriptor_limits(int side) const {
   std::lock_guard lock(mutex_);
   return descriptor_limits_[side];
 }

@@ -24,6 +24,13 @@
 
 namespace capnsplice::detail {
 
+/// What an end said it takes of descriptors (its ReceiveLimits): per message, and
+/// waiting in all (what its peer's sender may have in flight).
+struct DescriptorLimits {
+  std::uint32_t per_message = 0;
+  std::uint32_t waiting = 0;
+};
+
 class ControlPair {
  public:
   /// A pair not made yet, of the channel `name` (for its links' error messages).
@@ -50,11 +57,11 @@ class ControlPair {
   /// Whether end `side` said it reads shared-memory messages before the pair was made.
   bool announced(int side) const;
 
-  /// End `side` takes up to `most` descriptors per message: as defer_announcement().
-  bool defer_descriptor_announcement(int side, std::uint32_t most);
+  /// End `side` takes descriptors within `limits`: as defer_announcement().
+  bool defer_descriptor_announcement(int side, DescriptorLimits limits);
 
-  /// What end `side` said it takes per message before the pair was made (none: nothing).
-  std::optional<std::uint32_t> announced_descriptor_limit(int side) const;
+  /// What end `side` said it takes before the pair was made (none: nothing).
+  std::optional<DescriptorLimits> announced_descriptor_limits(int side) const;
 
   /// End `side`'s link is gone: its socket closes, so the peer's link sees the end of
   /// the link as with an eager pair, and the pair is never made from now on.
@@ -76,7 +83,7 @@ class ControlPair {
   mutable std::mutex mutex_;
   std::array<std::atomic<int>, 2> fds_{-1, -1};  // written under `mutex_`
   std::array<bool, 2> announced_{false, false};
-  std::array<std::optional<std::uint32_t>, 2> descriptor_limits_{};
+  std::array<std::optional<DescriptorLimits>, 2> descriptor_limits_{};
   std::array<bool, 2> closed_{false, false};
   bool made_ = false;
   bool frozen_ = false;  // a fork() found the pair unmade: never made lazily after

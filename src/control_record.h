@@ -18,16 +18,20 @@ enum Kind : std::uint32_t {
   kDoorbell = 6,     ///< carries the doorbell's memfd (doorbell.h)
   kReleaseRing = 7,  ///< carries an arena's release ring memfd (release_ring.h)
   kWake = 8,
-  kDescriptors = 9,         ///< carries a message's descriptors (descriptor_inbox.h)
+  kDescriptors = 9,  ///< carries a message's descriptors (descriptor_inbox.h)
   kAcceptsDescriptors = 10,
+  kDescriptorsReleased = 11,
+  kDescriptorsCancelled = 12,
 };
 
 /// One SOCK_SEQPACKET packet, in the host's byte order (both ends are on one host).
 struct Record {
   std::uint32_t kind;
-  std::uint32_t arena;  ///< arena id; Descriptors: how many it carries
+  std::uint32_t arena;  ///< arena id; Descriptors: how many it carries;
+                        ///< AcceptsDescriptors: most per message
   std::uint64_t value;  ///< Arena: capacity in bytes; Release: message id;
-                        ///< Descriptors: sequence; AcceptsDescriptors: most per message
+                        ///< Descriptors, DescriptorsCancelled: sequence;
+                        ///< AcceptsDescriptors: most waiting; DescriptorsReleased: total
   std::uint64_t spare;  ///< zero
 };
 static_assert(sizeof(Record) == 24);

@@ -10,7 +10,7 @@ void DescriptorInbox::file(std::uint64_t sequence, std::uint32_t announced,
                            std::vector<UniqueFd> fds, bool truncated,
                            const ReceiveLimits& limits) {
   any_filed_ = true;
-  Record record{sequence, {}, {}};
+  Record record{sequence, announced, {}, {}};
   const std::string numbers = "descriptors of message " + std::to_string(sequence) + " (";
   if (truncated) {
     record.refused = numbers + "said " + std::to_string(announced) +
@@ -35,7 +35,7 @@ void DescriptorInbox::file(std::uint64_t sequence, std::uint32_t announced,
     waiting_ += fds.size();
     record.fds = std::move(fds);
   }  // else `fds` closes here: a refused record costs no descriptor
-  if (records_.size() == kMaxFiledRecords) drop_oldest();
+  if (records_.size() == kMaxFiledRecords) remove(records_.begin());
   records_.push_back(std::move(record));
 }
 
@@ -45,9 +45,7 @@ std::optional<std::vector<UniqueFd>> DescriptorInbox::take(std::uint64_t sequenc
   const auto found = std::find_if(records_.begin(), records_.end(),
                                   [&](const Record& record) { return record.sequence == sequence; });
   if (found == records_.end()) return std::nullopt;
-  Record record = std::move(*found);
-  records_.erase(found);
-  waiting_ -= record.fds.size();
+  Record record = remove(found);
   if (!record.refused.empty()) {
     throw Error(ErrorCode::ProtocolViolation, context,
                 record.refused + ": they were closed on arrival, and the message is dropped");
@@ -62,9 +60,20 @@ std::optional<std::vector<UniqueFd>> DescriptorInbox::take(std::uint64_t sequenc
   return std::move(record.fds);
 }
 
-void DescriptorInbox::drop_oldest() noexcept {
-  waiting_ -= records_.front().fds.size();
-  records_.erase(records_.begin());
+void DescriptorInbox::cancel(std::uint64_t sequence) noexcept {
+  const auto found = std::find_if(records_.begin(), records_.end(),
+                                  [&](const Record& record) { return record.sequence == sequence; });
+  if (found == records_.end()) return;
+  released_ -= found->announced;  // the sender counted them out itself
+  remove(found);                   // its descriptors close here
+}
+
+DescriptorInbox::Record DescriptorInbox::remove(std::vector<Record>::iterator at) noexcept {
+  Record record = std::move(*at);
+  records_.erase(at);
+  waiting_ -= record.fds.size();
+  released_ += record.announced;
+  return record;
 }
 
 }  // namespace capnsplice::detail

@@ -16,6 +16,12 @@
 // hold is bounded: ReceiveLimits::max_descriptors_per_message per record,
 // max_descriptors_waiting in all (beyond either, the record's descriptors are closed on
 // arrival and only a note that it was refused is kept), kMaxFiledRecords records.
+//
+// An honest sender never meets those bounds: it keeps no more descriptors in flight
+// than the receiver said it holds waiting, and learns what went from the running total
+// of descriptors released here (taken by their message, refused, or dropped as the
+// oldest), which the link reports back (DescriptorsReleased). A record the sender
+// cancels (its message was dropped unsent) it counts out itself.
 #pragma once
 
 #include <cstdint>
@@ -50,20 +56,31 @@ class DescriptorInbox {
   std::optional<std::vector<UniqueFd>> take(std::uint64_t sequence, std::uint32_t count,
                                             const std::string& context);
 
+  /// The sender dropped message `sequence` unsent: its record's descriptors close.
+  void cancel(std::uint64_t sequence) noexcept;
+
   /// Descriptors held for messages still to come.
   std::size_t waiting() const noexcept { return waiting_; }
+
+  /// Descriptors, as their records counted them, of every record this inbox let go of
+  /// but those cancelled (taken, refused, dropped as the oldest): what the sender may
+  /// count as no longer in flight.
+  std::uint64_t released() const noexcept { return released_; }
 
  private:
   struct Record {
     std::uint64_t sequence = 0;
+    std::uint32_t announced = 0;  // as the sender counted them
     std::vector<UniqueFd> fds;
     std::string refused;  // why its descriptors were closed on arrival ("" if kept)
   };
 
-  void drop_oldest() noexcept;
+  /// Removes `at`, counting its descriptors as released; returns the record.
+  Record remove(std::vector<Record>::iterator at) noexcept;
 
   std::vector<Record> records_;  // in arrival order
   std::size_t waiting_ = 0;
+  std::uint64_t released_ = 0;
   bool any_filed_ = false;
 };
 

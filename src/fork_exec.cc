@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -44,16 +45,17 @@ class AllSignalsBlocked {
 };
 
 /// In the child: handlers (the parent's code) and the ignored SIGPIPE and SIGCHLD back
-/// to their default, as spawn()'s posix_spawn attributes do; other ignored signals stay
+/// to their default, as spawn()'s posix_spawn attributes do, and the parent-death signal
+/// (an ignored one would never end the child: nohup's SIGHUP); other ignored signals stay
 /// ignored, as exec keeps them.
-void reset_signal_dispositions() noexcept {
+void reset_signal_dispositions(int parent_death_signal) noexcept {
   struct sigaction to_default {};
   to_default.sa_handler = SIG_DFL;
   for (int signal = 1; signal < NSIG; ++signal) {
     struct sigaction current {};
     if (::sigaction(signal, nullptr, &current) != 0) continue;  // not a signal, or a fixed one
     const bool handled = current.sa_handler != SIG_DFL && current.sa_handler != SIG_IGN;
-    const bool to_reset = signal == SIGPIPE || signal == SIGCHLD;
+    const bool to_reset = signal == SIGPIPE || signal == SIGCHLD || signal == parent_death_signal;
     if (handled || (to_reset && current.sa_handler == SIG_IGN)) {
       ::sigaction(signal, &to_default, nullptr);
     }
@@ -70,7 +72,7 @@ void reset_signal_dispositions() noexcept {
 [[noreturn]] void become_program(const char* path, char* const* argv, char* const* environment,
                                  const ChildDescriptors& descriptors, int parent_death_signal,
                                  pid_t parent, int report_fd) noexcept {
-  reset_signal_dispositions();
+  reset_signal_dispositions(parent_death_signal);
   if (parent_death_signal != 0) {
     if (::prctl(PR_SET_PDEATHSIG, parent_death_signal) != 0) {
       fail_in_child(report_fd, kParentDeathSignal, errno);
@@ -110,21 +112,29 @@ std::string find_program(const std::string& program, const std::string& context)
     if (directory.empty()) directory = ".";  // an empty entry is the working directory
     std::string candidate = std::move(directory);
     candidate.append("/").append(program);
-    if (!program.empty() && ::access(candidate.c_str(), X_OK) == 0) return candidate;
+    struct stat file {};
+    if (!program.empty() && ::stat(candidate.c_str(), &file) == 0 && S_ISREG(file.st_mode) &&
+        ::access(candidate.c_str(), X_OK) == 0) {
+      return candidate;
+    }
     if (colon == std::string_view::npos) break;
     directories.remove_prefix(colon + 1);
   }
   throw_system_error(context, "search PATH", ENOENT);
 }
 
-pid_t fork_exec(const std::string& path, char* const* argv, char* const* environment,
-                const ChildDescriptors& descriptors, int parent_death_signal,
-                const std::string& context) {
+void check_parent_death_signal(int parent_death_signal, const std::string& context) {
   if (parent_death_signal < 0 || parent_death_signal >= NSIG) {
     throw Error(ErrorCode::InvalidArgument, context,
                 "SpawnOptions::parent_death_signal " + std::to_string(parent_death_signal) +
                     " is not a signal: give one such as SIGKILL or SIGTERM, or 0 for none");
   }
+}
+
+pid_t fork_exec(const std::string& path, char* const* argv, char* const* environment,
+                const ChildDescriptors& descriptors, int parent_death_signal,
+                const std::string& context) {
+  check_parent_death_signal(parent_death_signal, context);
   int ends[2];
   if (::pipe2(ends, O_CLOEXEC) != 0) throw_system_error(context, "pipe2");
   UniqueFd report_read(ends[0]);
@@ -138,13 +148,16 @@ pid_t fork_exec(const std::string& path, char* const* argv, char* const* environ
   pid_t pid = -1;
   {
     const AllSignalsBlocked blocked;
-    pid = ::fork();
+    // _Fork: no pthread_atfork handler runs (the library's own would make every lazy
+    // control pair of the process, the application's may take locks); the child only
+    // makes system calls before it execs.
+    pid = ::_Fork();
     if (pid == 0) {
       become_program(path.c_str(), argv, environment, descriptors, parent_death_signal, parent,
                      report_write.get());
     }
   }
-  if (pid < 0) throw_system_error(context, "fork");
+  if (pid < 0) throw_system_error(context, "_Fork");
   report_write.reset();
   ChildFailure failure{};
   if (!read_failure(report_read.get(), failure)) return pid;

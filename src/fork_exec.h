@@ -12,9 +12,12 @@ namespace capnsplice::detail {
 
 /// The executable `program` names: itself when it holds a '/', else the first
 /// executable file of that name in the directories of PATH (or /bin:/usr/bin without
-/// it), as posix_spawnp searches. Throws SystemError ENOENT naming `context` when there
-/// is none.
+/// it): a regular file this process may execute, as posix_spawnp searches. Throws
+/// SystemError ENOENT naming `context` when there is none.
 std::string find_program(const std::string& program, const std::string& context);
+
+/// Throws InvalidArgument naming `context` unless `parent_death_signal` is 0 or a signal.
+void check_parent_death_signal(int parent_death_signal, const std::string& context);
 
 /// Forks a child that, before it execs `path` with `argv` and `environment`, does what
 /// posix_spawn does for spawn() — signal handlers and SIGPIPE and SIGCHLD to their

@@ -7,14 +7,41 @@
 
 #include "capnsplice/error.h"
 #include "capnsplice/options.h"
+#include "control_link.h"
 #include "pooled_message_builder.h"
 
 namespace capnsplice {
 
 OutgoingMessage::OutgoingMessage() noexcept = default;
-OutgoingMessage::OutgoingMessage(OutgoingMessage&&) noexcept = default;
-OutgoingMessage& OutgoingMessage::operator=(OutgoingMessage&&) noexcept = default;
-OutgoingMessage::~OutgoingMessage() = default;
+OutgoingMessage::OutgoingMessage(OutgoingMessage&& other) noexcept
+    : builder_(std::move(other.builder_)),
+      descriptors_(std::move(other.descriptors_)),
+      descriptor_sequence_(std::exchange(other.descriptor_sequence_, 0)),
+      descriptors_sent_(std::exchange(other.descriptors_sent_, 0)),
+      descriptor_link_(std::move(other.descriptor_link_)) {}
+
+OutgoingMessage& OutgoingMessage::operator=(OutgoingMessage&& other) noexcept {
+  if (this != &other) {
+    cancel_sent_descriptors();
+    builder_ = std::move(other.builder_);
+    descriptors_ = std::move(other.descriptors_);
+    descriptor_sequence_ = std::exchange(other.descriptor_sequence_, 0);
+    descriptors_sent_ = std::exchange(other.descriptors_sent_, 0);
+    descriptor_link_ = std::move(other.descriptor_link_);
+  }
+  return *this;
+}
+
+OutgoingMessage::~OutgoingMessage() { cancel_sent_descriptors(); }
+
+void OutgoingMessage::cancel_sent_descriptors() noexcept {
+  if (descriptors_sent_ == 0) return;
+  if (auto link = descriptor_link_.lock()) {
+    link->cancel_descriptors(descriptor_sequence_, descriptors_sent_);
+  }
+  descriptors_sent_ = 0;
+  descriptor_link_.reset();
+}
 
 OutgoingMessage::OutgoingMessage(std::unique_ptr<detail::PooledMessageBuilder> builder) noexcept
     : builder_(std::move(builder)) {}
@@ -32,6 +59,11 @@ capnp::MessageBuilder& OutgoingMessage::builder() { return pooled(); }
 void OutgoingMessage::attach(UniqueFd fd) {
   static_cast<void>(pooled());  // InvalidArgument on an empty message
   if (!fd) throw Error(ErrorCode::InvalidArgument, "OutgoingMessage", "attach: no descriptor");
+  if (descriptors_sent_ != 0) {
+    throw Error(ErrorCode::InvalidArgument, "OutgoingMessage",
+                "attach: the message's descriptors went ahead when a send found the queue "
+                "full; send it again as it is");
+  }
   if (attached() >= kMaxDescriptorsPerMessage) {
     throw Error(ErrorCode::InvalidArgument, "OutgoingMessage",
                 "attach: a message carries at most " +

@@ -238,6 +238,7 @@ UniqueFd adopt_inherited(int fd, const std::string& context) {
 
 Child spawn(const SpawnOptions& options) {
   const std::string context = "spawn '" + options.program + "'";
+  detail::check_parent_death_signal(options.parent_death_signal, context);
   auto [local, remote] = Channel::pair_with_remote_end(options.channel);
   const int channel_ends[3] = {remote.receive_fd.get(), remote.send_fd.get(),
                                remote.control_fd.get()};

@@ -226,6 +226,7 @@ SendStatus SenderCore::take(OutgoingMessage& message, Deadline deadline, bool th
     // its pool after.
     const std::unique_ptr<PooledMessageBuilder> owned = std::move(message.builder_);
     append_copy(segments, nullptr, std::nullopt, Deadline::immediate(), 0, attachment);
+    descriptors_queued(message);
     return flushed();
   }
   if (shared) {
@@ -252,6 +253,7 @@ SendStatus SenderCore::take(OutgoingMessage& message, Deadline deadline, bool th
   const std::size_t bytes = frame_bytes(segments);
   append_locked({std::move(builder), 0, 0, choose_method(bytes), std::nullopt}, table,
                 table_bytes, table_adjacent, segments);
+  descriptors_queued(message);
   if (!then_flush) {
     write_if_batch_full_locked();
     return SendStatus::queued;
@@ -318,7 +320,12 @@ bool SenderCore::send_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> s
 }
 
 void SenderCore::send_descriptors_ahead(OutgoingMessage& message, Deadline deadline) {
-  if (message.descriptors_.empty()) return;  // none, or on the link already
+  if (message.descriptors_sent_ != 0 && message.descriptor_link_.lock() != link_) {
+    throw Error(ErrorCode::InvalidArgument, context_,
+                "the message's descriptors went ahead on another channel's control link (a "
+                "send there found the queue full): send it again there");
+  }
+  if (message.descriptors_.empty()) return;  // none, or on this link already
   {
     std::lock_guard lock(mutex_);
     ensure_open();
@@ -328,8 +335,8 @@ void SenderCore::send_descriptors_ahead(OutgoingMessage& message, Deadline deadl
                 "this end has no control link (its channel was made from bare pipe "
                 "descriptors, or a child's with only two): it cannot send descriptors");
   }
-  std::optional<std::uint32_t> limit = link_->peer_descriptor_limit();
-  while (!limit) {
+  std::optional<DescriptorLimits> limits = link_->peer_descriptor_limits();
+  while (!limits) {
     if (link_->peer_gone()) throw Error(ErrorCode::PeerClosed, context_, "the peer closed its end");
     if (deadline.expired()) {
       throw Error(ErrorCode::Timeout, context_,
@@ -338,22 +345,30 @@ void SenderCore::send_descriptors_ahead(OutgoingMessage& message, Deadline deadl
                   "ReceiveLimits::max_descriptors_per_message is 0); nothing was sent");
     }
     link_->nap_for_records(deadline);
-    limit = link_->peer_descriptor_limit();
+    limits = link_->peer_descriptor_limits();
   }
   const auto count = static_cast<std::uint32_t>(message.descriptors_.size());
-  if (count > *limit) {
+  const std::uint32_t most = std::min(limits->per_message, limits->waiting);
+  if (count > most) {
     throw Error(ErrorCode::InvalidArgument, context_,
                 "the message carries " + std::to_string(count) +
-                    " descriptors, the peer takes at most " + std::to_string(*limit) +
-                    " per message (its ReceiveLimits::max_descriptors_per_message); nothing "
-                    "was sent");
+                    " descriptors, the peer takes at most " + std::to_string(most) +
+                    " per message (its ReceiveLimits); nothing was sent");
   }
-  const std::uint64_t sequence = descriptor_records_.fetch_add(1, std::memory_order_relaxed) + 1;
+  const std::uint64_t sequence = next_descriptor_sequence_.fetch_add(1, std::memory_order_relaxed);
   link_->send_descriptors(sequence, message.descriptors_, deadline);
-  // The record holds the kernel's references now: ours close here.
+  descriptor_records_.fetch_add(1, std::memory_order_relaxed);
+  // The record holds the kernel's references now: ours close here. Until the frame is
+  // queued, dropping the message cancels the record.
   message.descriptors_.clear();
   message.descriptor_sequence_ = sequence;
   message.descriptors_sent_ = count;
+  message.descriptor_link_ = link_;
+}
+
+void SenderCore::descriptors_queued(OutgoingMessage& message) noexcept {
+  message.descriptors_sent_ = 0;
+  message.descriptor_link_.reset();
 }
 
 std::optional<AttachmentInfo> SenderCore::attachment_of(const OutgoingMessage& message) noexcept {

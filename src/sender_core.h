@@ -153,6 +153,8 @@ class SenderCore final {
   /// `deadline` for the peer to say it takes descriptors and for room on the link; then
   /// Timeout, with the message and its descriptors untouched.
   void send_descriptors_ahead(OutgoingMessage& message, Deadline deadline);
+  /// `message`'s frame, which names its record, is queued: nothing to cancel any more.
+  static void descriptors_queued(OutgoingMessage& message) noexcept;
   /// The record `message`'s frame names, if it carries descriptors.
   static std::optional<AttachmentInfo> attachment_of(const OutgoingMessage& message) noexcept;
   /// Writes what the pipe takes now once the queue holds a batch (the lock is held). A
@@ -204,6 +206,7 @@ class SenderCore final {
   /// The channel end's control link (null without one): descriptors go there.
   const std::shared_ptr<ControlLink> link_;
   std::atomic<std::uint64_t> descriptor_records_{0};  // Descriptors records sent
+  std::atomic<std::uint64_t> next_descriptor_sequence_{1};
   /// The pools and arena its messages are built from, shared with their builders; its
   /// flush_queued is set by make(), before any message is.
   const std::shared_ptr<BuildingMemory> memory_;

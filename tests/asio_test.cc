@@ -24,6 +24,7 @@
 #include "capnsplice/process.h"
 #include "support/asio_support.h"
 #include "support/blob.h"
+#include "support/descriptors.h"
 #include "support/error_from.h"
 #include "support/mixed_stream.h"
 
@@ -1009,4 +1010,36 @@ TEST_CASE(
   }
   CHECK(received >= static_cast<std::uint64_t>(calls_before));
   CHECK(peer_gone(end));
+}
+
+TEST_CASE("descriptors attached to a message cross the adapter both ways") {
+  auto [near, far] = Channel::pair();
+  net::io_context io;
+  AsioChannel adapter(io, std::move(near));
+  Random random(2);
+
+  OutgoingMessage message = make_blob(adapter, 1, 100, random);
+  message.attach(memfd_with("to far"));
+  Outcome sent;
+  adapter.async_send(std::move(message), send_into(sent));
+  io.run();
+  REQUIRE(sent.done);
+  CHECK_FALSE(sent.error);
+  ReceivedMessage got = far.receive(Deadline::after(10s));
+  std::vector<UniqueFd> fds = got.take_descriptors();
+  REQUIRE(fds.size() == 1);
+  CHECK(first_bytes(fds[0].get()) == "to far");
+
+  OutgoingMessage back = far.new_message();
+  back.init_root<test::Blob>().setSeq(2);
+  back.attach(memfd_with("to near"));
+  far.send(std::move(back), Deadline::after(10s));
+  Outcome received;
+  adapter.async_receive(receive_into(received));
+  io.restart();
+  REQUIRE(run_until(io, [&] { return received.done; }));
+  CHECK_FALSE(received.error);
+  fds = received.message.take_descriptors();
+  REQUIRE(fds.size() == 1);
+  CHECK(first_bytes(fds[0].get()) == "to near");
 }

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -152,6 +153,24 @@ TEST_CASE(
   CHECK(no_children_left());
 }
 
+TEST_CASE("a child number whose copies would pass the descriptor limit is InvalidArgument") {
+  rlimit saved{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
+  rlimit lowered = saved;
+  lowered.rlim_cur = std::min<rlim_t>(saved.rlim_cur, 256);
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &lowered) == 0);
+  UniqueFd memfd = memfd_with("x", 10);
+  Error error = error_from([&] {
+    spawn({.program = CAPNSPLICE_TEST_PEER,
+           .arguments = {"echo"},
+           .descriptors = {{.parent_fd = memfd.get(), .child_fd = 300}}});
+  });
+  ::setrlimit(RLIMIT_NOFILE, &saved);
+  CHECK(error.code() == ErrorCode::InvalidArgument);
+  CHECK_THAT(error.what(), Catch::Contains("past this process's limit of 256 (RLIMIT_NOFILE)"));
+  CHECK(no_children_left());
+}
+
 TEST_CASE(
     "a child spawned with a parent-death signal starts like any other: its descriptors, "
     "default SIGPIPE and SIGCHLD, and the signal set") {
@@ -185,10 +204,15 @@ TEST_CASE(
   CHECK(signals.process.wait().exit_code() == 10);  // 11, 12 or 13: it inherited SIG_IGN
 }
 
-TEST_CASE("a child spawned with a parent-death signal is ended by it when its host is killed") {
+TEST_CASE(
+    "a child spawned with a parent-death signal is ended by it when its host is killed, even "
+    "a signal the host ignores") {
   // Without the signal, a stalled child outlives its killed host: the test can tell.
   CHECK_FALSE(grandchild_end_after_its_parent_is_killed(0, 300ms).has_value());
 
+  // SIGTERM ignored here and so in the host (exec keeps it ignored, as nohup's SIGHUP):
+  // the child must still end by it.
+  const SignalDisposition ignored(SIGTERM, SIG_IGN);
   const std::optional<int> status = grandchild_end_after_its_parent_is_killed(SIGTERM, 10s);
   REQUIRE(status.has_value());
   CHECK(WIFSIGNALED(*status));

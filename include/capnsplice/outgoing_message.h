@@ -13,6 +13,7 @@
 namespace capnsplice {
 
 namespace detail {
+class ControlLink;
 class SenderCore;
 class PooledMessageBuilder;
 }
@@ -72,7 +73,8 @@ class OutgoingMessage {
   /// the message is sent, or when the message is dropped unsent. Only a capnsplice peer
   /// that said it takes descriptors gets them (see Sender::send); at most
   /// kMaxDescriptorsPerMessage per message (InvalidArgument beyond, or for an empty
-  /// message or descriptor).
+  /// message or descriptor, and once a send that found the queue full left the message
+  /// with the caller: its descriptors went ahead already, send it again as it is).
   void attach(UniqueFd fd);
 
   /// Attaches a close-on-exec duplicate of `fd`, which stays the caller's. Throws
@@ -95,9 +97,14 @@ class OutgoingMessage {
   /// Attached, until the sender puts them on the control link.
   std::vector<UniqueFd> descriptors_;
   /// Once they are there (a send that then found the queue full leaves the message with
-  /// the caller): the record's number and how many it carries.
+  /// the caller): the record's number, how many it carries, and the link it went on,
+  /// told to cancel it if the message is dropped unsent.
   std::uint64_t descriptor_sequence_ = 0;
   std::uint32_t descriptors_sent_ = 0;
+  std::weak_ptr<detail::ControlLink> descriptor_link_;
+
+  /// Tells the link to cancel descriptors that went ahead of a frame never queued.
+  void cancel_sent_descriptors() noexcept;
 };
 
 }  // namespace capnsplice

@@ -88,13 +88,15 @@ struct SpawnOptions {
   /// then, so no parent death is missed. Linux sends it when the parent *thread* that
   /// called spawn() ends: spawn from a thread that lives as long as the child should.
   /// The kernel clears it when the child execs a set-user-ID or set-group-ID program.
-  /// With a signal set, spawn() starts the child with fork() and execve() instead of
-  /// posix_spawn (a parent with much memory pays for copying its page tables).
+  /// With a signal set, spawn() starts the child with _Fork() and execve() instead of
+  /// posix_spawn (a parent with much memory pays for copying its page tables; no
+  /// pthread_atfork handler runs). An ignored signal is set back to its default in the
+  /// child, so that it ends the child.
   int parent_death_signal = 0;
 };
 
-/// Starts `options.program` with posix_spawn (safe in a multi-threaded parent) and a
-/// channel to it. The child gets its pipe ends as blocking descriptors 3 and 4, the
+/// Starts `options.program` with posix_spawn (safe in a multi-threaded parent; with a
+/// parent_death_signal, _Fork and execve, as safe) and a channel to it. The child gets its pipe ends as blocking descriptors 3 and 4, the
 /// control socket as descriptor 5, `options.descriptors` at their numbers and every
 /// other descriptor closed; it starts with an
 /// empty signal mask and with SIGPIPE and SIGCHLD at their default disposition even

@@ -201,6 +201,7 @@ class Sender {
   /// For a loop that takes several messages in one turn and then calls try_flush()
   /// once: the batch goes out in one system call. A watcher of the channel
   /// learns of the queued bytes only from that try_flush(): call it before waiting.
+  /// With descriptors the peer cannot be sent yet, Timeout (see send()).
   [[nodiscard]] bool try_queue(OutgoingMessage&& message);
 
   /// Writes every queued message, waiting for room until send_timeout or `deadline`.
