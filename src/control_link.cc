@@ -330,6 +330,12 @@ void ControlLink::report_released_descriptors_locked() noexcept {
   } catch (const Error&) {
     released_reported_ = released;  // the link failed: the peer cannot hear it anyway
   }
+  release_report_pending_.store(released != released_reported_, std::memory_order_relaxed);
+}
+
+void ControlLink::retry_release_report() noexcept {
+  std::lock_guard lock(mutex_);
+  report_released_descriptors_locked();
 }
 
 std::optional<DescriptorLimits> ControlLink::peer_descriptor_limits() {
@@ -356,6 +362,10 @@ void ControlLink::send_descriptors(std::uint64_t sequence, const std::vector<Uni
     {
       std::lock_guard lock(mutex_);
       pump_locked(Deadline::immediate());  // the peer's reports of what it released
+      if (peer_gone_) {  // its end of the link is readable for ever: do not wait on it
+        throw Error(ErrorCode::PeerClosed, context(),
+                    "the peer closed its end: the message and its descriptors were not sent");
+      }
       in_flight = descriptors_sent_ - peer_released_;
       waiting = peer_descriptor_limits_ ? peer_descriptor_limits_->waiting : 0;
       // Cancellations the link could not take yet go first: the peer must read them
@@ -391,16 +401,16 @@ void ControlLink::send_descriptors(std::uint64_t sequence, const std::vector<Uni
 
 void ControlLink::cancel_descriptors(std::uint64_t sequence, std::uint32_t count) noexcept {
   std::lock_guard lock(mutex_);
-  // The peer reads this before any later record, so they are out of flight for the
-  // next one already; it does not count them in what it reports released.
-  descriptors_sent_ -= std::min<std::uint64_t>(count, descriptors_sent_ - peer_released_);
   try {
     if (!send_record_locked(kDescriptorsCancelled, 0, sequence, -1)) {
       unsent_cancels_.push_back(sequence);
     }
   } catch (...) {
-    // The link failed or no memory: the peer keeps the descriptors until its end goes.
+    return;  // the link failed or no memory: the peer keeps them until its end goes
   }
+  // The peer reads the cancellation before any later record, so they are out of flight
+  // for the next one already; it does not count them in what it reports released.
+  descriptors_sent_ -= std::min<std::uint64_t>(count, descriptors_sent_ - peer_released_);
 }
 
 std::vector<UniqueFd> ControlLink::take_descriptors(std::uint64_t sequence, std::uint32_t count,

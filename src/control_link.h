@@ -159,6 +159,14 @@ class ControlLink {
   /// the link is full; dropped when the peer is gone).
   void cancel_descriptors(std::uint64_t sequence, std::uint32_t count) noexcept;
 
+  /// A report of released descriptors found the link full: the peer's sender may be
+  /// waiting for it. Lock-free; a receiver about to sleep calls retry_release_report()
+  /// and sleeps at most 1 ms while this stays true.
+  bool release_report_pending() const noexcept {
+    return release_report_pending_.load(std::memory_order_relaxed);
+  }
+  void retry_release_report() noexcept;
+
   /// The `count` descriptors that came for the message numbered `sequence` (reads what
   /// is pending; the peer sent them before the frame, so this never waits). Throws
   /// ProtocolViolation when none came or they were refused (DescriptorInbox::take), and
@@ -278,6 +286,7 @@ class ControlLink {
   ReceiveLimits descriptor_limits_{.max_descriptors_per_message = 0};  // as announced
   DescriptorInbox inbox_;
   std::uint64_t released_reported_ = 0;  // the inbox's released() the peer was told
+  std::atomic<bool> release_report_pending_{false};  // released_reported_ is behind
   std::optional<DescriptorLimits> peer_descriptor_limits_;  // its AcceptsDescriptors
   std::uint64_t descriptors_sent_ = 0;      // in this end's Descriptors records, not cancelled
   std::uint64_t peer_released_ = 0;         // of those, what the peer reported released

@@ -106,13 +106,24 @@ class ReceiverCore {
       } else {
         doorbell_.look_for_it(context_);
       }
-      switch (wake_.wait(fd_.get(), spin, deadline, context_)) {
+      // A report of released descriptors the link could not take: the peer's sender
+      // may wait for it while this end waits for its messages. Nap and try again.
+      Deadline wait_until = deadline;
+      if (link_ && link_->release_report_pending()) {
+        link_->retry_release_report();
+        if (link_->release_report_pending()) {
+          constexpr std::chrono::milliseconds kNap{1};
+          if (deadline.remaining() > kNap) wait_until = Deadline::after(kNap);
+        }
+      }
+      switch (wake_.wait(fd_.get(), spin, wait_until, context_)) {
         case WaitResult::ready:
           // Read again, even with the doorbell quiet: bytes it did not ring for.
           emptied_pipe_ = false;
           if (doorbell_.quiet()) doorbell_.missed_unless_rung_since(doorbell_.seen());
           break;
         case WaitResult::timed_out:
+          if (!deadline.expired()) break;  // a nap for the report above
           throw Error(ErrorCode::Timeout, context_, "no message arrived before the deadline");
         case WaitResult::interrupted:
           if (wake_.closing()) {  // it stays closing: every waiter must wake
@@ -157,6 +168,7 @@ class ReceiverCore {
     if (end_of_stream_ && !at_end()) throw_end_of_stream();
     if (shared_) shared_->release_retired();
     doorbell_.look_for_it(context_);
+    if (link_ && link_->release_report_pending()) link_->retry_release_report();
     return std::nullopt;
   }
 

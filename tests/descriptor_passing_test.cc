@@ -430,3 +430,21 @@ TEST_CASE("a receiver killed with descriptors in flight leaves no descriptor ope
   }
   CHECK(open_fd_count() == fds_before);
 }
+
+TEST_CASE(
+    "a sender waiting for the receiver to take descriptors learns at once that it died, "
+    "with PeerClosed") {
+  Child child = fork_with_channel(
+      [](Channel&) {
+        for (;;) ::pause();  // never receives
+        return 0;
+      },
+      ChannelOptions().with_descriptor_limits(1, 2).with_send_timeout(10s));
+  Random random(9);
+  send_with(child.channel, 0, 100, {"a"}, random);
+  send_with(child.channel, 1, 100, {"b"}, random);  // the receiver holds 2: no more room
+  child.process.kill(SIGKILL);
+  CHECK(child.process.wait().signal() == SIGKILL);
+  Error error = error_from([&] { send_with(child.channel, 2, 100, {"c"}, random); });
+  CHECK(error.code() == ErrorCode::PeerClosed);
+}
