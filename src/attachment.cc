@@ -38,6 +38,19 @@ void write_attached_prefix(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> s
   std::memcpy(out + table_bytes, words.data(), kAttachmentWords * sizeof(capnp::word));
 }
 
+std::size_t frame_head_bytes(std::size_t segments, const std::optional<AttachmentInfo>& attachment) {
+  return attachment ? attached_prefix_bytes(segments) : segment_table_bytes(segments);
+}
+
+void write_frame_head(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+                      const std::optional<AttachmentInfo>& attachment, std::byte* out) {
+  if (attachment) {
+    write_attached_prefix(segments, attachment->sequence, attachment->count, out);
+  } else {
+    write_segment_table(segments, out);
+  }
+}
+
 AttachmentInfo read_attachment(kj::ArrayPtr<const capnp::word> segment, std::string_view context) {
   try {
     const kj::ArrayPtr<const capnp::word> segments[] = {segment};

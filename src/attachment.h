@@ -12,12 +12,19 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string_view>
 
 #include <capnp/common.h>
 #include <kj/common.h>
 
 namespace capnsplice::detail {
+
+/// What an Attachment says.
+struct AttachmentInfo {
+  std::uint64_t sequence = 0;
+  std::uint32_t count = 0;
+};
 
 /// Words of the Attachment segment: its root pointer and a struct of 3 data words.
 inline constexpr std::size_t kAttachmentWords = 4;
@@ -32,11 +39,14 @@ constexpr std::size_t attached_prefix_bytes(std::size_t segments) noexcept {
 void write_attached_prefix(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
                            std::uint64_t sequence, std::uint32_t count, std::byte* out);
 
-/// What an Attachment says.
-struct AttachmentInfo {
-  std::uint64_t sequence = 0;
-  std::uint32_t count = 0;
-};
+
+/// Bytes in front of segment 0: the plain segment table, or with `attachment` that
+/// table's larger form and the Attachment segment.
+std::size_t frame_head_bytes(std::size_t segments, const std::optional<AttachmentInfo>& attachment);
+
+/// Writes those bytes (frame_head_bytes() of them) into `out`.
+void write_frame_head(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+                      const std::optional<AttachmentInfo>& attachment, std::byte* out);
 
 /// Reads segment 1 of a marked frame of 3 or more segments. Throws ProtocolViolation
 /// (naming `context`) when it is no Attachment.

@@ -315,13 +315,12 @@ ReceivedMessage ReceiverCore::make_message(std::unique_ptr<ReceivedMessageState>
     // record that brought them, the message's segments follow (attachment.h).
     const AttachmentInfo attachment = read_attachment(state->segments[1], context_);
     state->segments = state->segments.slice(2, state->segments.size());
+    // Taken first, so that they close with `state` whatever follows.
+    state->descriptors = link_->take_descriptors(attachment.sequence, attachment.count, context_);
     if (state->segments[0].size() == 0) {
-      // Let go of its record's descriptors first: taken, they close with `state`.
-      static_cast<void>(link_->take_descriptors(attachment.sequence, attachment.count, context_));
       throw Error(ErrorCode::ProtocolViolation, context_,
                   "a message with descriptors has an empty segment 0 (no root pointer)");
     }
-    state->descriptors = link_->take_descriptors(attachment.sequence, attachment.count, context_);
     ++stats_.descriptor_messages;
   } else if (probe.marked) {
     // A shared-memory descriptor (only accepted with `link_`): the message itself is

@@ -236,17 +236,12 @@ SendStatus SenderCore::take(OutgoingMessage& message, Deadline deadline, bool th
   std::unique_ptr<PooledMessageBuilder> builder = std::move(message.builder_);
   // Finish the frame before taking the lock: it may allocate from the pool, and a full
   // pool calls flush_queued(), which takes the lock.
-  const std::size_t table_bytes = attachment ? attached_prefix_bytes(segments.size())
-                                             : segment_table_bytes(segments.size());
+  const std::size_t table_bytes = frame_head_bytes(segments.size(), attachment);
   const bool table_adjacent = table_bytes <= PooledMessageBuilder::kTableRoomBytes;
   std::byte* table = table_adjacent ? builder->first_segment_start() - table_bytes
                                     : builder->allocate_table(table_bytes);
   builder->finish_building();
-  if (attachment) {
-    write_attached_prefix(segments, attachment->sequence, attachment->count, table);
-  } else {
-    write_segment_table(segments, table);
-  }
+  write_frame_head(segments, attachment, table);
 
   std::lock_guard lock(mutex_);
   ensure_open();
@@ -398,8 +393,7 @@ bool SenderCore::append_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>>
   // 512 segments (Cap'n Proto's reader limit) need a 2 KiB table; larger goes to the heap.
   std::array<std::byte, 2056 + kAttachmentWords * 8> stack_table;
   std::vector<std::byte> heap_table;
-  const std::size_t table_bytes = attachment ? attached_prefix_bytes(segments.size())
-                                             : segment_table_bytes(segments.size());
+  const std::size_t table_bytes = frame_head_bytes(segments.size(), attachment);
   std::byte* table = stack_table.data();
   std::unique_lock lock(mutex_, std::defer_lock);
   try {
@@ -407,11 +401,7 @@ bool SenderCore::append_copy(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>>
       heap_table.resize(table_bytes);
       table = heap_table.data();
     }
-    if (attachment) {
-      write_attached_prefix(segments, attachment->sequence, attachment->count, table);
-    } else {
-      write_segment_table(segments, table);
-    }
+    write_frame_head(segments, attachment, table);
     lock.lock();
     ensure_open();
     // `segments` may be the caller's to reuse, or on its stack, once this returns: queue
